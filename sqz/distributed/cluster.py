@@ -1,0 +1,51 @@
+"""Connect to Ray, or start a local Ray for the duration of a run."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from typing import Iterator
+
+import ray
+
+__all__ = ["ray_session"]
+
+# Ray puts unix sockets under its temp dir and those paths must stay under 107 bytes:
+# ".../session_<date>_<time>_<pid>/sockets/plasma_store" adds about 70 to the base.
+_MAX_TEMP_BASE = 36
+
+
+def _local_temp_dir(workdir: str) -> tuple[str, bool]:
+    """A temp dir inside ``workdir`` when its path is short enough, else a short one in
+    /tmp that we remove afterwards. Returns (path, remove_after)."""
+    preferred = os.path.abspath(os.path.join(workdir, ".ray"))
+    if len(preferred) <= _MAX_TEMP_BASE:
+        os.makedirs(preferred, exist_ok=True)
+        return preferred, False
+    return tempfile.mkdtemp(prefix="sqz-ray-", dir="/tmp"), True
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None = None, *, workdir: str = ".", num_cpus: int | None = None) -> Iterator[None]:
+    """Use an already initialised Ray (tests share one), connect to ``address``
+    (``ray://host:10001`` or ``auto``), or start a local Ray and stop it on exit."""
+    if ray.is_initialized():
+        yield
+        return
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        try:
+            yield
+        finally:
+            ray.shutdown()
+        return
+    temp_dir, remove_after = _local_temp_dir(workdir)
+    ray.init(num_cpus=num_cpus, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=True)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        if remove_after:
+            shutil.rmtree(temp_dir, ignore_errors=True)

@@ -1,0 +1,78 @@
+"""Compression sweeps with Ray Tune: one trial per (threshold, bits) grid point.
+
+The trial body is ``sqz.trial.compress_and_evaluate``; Tune runs trials in parallel
+(``max_concurrent`` at a time, one CPU each). The baseline's bytes go into Ray's object
+store once (``tune.with_parameters``), not re-read per trial. Each trial writes its .sqz
+and its own ``sweep_trials`` row file, so a rerun skips grid points already in the table.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import tune
+
+from sqz import metrics, storage
+from sqz.config import DataConfig, PruneConfig, QuantConfig, SweepConfig, config_from_dict, config_to_dict
+from sqz.runs import RunLayout
+from sqz.trial import TrialSpec, compress_and_evaluate, trial_id
+
+__all__ = ["sweep", "grid_points"]
+
+
+def grid_points(sweep_cfg: SweepConfig) -> list[dict[str, Any]]:
+    return [
+        {"threshold": float(t), "bits": int(b)}
+        for t in sweep_cfg.thresholds
+        for b in sweep_cfg.bits
+    ]
+
+
+def _trial(config: dict[str, Any], *, baseline: bytes, context: dict[str, Any]) -> None:
+    point = config["point"]  # {"threshold": ..., "bits": ...}
+    sweep_cfg: SweepConfig = config_from_dict(SweepConfig, context["sweep"])
+    prune = PruneConfig(mode=sweep_cfg.prune_mode, amount=point["threshold"])
+    quant = QuantConfig(**{**config_to_dict(sweep_cfg.quant), "bits": point["bits"]})
+    spec = TrialSpec(prune=prune, quant=quant, retrain_epochs=sweep_cfg.retrain_epochs,
+                     retrain_lr=sweep_cfg.retrain_lr, retrain_optimizer=sweep_cfg.retrain_optimizer)  # fmt: skip
+    layout = RunLayout(context["run_url"])
+    name = trial_id(prune, quant.bits)
+    row = compress_and_evaluate(
+        baseline=baseline, arch=context["arch"], data=config_from_dict(DataConfig, context["data"]),
+        spec=spec, model_url=layout.model_url(name), run_id=layout.run_id,
+    )  # fmt: skip
+    metrics.write_rows(layout.run_url, "sweep_trials", [row], writer_id=name)
+    tune.report({k: v for k, v in row.items() if isinstance(v, (int, float))})
+
+
+def sweep(layout: RunLayout, sweep_cfg: SweepConfig, data_cfg: DataConfig, arch: dict[str, Any]) -> list[dict[str, Any]]:
+    """Run the grid's missing trials; returns every trial row of the run (old and new)."""
+    done = {row["trial_id"] for row in metrics.read_table(layout.run_url, "sweep_trials").to_pylist()}
+    todo = [
+        p for p in grid_points(sweep_cfg)
+        if trial_id(PruneConfig(mode=sweep_cfg.prune_mode, amount=p["threshold"]), p["bits"]) not in done
+    ]  # fmt: skip
+    if todo:
+        print(f"[sqz] sweep: {len(todo)} trial(s) to run, {len(done)} already done", flush=True)
+        baseline = storage.read_bytes(layout.baseline_url)
+        context = {
+            "sweep": config_to_dict(sweep_cfg), "data": config_to_dict(data_cfg),
+            "arch": arch, "run_url": layout.run_url,
+        }  # fmt: skip
+        trainable = tune.with_resources(
+            tune.with_parameters(_trial, baseline=baseline, context=context), {"cpu": 1}
+        )
+        fs, path = storage.resolve(storage.join(layout.run_url, "tune"))
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"point": tune.grid_search(todo)},
+            tune_config=tune.TuneConfig(max_concurrent_trials=sweep_cfg.max_concurrent),
+            run_config=tune.RunConfig(name="ray-tune", storage_path=path, storage_filesystem=fs, verbose=0),
+        )
+        results = tuner.fit()
+        errors = [str(r.error) for r in results if r.error is not None]
+        if errors:
+            raise RuntimeError(f"{len(errors)} sweep trial(s) failed; first: {errors[0].splitlines()[0]}")
+    rows = metrics.read_table(layout.run_url, "sweep_trials").to_pylist()
+    wanted = {trial_id(PruneConfig(mode=sweep_cfg.prune_mode, amount=p["threshold"]), p["bits"]) for p in grid_points(sweep_cfg)}
+    return [row for row in rows if row["trial_id"] in wanted]

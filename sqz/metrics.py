@@ -1,0 +1,76 @@
+"""Parquet metrics tables: one schema per table, one file per writer, read as a dataset.
+
+Each writer (a training epoch, a sweep trial) writes its own file under
+``<run_url>/metrics/<table>/``, so concurrent trials never overwrite each other and a
+rerun that repeats a writer replaces its file instead of duplicating rows. The folder is
+a plain Parquet dataset: pyarrow.dataset, pandas, duckdb and polars read it as one table.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from typing import Any, Iterable
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from sqz import storage
+
+__all__ = ["SCHEMAS", "write_rows", "read_table", "table_url"]
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "train_epochs": pa.schema([
+        ("run_id", pa.string()), ("epoch", pa.int32()), ("lr", pa.float64()), ("loss", pa.float64()),
+        ("top1", pa.float64()), ("top5", pa.float64()), ("images_per_s", pa.float64()),
+        ("data_wait_s", pa.float64()), ("wall_s", pa.float64()),
+    ]),
+    "sweep_trials": pa.schema([
+        ("run_id", pa.string()), ("trial_id", pa.string()), ("prune_mode", pa.string()),
+        ("threshold", pa.float64()), ("bits", pa.int32()), ("density", pa.float64()),
+        ("size_bytes", pa.int64()), ("top1", pa.float64()), ("top5", pa.float64()),
+        ("ratio_vs_alexnet_32bit", pa.float64()), ("model_url", pa.string()), ("wall_s", pa.float64()),
+    ]),
+    "compressed_layers": pa.schema([
+        ("run_id", pa.string()), ("model", pa.string()), ("layer", pa.string()), ("shape", pa.string()),
+        ("weights", pa.int64()), ("nonzero", pa.int64()), ("bits", pa.int32()), ("code_bytes", pa.int64()),
+        ("index_bytes", pa.int64()), ("overhead_bytes", pa.int64()), ("entropy_bound_bytes", pa.float64()),
+    ]),
+    "evaluations": pa.schema([
+        ("run_id", pa.string()), ("model", pa.string()), ("dataset", pa.string()), ("split", pa.string()),
+        ("top1", pa.float64()), ("top5", pa.float64()), ("images", pa.int64()),
+    ]),
+}  # fmt: skip
+
+_WRITER_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+
+
+def table_url(run_url: str, table: str) -> str:
+    if table not in SCHEMAS:
+        raise ValueError(f"table: unknown metrics table {table!r}; known: {', '.join(SCHEMAS)}")
+    return storage.join(run_url, "metrics", table)
+
+
+def write_rows(run_url: str, table: str, rows: Iterable[dict[str, Any]], *, writer_id: str) -> str:
+    """Write ``rows`` as ``<run_url>/metrics/<table>/<writer_id>.parquet``; returns its URL."""
+    if not _WRITER_ID.match(writer_id):
+        raise ValueError(f"writer_id: {writer_id!r} is not a safe file name")
+    schema = SCHEMAS[table] if table in SCHEMAS else None
+    url = storage.join(table_url(run_url, table), f"{writer_id}.parquet")
+    data = pa.Table.from_pylist(list(rows), schema=schema)
+    buffer = io.BytesIO()
+    pq.write_table(data, buffer)
+    storage.write_bytes(url, buffer.getvalue())
+    return url
+
+
+def read_table(run_url: str, table: str) -> pa.Table:
+    """All rows of ``table`` in the run (an empty table with the schema if none yet)."""
+    url = table_url(run_url, table)
+    if not storage.exists(url):
+        return SCHEMAS[table].empty_table()
+    fs, path = storage.resolve(url)
+    dataset = ds.dataset(path, filesystem=fs, format="parquet", schema=SCHEMAS[table],
+                         exclude_invalid_files=False, ignore_prefixes=[".", "_"])  # fmt: skip
+    return dataset.to_table()

@@ -1,0 +1,238 @@
+"""SqueezeNet family, laid out like torchvision's ``squeezenet.py``.
+
+State-dict keys of ``squeezenet1_0`` / ``squeezenet1_1`` are the same as torchvision's,
+so weights move freely between the two. The bypass variants follow Section 6 of the
+SqueezeNet paper; ``squeezenet_small`` keeps v1.1's fire modules but starts with a 3x3,
+stride-1 stem so 32x32 inputs (the digits demo) still reach the last fire at 4x4.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
+
+import torch
+from torch import nn
+
+__all__ = [
+    "Fire",
+    "SqueezeNet",
+    "ModelFacts",
+    "MODEL_FACTS",
+    "squeezenet1_0",
+    "squeezenet1_1",
+    "squeezenet1_0_simple_bypass",
+    "squeezenet1_0_complex_bypass",
+    "squeezenet_small",
+    "build_model",
+    "list_models",
+    "count_parameters",
+]
+
+Bypass = Literal["none", "simple", "complex"]
+
+
+class Fire(nn.Module):
+    def __init__(
+        self,
+        inplanes: int,
+        squeeze_planes: int,
+        expand1x1_planes: int,
+        expand3x3_planes: int,
+        bypass: Literal["none", "identity", "conv"] = "none",
+    ) -> None:
+        super().__init__()
+        self.inplanes = inplanes
+        self.squeeze = nn.Conv2d(inplanes, squeeze_planes, kernel_size=1)
+        self.squeeze_activation = nn.ReLU(inplace=True)
+        self.expand1x1 = nn.Conv2d(squeeze_planes, expand1x1_planes, kernel_size=1)
+        self.expand1x1_activation = nn.ReLU(inplace=True)
+        self.expand3x3 = nn.Conv2d(squeeze_planes, expand3x3_planes, kernel_size=3, padding=1)
+        self.expand3x3_activation = nn.ReLU(inplace=True)
+        self.bypass_mode = bypass
+        # The complex bypass needs a 1x1 conv where input and output channels differ;
+        # it is the only extra parameter the paper's bypass variants add.
+        self.bypass = (
+            nn.Conv2d(inplanes, expand1x1_planes + expand3x3_planes, kernel_size=1)
+            if bypass == "conv"
+            else None
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        squeezed = self.squeeze_activation(self.squeeze(x))
+        out = torch.cat(
+            [
+                self.expand1x1_activation(self.expand1x1(squeezed)),
+                self.expand3x3_activation(self.expand3x3(squeezed)),
+            ],
+            1,
+        )  # (N, e1 + e3, H, W)
+        if self.bypass_mode == "identity":
+            out = out + x
+        elif self.bypass is not None:
+            out = out + self.bypass(x)
+        return out
+
+
+# Fire module sizes (in, squeeze, expand1x1, expand3x3); "M" is a 3x3/2 max-pool.
+_V1_0_FIRES = [
+    (96, 16, 64, 64), (128, 16, 64, 64), (128, 32, 128, 128), "M",
+    (256, 32, 128, 128), (256, 48, 192, 192), (384, 48, 192, 192), (384, 64, 256, 256), "M",
+    (512, 64, 256, 256),
+]  # fmt: skip
+_V1_1_FIRES = [
+    (64, 16, 64, 64), (128, 16, 64, 64), "M",
+    (128, 32, 128, 128), (256, 32, 128, 128), "M",
+    (256, 48, 192, 192), (384, 48, 192, 192), (384, 64, 256, 256), (512, 64, 256, 256),
+]  # fmt: skip
+
+
+def _fire_bypass(index: int, inplanes: int, outplanes: int, bypass: Bypass) -> str:
+    """Paper, Section 6: simple bypass around fire3/5/7/9 (channels match), complex adds
+    a 1x1 conv bypass around fire2/4/6/8. ``index`` counts fires from 0 (= fire2)."""
+    if bypass == "none":
+        return "none"
+    if inplanes == outplanes and index % 2 == 1:
+        return "identity"
+    if bypass == "complex" and inplanes != outplanes:
+        return "conv"
+    return "none"
+
+
+class SqueezeNet(nn.Module):
+    def __init__(
+        self,
+        version: Literal["1_0", "1_1", "small"] = "1_0",
+        num_classes: int = 1000,
+        dropout: float = 0.5,
+        bypass: Bypass = "none",
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        if version == "1_0":
+            stem: list[nn.Module] = [nn.Conv2d(3, 96, kernel_size=7, stride=2), nn.ReLU(inplace=True)]
+            plan, pool = _V1_0_FIRES, lambda: nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True)
+        elif version == "1_1":
+            stem = [nn.Conv2d(3, 64, kernel_size=3, stride=2), nn.ReLU(inplace=True)]
+            plan, pool = _V1_1_FIRES, lambda: nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True)
+        elif version == "small":
+            stem = [nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1), nn.ReLU(inplace=True)]
+            plan, pool = _V1_1_FIRES, lambda: nn.MaxPool2d(kernel_size=2, stride=2)
+        else:
+            raise ValueError(f"version: unknown SqueezeNet version {version!r}")
+        layers = stem + [pool()]
+        fire_index = 0
+        for item in plan:
+            if item == "M":
+                layers.append(pool())
+                continue
+            inplanes, squeeze, e1, e3 = item
+            mode = _fire_bypass(fire_index, inplanes, e1 + e3, bypass)
+            layers.append(Fire(inplanes, squeeze, e1, e3, bypass=mode))
+            fire_index += 1
+        self.features = nn.Sequential(*layers)
+
+        final_conv = nn.Conv2d(512, num_classes, kernel_size=1)
+        # The published models put a ReLU on the class scores; from scratch on a tiny
+        # dataset it kills whole classes (a class whose scores start negative never gets a
+        # gradient), so the small variant uses an identity there. Keys and shapes match.
+        final_activation = nn.Identity() if version == "small" else nn.ReLU(inplace=True)
+        self.classifier = nn.Sequential(
+            nn.Dropout(p=dropout), final_conv, final_activation, nn.AdaptiveAvgPool2d((1, 1))
+        )
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                if m is final_conv:
+                    nn.init.normal_(m.weight, mean=0.0, std=0.01)
+                else:
+                    nn.init.kaiming_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.constant_(m.bias, 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x)
+        x = self.classifier(x)  # (N, num_classes, 1, 1)
+        return torch.flatten(x, 1)
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """Facts kept beside the builders as data, like torchvision's weight metadata."""
+
+    num_params_1000: int | None  # with the ImageNet 1000-class head
+    input_size: int
+    source: str
+
+
+MODEL_FACTS: dict[str, ModelFacts] = {
+    "squeezenet1_0": ModelFacts(1_248_424, 227, "SqueezeNet paper, Table 2 (v1.0)"),
+    "squeezenet1_1": ModelFacts(1_235_496, 224, "SqueezeNet v1.1 release notes"),
+    "squeezenet1_0_simple_bypass": ModelFacts(1_248_424, 227, "SqueezeNet paper, Section 6"),
+    "squeezenet1_0_complex_bypass": ModelFacts(None, 227, "SqueezeNet paper, Section 6"),
+    "squeezenet_small": ModelFacts(None, 32, "sqz: v1.1 fires, 3x3 stride-1 stem for 32x32"),
+}
+
+
+def _squeezenet(version: str, *, num_classes: int, dropout: float, bypass: Bypass) -> SqueezeNet:
+    return SqueezeNet(version=version, num_classes=num_classes, dropout=dropout, bypass=bypass)  # type: ignore[arg-type]
+
+
+def squeezenet1_0(*, num_classes: int = 1000, dropout: float = 0.5) -> SqueezeNet:
+    return _squeezenet("1_0", num_classes=num_classes, dropout=dropout, bypass="none")
+
+
+def squeezenet1_1(*, num_classes: int = 1000, dropout: float = 0.5) -> SqueezeNet:
+    return _squeezenet("1_1", num_classes=num_classes, dropout=dropout, bypass="none")
+
+
+def squeezenet1_0_simple_bypass(*, num_classes: int = 1000, dropout: float = 0.5) -> SqueezeNet:
+    return _squeezenet("1_0", num_classes=num_classes, dropout=dropout, bypass="simple")
+
+
+def squeezenet1_0_complex_bypass(*, num_classes: int = 1000, dropout: float = 0.5) -> SqueezeNet:
+    return _squeezenet("1_0", num_classes=num_classes, dropout=dropout, bypass="complex")
+
+
+def squeezenet_small(*, num_classes: int = 10, dropout: float = 0.5) -> SqueezeNet:
+    return _squeezenet("small", num_classes=num_classes, dropout=dropout, bypass="none")
+
+
+_BUILDERS: dict[str, Callable[..., SqueezeNet]] = {
+    "squeezenet1_0": squeezenet1_0,
+    "squeezenet1_1": squeezenet1_1,
+    "squeezenet1_0_simple_bypass": squeezenet1_0_simple_bypass,
+    "squeezenet1_0_complex_bypass": squeezenet1_0_complex_bypass,
+    "squeezenet_small": squeezenet_small,
+}
+
+# A .sqz file names its architecture; decoding rebuilds it from these bounded options only,
+# so a hostile header cannot ask for an arbitrarily large model.
+_MAX_CLASSES = 100_000
+
+
+def list_models() -> list[str]:
+    return sorted(_BUILDERS)
+
+
+def build_model(name: str, **kwargs: Any) -> SqueezeNet:
+    """Build a registered model by name; unknown names and options are a ValueError."""
+    if name not in _BUILDERS:
+        raise ValueError(f"model: unknown model {name!r}; choose one of {', '.join(list_models())}")
+    allowed = {"num_classes", "dropout"}
+    unknown = set(kwargs) - allowed
+    if unknown:
+        raise ValueError(f"model: unknown options {sorted(unknown)} for {name}")
+    num_classes = kwargs.get("num_classes")
+    if num_classes is not None and not (isinstance(num_classes, int) and 2 <= num_classes <= _MAX_CLASSES):
+        raise ValueError(f"num_classes: must be an integer in 2..{_MAX_CLASSES}, got {num_classes!r}")
+    dropout = kwargs.get("dropout")
+    if dropout is not None and not (isinstance(dropout, (int, float)) and 0.0 <= dropout < 1.0):
+        raise ValueError(f"dropout: must be in [0, 1), got {dropout!r}")
+    model = _BUILDERS[name](**kwargs)
+    # Recorded so a .sqz file can name how to rebuild this exact architecture.
+    model.arch_spec = {"name": name, "kwargs": dict(kwargs)}
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
