@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-__all__ = ["ALEXNET_FLOAT32_BYTES", "pareto_frontier", "choose_variant", "trials_table", "render_report"]
+__all__ = ["ALEXNET_FLOAT32_BYTES", "pareto_frontier", "choose_variant", "trials_table", "render_report", "write_run_report"]
 
 # 32-bit AlexNet, the paper's reference for every compression ratio: 61.1 M parameters
 # x 4 bytes (DESIGN.md, reference facts; "240 MB" in the paper).
@@ -79,3 +79,15 @@ def render_report(
             f"than the float32 baseline, {chosen['ratio_vs_alexnet_32bit']:,.0f}x smaller than 32-bit AlexNet."
         )
     return "\n".join(parts) + "\n"
+
+
+def write_run_report(report_url: str, *, run_id: str, baseline: dict[str, Any],
+                     trials: Sequence[dict[str, Any]], max_drop: float) -> dict[str, Any]:
+    """Choose the variant, write report.md to ``report_url``; returns the run's summary."""
+    from sqz import storage
+
+    chosen = choose_variant(trials, baseline["top1"], max_drop)
+    text = render_report(run_id=run_id, baseline=baseline, trials=trials, chosen=chosen, max_drop=max_drop)
+    storage.write_bytes(report_url, text.encode())
+    return {"run_id": run_id, "baseline": baseline, "trials": list(trials), "chosen": chosen,
+            "report_url": report_url, "report_markdown": text}  # fmt: skip

@@ -29,7 +29,7 @@ class RunLayout:
 
     @classmethod
     def for_config(cls, config: PipelineConfig, run_id: str | None = None) -> "RunLayout":
-        return cls(storage.join(config.storage_url, run_id or derive_run_id(config)))
+        return cls(storage.join(storage.absolute(config.storage_url), run_id or derive_run_id(config)))
 
     @property
     def run_id(self) -> str:

@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
-__all__ = ["SUPPORTED_SCHEMES", "check_url", "resolve", "join", "write_bytes", "read_bytes", "exists", "size_of", "is_local"]
+__all__ = ["SUPPORTED_SCHEMES", "check_url", "absolute", "resolve", "join", "write_bytes", "read_bytes", "exists", "size_of", "is_local"]
 
 SUPPORTED_SCHEMES = ("", "file", "s3")
 
@@ -69,6 +69,11 @@ def resolve(url: str, *, endpoint_url: str | None = None, region: str | None = N
         return _s3_filesystem(endpoint, region), path
     path = url.removeprefix("file://")
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
+
+
+def absolute(url: str) -> str:
+    """Local paths made absolute (Ray workers run in other directories); URLs unchanged."""
+    return url if not is_local(url) else os.path.abspath(os.path.expanduser(url.removeprefix("file://")))
 
 
 def join(url: str, *parts: str) -> str:

@@ -116,8 +116,29 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 ray.train.report(row)
 
 
+def _finished(layout: RunLayout, train_cfg: TrainConfig) -> TrainResult | None:
+    """The result of an earlier, completed training of this run, if there is one."""
+    if not storage.exists(layout.baseline_url):
+        return None
+    rows = metrics.read_table(layout.run_url, "train_epochs").to_pylist()
+    if len({r["epoch"] for r in rows}) < train_cfg.epochs:
+        return None
+    last = max(rows, key=lambda r: r["epoch"])
+    model = build_model(train_cfg.model, num_classes=train_cfg.num_classes)
+    return TrainResult(
+        baseline_url=layout.baseline_url, parameters=count_parameters(model),
+        size_bytes=storage.size_of(layout.baseline_url), top1=last["top1"], top5=last["top5"],
+        epochs=last["epoch"] + 1,
+    )  # fmt: skip
+
+
 def train(layout: RunLayout, train_cfg: TrainConfig, data_cfg: DataConfig) -> TrainResult:
-    """Train (or resume training) the run's baseline; writes models/baseline.safetensors."""
+    """Train the run's baseline and write models/baseline.safetensors. A finished
+    training is reused as is; an interrupted one resumes from its latest checkpoint."""
+    done = _finished(layout, train_cfg)
+    if done is not None:
+        print(f"[sqz] train: reusing the finished baseline at {layout.baseline_url}", flush=True)
+        return done
     fs, path = storage.resolve(layout.train_url)
     trainer = TorchTrainer(
         _train_loop_per_worker,
@@ -140,12 +161,8 @@ def train(layout: RunLayout, train_cfg: TrainConfig, data_cfg: DataConfig) -> Tr
     model = build_model(train_cfg.model, num_classes=train_cfg.num_classes)
     with result.checkpoint.as_directory() as directory:
         model.load_state_dict(load_file(os.path.join(directory, "model.safetensors")))
-    weights = save(model.state_dict())
-    storage.write_bytes(layout.baseline_url, weights)
-    final = metrics.read_table(layout.run_url, "train_epochs").to_pylist()
-    last = max(final, key=lambda r: r["epoch"])
-    return TrainResult(
-        baseline_url=layout.baseline_url, parameters=count_parameters(model),
-        size_bytes=storage.size_of(layout.baseline_url), top1=last["top1"], top5=last["top5"],
-        epochs=last["epoch"] + 1,
-    )  # fmt: skip
+    storage.write_bytes(layout.baseline_url, save(model.state_dict()))
+    done = _finished(layout, train_cfg)
+    if done is None:
+        raise RuntimeError(f"training under {layout.train_url} ended before its {train_cfg.epochs} epochs")
+    return done

@@ -1,0 +1,40 @@
+# Two commands for a fresh clone: `make demo` and `make test`. Both create .venv/ first
+# if it is missing (a second call installs nothing: the stamp file is newer than
+# pyproject.toml).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+WORK := $(CURDIR)/.work
+
+# Local Ray on 127.0.0.1 (not the machine's external address), no auth for the embedded
+# cluster, no usage stats; Prefect's home inside the project, no analytics, and time
+# for the ephemeral API to start on 2 cores.
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER ?= 0
+export RAY_AUTH_MODE ?= disabled
+export RAY_USAGE_STATS_ENABLED ?= 0
+export PREFECT_HOME ?= $(WORK)/prefect
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
+
+.PHONY: demo test venv bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/sqz run
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest
+
+bench: $(STAMP)
+	$(VENV)/bin/python bench/bench_pipeline.py
+
+clean:
+	rm -rf sqz-runs .work .ray

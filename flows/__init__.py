@@ -1,0 +1,1 @@
+"""Prefect flows: ordering, retries and observability around sqz calls; no domain logic."""

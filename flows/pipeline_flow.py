@@ -1,0 +1,46 @@
+"""squeeze_pipeline: train -> sweep -> report, on one Ray session, under one run folder."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+
+from flows.report_flow import report_run
+from flows.sweep_flow import sweep_compression
+from flows.train_flow import train_model
+from sqz.config import PipelineConfig, config_from_dict, config_to_dict
+from sqz.distributed.cluster import ray_session
+from sqz.runs import RunLayout, write_manifest
+
+
+@task(name="write-manifest", retries=2, retry_delay_seconds=2)
+def record_manifest(config: dict[str, Any], run_id: str | None) -> str:
+    pipeline = config_from_dict(PipelineConfig, config)
+    layout = RunLayout.for_config(pipeline, run_id)
+    write_manifest(layout, pipeline)
+    return layout.run_url
+
+
+@flow(name="squeeze_pipeline")
+def squeeze_pipeline(config: dict[str, Any] | None = None, run_id: str | None = None,
+                     ray_address: str | None = None, workdir: str = ".") -> dict[str, Any]:  # fmt: skip
+    pipeline = config_from_dict(PipelineConfig, config or {})
+    values = config_to_dict(pipeline)
+    logger = get_run_logger()
+    run_url = record_manifest(values, run_id)
+    logger.info("[sqz] run %s -> %s", RunLayout(run_url).run_id, run_url)
+    arch = {"name": pipeline.train.model, "kwargs": {"num_classes": pipeline.train.num_classes}}
+    with ray_session(ray_address, workdir=workdir):
+        logger.info("[sqz] stage 1/3 train: %s, %d workers, %d epochs", pipeline.train.model,
+                    pipeline.train.workers, pipeline.train.epochs)  # fmt: skip
+        baseline = train_model(run_url, values["train"], values["data"])
+        logger.info("[sqz] stage 1/3 train done: top-1 %.2f, %d bytes", baseline["top1"], baseline["size_bytes"])
+        logger.info("[sqz] stage 2/3 sweep: thresholds %s x bits %s", pipeline.sweep.thresholds, pipeline.sweep.bits)
+        trials = sweep_compression(run_url, values["sweep"], values["data"], arch)
+        logger.info("[sqz] stage 2/3 sweep done: %d trials", len(trials))
+    baseline = {**baseline, "model": pipeline.train.model}
+    logger.info("[sqz] stage 3/3 report")
+    summary = report_run(run_url, baseline, trials, pipeline.sweep.max_top1_drop)
+    logger.info("[sqz] stage 3/3 report done: %s", summary["report_url"])
+    return summary
