@@ -73,6 +73,8 @@ def sweep(layout: RunLayout, sweep_cfg: SweepConfig, data_cfg: DataConfig, arch:
         errors = [str(r.error) for r in results if r.error is not None]
         if errors:
             raise RuntimeError(f"{len(errors)} sweep trial(s) failed; first: {errors[0].splitlines()[0]}")
+    else:
+        print(f"[sqz] sweep: all {len(done)} trial(s) already done, reusing them", flush=True)
     rows = metrics.read_table(layout.run_url, "sweep_trials").to_pylist()
     wanted = {trial_id(PruneConfig(mode=sweep_cfg.prune_mode, amount=p["threshold"]), p["bits"]) for p in grid_points(sweep_cfg)}
     return [row for row in rows if row["trial_id"] in wanted]

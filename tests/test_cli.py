@@ -1,0 +1,64 @@
+import subprocess
+import sys
+
+import pytest
+
+from sqz.cli import main
+
+
+@pytest.mark.parametrize(
+    "args, option",
+    [
+        (["--bits", "9"], "--bits"),
+        (["--bits", "0,8"], "--bits"),
+        (["--thresholds=-0.5"], "--thresholds"),
+        (["--thresholds", "abc"], "--thresholds"),
+        (["--data", "/no/such/folder"], "--data"),
+        (["--storage", "gs://bucket/x"], "--storage"),
+        (["--workers", "0"], "--workers"),
+        (["--epochs", "-1"], "--epochs"),
+        (["--model", "resnet50"], "--model"),
+    ],
+)
+def test_bad_input_is_one_line_naming_the_option(args, option):
+    # A subprocess: proves the error comes before Ray or Prefect start (it takes < 10 s).
+    result = subprocess.run([sys.executable, "-m", "sqz.cli", "run", *args], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and option in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_help_explains_every_subcommand(capsys):
+    for command in (["--help"], ["run", "--help"], ["inspect", "--help"], ["report", "--help"], ["models", "--help"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(command)
+        assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for option in ("--data", "--storage", "--workers", "--epochs", "--thresholds", "--bits", "--ray-address"):
+        assert option in out
+
+
+def test_models_lists_the_registry(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "squeezenet1_0" in out and "1,248,424" in out and "1,235,496" in out
+
+
+def test_inspect_prints_the_byte_account(tmp_path, capsys):
+    import torch
+
+    from sqz.compress import encode, prune_, quantize_
+    from sqz.config import PruneConfig, QuantConfig
+    from sqz.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("squeezenet_small", num_classes=10)
+    prune_(model, PruneConfig(amount=1.0))
+    quantize_(model, QuantConfig(bits=4))
+    path = tmp_path / "m.sqz"
+    path.write_bytes(encode(model))
+    assert main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "features.0.weight" in out and f"file: {path.stat().st_size:,} bytes" in out
+    assert main(["inspect", str(tmp_path / "missing.sqz")]) == 2

@@ -1,0 +1,91 @@
+"""The whole `sqz run`: real Ray Train, Ray Tune and Prefect (ephemeral API), tiny settings."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader
+
+from sqz import engine, metrics
+from sqz.compress import decode, encode, prune_, quantize_
+from sqz.config import DataConfig, PruneConfig, QuantConfig
+from sqz.data import load_split
+from sqz.models import build_model
+
+ARGS = ["--epochs", "3", "--thresholds", "0.3,0.6,0.9", "--bits", "8,4", "--retrain-epochs", "1",
+        "--finetune-epochs", "1", "--run-id", "tiny"]  # fmt: skip
+
+
+def _sqz_run(cwd, storage):
+    sqz = os.path.join(os.path.dirname(sys.executable), "sqz")
+    return subprocess.run([sqz, "run", "--storage", storage, *ARGS], cwd=cwd, capture_output=True,
+                          text=True, timeout=900)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("pipeline")
+    storage = str(cwd / "runs")
+    first = _sqz_run(cwd, storage)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    return cwd, os.path.join(storage, "tiny"), first
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_run_writes_everything_it_reports(finished_run):
+    _, run_dir, result = finished_run
+    out = result.stdout
+    assert "baseline squeezenet_small" in out and "chosen:" in out
+    manifest = json.load(open(os.path.join(run_dir, "manifest.json")))
+    assert manifest["run_id"] == "tiny" and manifest["config"]["train"]["epochs"] == 3
+    assert os.path.exists(os.path.join(run_dir, "report", "report.md"))
+
+    epochs = metrics.read_table(run_dir, "train_epochs").to_pylist()
+    assert sorted(r["epoch"] for r in epochs) == [0, 1, 2]
+    trials = metrics.read_table(run_dir, "sweep_trials").to_pylist()
+    assert len(trials) == 6 and {(r["threshold"], r["bits"]) for r in trials} == {
+        (t, b) for t in (0.3, 0.6, 0.9) for b in (8, 4)
+    }
+    val = DataLoader(load_split(DataConfig(), "val"), batch_size=256)
+    for row in trials:
+        assert row["size_bytes"] == os.path.getsize(row["model_url"])  # the table's bytes are the file's
+        assert row["trial_id"] in out and f"{row['size_bytes']:,}" in out
+        model = decode(open(row["model_url"], "rb").read())
+        assert engine.evaluate(model, val).top1 == pytest.approx(row["top1"])
+    # Higher thresholds prune more.
+    by_threshold = {r["threshold"]: r["density"] for r in trials}
+    assert by_threshold[0.3] > by_threshold[0.6] > by_threshold[0.9]
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_decoded_file_predicts_like_the_quantized_model_in_memory(finished_run):
+    _, run_dir, _ = finished_run
+    model = build_model("squeezenet_small", num_classes=10)
+    model.load_state_dict(load_file(os.path.join(run_dir, "models", "baseline.safetensors")))
+    prune_(model, PruneConfig(mode="std", amount=0.6))
+    quantize_(model, QuantConfig(bits=4))
+    model.eval()
+    decoded = decode(encode(model))
+    inputs = next(iter(DataLoader(load_split(DataConfig(), "val"), batch_size=360)))[0]
+    with torch.no_grad():
+        assert torch.equal(model(inputs), decoded(inputs))
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_rerun_reuses_training_and_trials(finished_run):
+    cwd, run_dir, _ = finished_run
+    models = os.path.join(run_dir, "models")
+    stamps = {name: os.stat(os.path.join(models, name)).st_mtime_ns for name in os.listdir(models)}
+    again = _sqz_run(cwd, os.path.dirname(run_dir))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "reusing the finished baseline" in again.stdout + again.stderr
+    assert "already done" in again.stdout + again.stderr
+    assert {n: os.stat(os.path.join(models, n)).st_mtime_ns for n in os.listdir(models)} == stamps
+    assert len(metrics.read_table(run_dir, "sweep_trials")) == 6
