@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -31,16 +32,22 @@ def squeeze_pipeline(config: dict[str, Any] | None = None, run_id: str | None = 
     run_url = record_manifest(values, run_id)
     logger.info("[sqz] run %s -> %s", RunLayout(run_url).run_id, run_url)
     arch = {"name": pipeline.train.model, "kwargs": {"num_classes": pipeline.train.num_classes}}
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
     with ray_session(ray_address, workdir=workdir):
+        seconds["ray_start"], clock = time.perf_counter() - clock, time.perf_counter()
         logger.info("[sqz] stage 1/3 train: %s, %d workers, %d epochs", pipeline.train.model,
                     pipeline.train.workers, pipeline.train.epochs)  # fmt: skip
         baseline = train_model(run_url, values["train"], values["data"])
+        seconds["train"], clock = time.perf_counter() - clock, time.perf_counter()
         logger.info("[sqz] stage 1/3 train done: top-1 %.2f, %d bytes", baseline["top1"], baseline["size_bytes"])
         logger.info("[sqz] stage 2/3 sweep: thresholds %s x bits %s", pipeline.sweep.thresholds, pipeline.sweep.bits)
         trials = sweep_compression(run_url, values["sweep"], values["data"], arch)
+        seconds["sweep"], clock = time.perf_counter() - clock, time.perf_counter()
         logger.info("[sqz] stage 2/3 sweep done: %d trials", len(trials))
     baseline = {**baseline, "model": pipeline.train.model}
     logger.info("[sqz] stage 3/3 report")
     summary = report_run(run_url, baseline, trials, pipeline.sweep.max_top1_drop)
+    seconds["report"] = time.perf_counter() - clock
     logger.info("[sqz] stage 3/3 report done: %s", summary["report_url"])
-    return summary
+    return {**summary, "stage_seconds": seconds}

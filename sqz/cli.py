@@ -137,6 +137,8 @@ def _summary_table(summary: dict[str, Any]) -> str:
         )
     else:
         lines.append("chosen: none within the accuracy budget")
+    if "stage_seconds" in summary:
+        lines.append("stages: " + ", ".join(f"{k} {v:.1f} s" for k, v in summary["stage_seconds"].items()))
     lines.append(f"report: {summary['report_url']}")
     return "\n".join(lines)
 
