@@ -72,7 +72,7 @@ def sweep(layout: RunLayout, sweep_cfg: SweepConfig, data_cfg: DataConfig, arch:
         results = tuner.fit()
         errors = [str(r.error) for r in results if r.error is not None]
         if errors:
-            raise RuntimeError(f"{len(errors)} sweep trial(s) failed; first: {errors[0].splitlines()[0]}")
+            raise RuntimeError(f"{len(errors)} sweep trial(s) failed; first: {errors[0].strip().splitlines()[-1]}")
     else:
         print(f"[sqz] sweep: all {len(done)} trial(s) already done, reusing them", flush=True)
     rows = metrics.read_table(layout.run_url, "sweep_trials").to_pylist()
