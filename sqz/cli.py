@@ -92,6 +92,12 @@ def _build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_url", help="the run folder, e.g. ./sqz-runs/run-0123abcd4567")
 
     sub.add_parser("models", help="list the registered models and their parameter counts")
+
+    import_dc = sub.add_parser("import-dc", help="convert the released Deep Compression .net file to .sqz",
+                               description="Read the Deep Compression authors' compressed_SqueezeNet.net into "
+                               "squeezenet1_0 and re-encode the same weights, losslessly, as .sqz.")  # fmt: skip
+    import_dc.add_argument("file", help="path or URL of compressed_SqueezeNet.net")
+    import_dc.add_argument("out", help="path or URL of the .sqz file to write")
     return parser
 
 
@@ -197,7 +203,23 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"run": _cmd_run, "inspect": _cmd_inspect, "report": _cmd_report, "models": _cmd_models}
+def _cmd_import_dc(args: argparse.Namespace) -> int:
+    from sqz import storage
+    from sqz.compress.codec import decode, encode
+    from sqz.compress.dcnet import load_dcnet
+
+    source = storage.read_bytes(args.file)
+    model = load_dcnet(source)
+    data = encode(model, meta={"source": "Deep Compression release, compressed_SqueezeNet.net"})
+    decoded = decode(data)  # prove the file before reporting it
+    exact = all(a.equal(b) for a, b in zip(model.state_dict().values(), decoded.state_dict().values()))
+    storage.write_bytes(args.out, data)
+    print(f"{args.file}: {len(source):,} bytes -> {args.out}: {len(data):,} bytes "
+          f"({100 * len(data) / len(source):.1f}%), weights bit-exact: {exact}")  # fmt: skip
+    return 0 if exact else 1
+
+
+_COMMANDS = {"run": _cmd_run, "import-dc": _cmd_import_dc, "inspect": _cmd_inspect, "report": _cmd_report, "models": _cmd_models}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
