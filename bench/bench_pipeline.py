@@ -16,10 +16,9 @@ def main() -> None:
     parser.add_argument("--storage", default=".work/bench", help="where the benchmark runs go")
     parser.add_argument("--epochs", type=int, default=8)
     args = parser.parse_args()
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    if os.environ.get("PREFECT_HOME"):
-        os.makedirs(os.environ["PREFECT_HOME"], exist_ok=True)
+    from sqz.cli import prefect_defaults
+
+    prefect_defaults()
 
     from flows.pipeline_flow import squeeze_pipeline
     from sqz.config import PipelineConfig, TrainConfig, config_to_dict

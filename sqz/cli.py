@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Any, Callable, Sequence
 
-__all__ = ["main"]
+__all__ = ["main", "prefect_defaults"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -149,7 +149,8 @@ def _summary_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _prefect_defaults() -> None:
+def prefect_defaults() -> None:
+    """Environment Prefect reads at import; call before importing flows/ (CLI and bench)."""
     # The ephemeral API needs ~13 s to start on 2 cores, close to Prefect's 20 s default.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -162,7 +163,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     config = _pipeline_config(args)  # every bad value fails here, before Ray or Prefect start
     if args.s3_endpoint:
         os.environ["AWS_ENDPOINT_URL_S3"] = args.s3_endpoint  # inherited by Ray's workers
-    _prefect_defaults()
+    prefect_defaults()
     from flows.pipeline_flow import squeeze_pipeline
     from sqz.config import config_to_dict
 

@@ -28,6 +28,10 @@ def grid_points(sweep_cfg: SweepConfig) -> list[dict[str, Any]]:
     ]
 
 
+def _point_id(sweep_cfg: SweepConfig, point: dict[str, Any]) -> str:
+    return trial_id(PruneConfig(mode=sweep_cfg.prune_mode, amount=point["threshold"]), point["bits"])
+
+
 def _trial(config: dict[str, Any], *, baseline: bytes, context: dict[str, Any]) -> None:
     point = config["point"]  # {"threshold": ..., "bits": ...}
     sweep_cfg: SweepConfig = config_from_dict(SweepConfig, context["sweep"])
@@ -48,10 +52,7 @@ def _trial(config: dict[str, Any], *, baseline: bytes, context: dict[str, Any]) 
 def sweep(layout: RunLayout, sweep_cfg: SweepConfig, data_cfg: DataConfig, arch: dict[str, Any]) -> list[dict[str, Any]]:
     """Run the grid's missing trials; returns every trial row of the run (old and new)."""
     done = {row["trial_id"] for row in metrics.read_table(layout.run_url, "sweep_trials").to_pylist()}
-    todo = [
-        p for p in grid_points(sweep_cfg)
-        if trial_id(PruneConfig(mode=sweep_cfg.prune_mode, amount=p["threshold"]), p["bits"]) not in done
-    ]  # fmt: skip
+    todo = [p for p in grid_points(sweep_cfg) if _point_id(sweep_cfg, p) not in done]
     if todo:
         print(f"[sqz] sweep: {len(todo)} trial(s) to run, {len(done)} already done", flush=True)
         baseline = storage.read_bytes(layout.baseline_url)
@@ -76,5 +77,5 @@ def sweep(layout: RunLayout, sweep_cfg: SweepConfig, data_cfg: DataConfig, arch:
     else:
         print(f"[sqz] sweep: all {len(done)} trial(s) already done, reusing them", flush=True)
     rows = metrics.read_table(layout.run_url, "sweep_trials").to_pylist()
-    wanted = {trial_id(PruneConfig(mode=sweep_cfg.prune_mode, amount=p["threshold"]), p["bits"]) for p in grid_points(sweep_cfg)}
+    wanted = {_point_id(sweep_cfg, p) for p in grid_points(sweep_cfg)}
     return [row for row in rows if row["trial_id"] in wanted]
