@@ -2,24 +2,33 @@
 
 Layout (little-endian)::
 
-    b"SQZ\\0" | u16 version | u16 reserved (0) | u32 header length
-    header: UTF-8 JSON (architecture, one entry per tensor with its byte ranges)
-    u32 CRC-32 of the header
-    payload: the sections the header points at, each with its own CRC-32
+    b"SQZ\\0" | u16 version | u16 reserved (0) | u32 header bytes | u32 header bytes unpacked
+    header: zlib-deflated UTF-8 JSON (architecture, one entry per tensor, its streams)
+    u32 CRC-32 of the (deflated) header
+    payload: each tensor's streams back to back, in header order; one CRC-32 per tensor
 
-A weight-shared tensor (at most 256 distinct non-zero values) is stored as
-- ``codebook``: the used distinct values, float32, ascending;
+Every tensor is a list of *streams* of small integers, each ``[role, coder, alphabet,
+count, bytes]`` in the header. A weight-shared tensor (pruned and clustered: at most 256
+distinct non-zero values) has
+- ``cb0..cb3``: the used distinct values (float32, ascending), as four byte planes;
 - ``codes``: one symbol per non-zero weight, its codebook index;
 - ``gaps``: one symbol per non-zero weight, the count of zeros skipped before it
   (Deep Compression's relative indices, without its 4-bit cap and filler entries).
-Each symbol stream is stored with whichever coder is smaller for that stream: ``ans``
-(an order-0 model, its counts as varints, then rANS words from the ``constriction``
-library, within a fraction of a percent of the entropy) or ``packed`` (fixed-width bits).
-Everything else (biases, tensors with more distinct values) is raw float32.
+Any other tensor (biases, dense weights) is ``b0..b3``: its float32 values as byte planes.
 
-Reading never trusts the file: every range is checked against the payload, every section
-against its CRC, every shape against the architecture the header names, before anything
-is allocated from it. Any inconsistency is a :class:`CorruptFileError`.
+Each stream is stored with whichever coder is smaller for it:
+- ``ans``: rANS (the ``constriction`` library, within a fraction of a percent of the
+  zero-order entropy) under an order-0 model whose table travels *inside* the same rANS
+  stream: each symbol's count is rounded to a third of an octave (2^(q/3)) and the
+  differences of neighbouring q are coded with a fixed discretised Laplace. Histograms of
+  codes, gaps and float exponents are smooth, so a 256-entry table costs tens of bytes
+  instead of the ~400 of raw counts; the rounding costs about half a percent.
+- ``packed``: fixed-width bits (the fallback for tiny or incompressible streams; a byte
+  plane stored ``packed`` is its raw bytes).
+
+Reading never trusts the file: sizes are checked against the payload and the
+architecture before anything is allocated from them, every tensor against its CRC, every
+decoded symbol against its alphabet. Any inconsistency is a :class:`CorruptFileError`.
 """
 
 from __future__ import annotations
@@ -28,7 +37,6 @@ import json
 import math
 import struct
 import zlib
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -41,10 +49,17 @@ from sqz.models import build_model
 __all__ = ["CorruptFileError", "FORMAT_VERSION", "encode", "decode", "save", "load", "layer_sizes", "read_header"]
 
 MAGIC = b"SQZ\0"
-FORMAT_VERSION = 1
-_PREAMBLE = struct.Struct("<4sHHI")
+FORMAT_VERSION = 2
+_PREAMBLE = struct.Struct("<4sHHII")
 _MAX_HEADER_BYTES = 16 * 1024 * 1024
 _MAX_SHARED_VALUES = 256  # 8-bit codes at most, as in the paper
+_MAX_ALPHABET = 1 << 24  # gaps can be long in very sparse layers; tables stay bounded
+
+# The count table inside an ``ans`` stream: q = 0 for an absent symbol, else
+# 1 + round(_STEPS * log2(count)); neighbouring differences ~ Laplace(0, _TABLE_SCALE).
+_STEPS = 3
+_Q_MAX = 1 + _STEPS * 40
+_TABLE_SCALE = 1.0
 
 
 class CorruptFileError(ValueError):
@@ -54,66 +69,49 @@ class CorruptFileError(ValueError):
 # ---------------------------------------------------------------- symbol stream coders
 
 
-def _varints(values: np.ndarray) -> bytes:
-    out = bytearray()
-    for v in values.tolist():
-        while v >= 0x80:
-            out.append((v & 0x7F) | 0x80)
-            v >>= 7
-        out.append(v)
-    return bytes(out)
-
-
-def _read_varints(data: bytes, count: int) -> tuple[np.ndarray, int]:
-    values = np.empty(count, dtype=np.int64)
-    pos = 0
-    for i in range(count):
-        value, shift = 0, 0
-        while True:
-            if pos >= len(data) or shift > 56:
-                raise CorruptFileError("symbol table runs past its section")
-            byte = data[pos]
-            pos += 1
-            value |= (byte & 0x7F) << shift
-            shift += 7
-            if byte < 0x80:
-                break
-        values[i] = value
-    return values, pos
-
-
-def _ans_model(counts: np.ndarray):
+def _table_model():
     import constriction
 
-    return constriction.stream.model.Categorical(counts / counts.sum(), perfect=False)
+    return constriction.stream.model.QuantizedLaplace(-_Q_MAX, _Q_MAX, 0.0, _TABLE_SCALE)
+
+
+def _table_probabilities(q: np.ndarray) -> np.ndarray:
+    return np.where(q > 0, np.exp2((q - 1) / _STEPS), 0.0)
 
 
 def _encode_ans(symbols: np.ndarray, alphabet: int) -> bytes:
     import constriction
 
-    counts = np.bincount(symbols, minlength=alphabet).astype(np.int64)
+    counts = np.bincount(symbols, minlength=alphabet)
+    q = np.zeros(alphabet, dtype=np.int64)
+    present = counts > 0
+    q[present] = 1 + np.rint(_STEPS * np.log2(counts[present])).astype(np.int64)
+    model = constriction.stream.model.Categorical(_table_probabilities(q), perfect=False)
     coder = constriction.stream.stack.AnsCoder()
-    coder.encode_reverse(symbols.astype(np.int32), _ans_model(counts.astype(np.float64)))
-    words = coder.get_compressed().astype("<u4").tobytes()
-    return _varints(counts) + words
+    # A stack coder: what is encoded last is decoded first, so the table goes in last.
+    coder.encode_reverse(symbols.astype(np.int32), model)
+    coder.encode_reverse(np.diff(q, prepend=0).astype(np.int32), _table_model())
+    return coder.get_compressed().astype("<u4").tobytes()
 
 
 def _decode_ans(section: bytes, count: int, alphabet: int) -> np.ndarray:
     import constriction
 
-    counts, used = _read_varints(section, alphabet)
-    if counts.sum() != count or (count > 0 and counts.max() == 0):
-        raise CorruptFileError("symbol counts do not add up to the stream length")
-    words = section[used:]
-    if len(words) % 4:
+    if len(section) % 4:
         raise CorruptFileError("entropy-coded stream is not a whole number of words")
     try:
-        coder = constriction.stream.stack.AnsCoder(np.frombuffer(words, dtype="<u4").astype(np.uint32))
-        symbols = np.asarray(coder.decode(_ans_model(counts.astype(np.float64)), count), dtype=np.int64)
+        coder = constriction.stream.stack.AnsCoder(np.frombuffer(section, dtype="<u4").astype(np.uint32))
+        q = np.cumsum(np.asarray(coder.decode(_table_model(), alphabet), dtype=np.int64))
+        if q.min() < 0 or q.max() > _Q_MAX or q.max() == 0:
+            raise CorruptFileError("symbol table is out of range")
+        model = constriction.stream.model.Categorical(_table_probabilities(q), perfect=False)
+        symbols = np.asarray(coder.decode(model, count), dtype=np.int64)
+    except CorruptFileError:
+        raise
     except Exception as exc:  # constriction raises on streams it cannot decode
         raise CorruptFileError(f"entropy-coded stream does not decode: {exc}") from None
-    if np.bincount(symbols, minlength=alphabet)[:alphabet].tolist() != counts.tolist():
-        raise CorruptFileError("decoded symbols do not match their counts")
+    if symbols.size != count or (count and (symbols.min() < 0 or symbols.max() >= alphabet)):
+        raise CorruptFileError("decoded symbols fall outside their alphabet")
     return symbols
 
 
@@ -125,20 +123,23 @@ def _encode_packed(symbols: np.ndarray, alphabet: int) -> bytes:
     width = _bit_width(alphabet)
     if width == 0:
         return b""
+    if width == 8:
+        return symbols.astype(np.uint8).tobytes()
     bits = (symbols[:, None] >> np.arange(width - 1, -1, -1)) & 1  # (n, width), MSB first
     return np.packbits(bits.astype(np.uint8).ravel()).tobytes()
 
 
 def _decode_packed(section: bytes, count: int, alphabet: int) -> np.ndarray:
     width = _bit_width(alphabet)
-    if width == 0:
-        if section:
-            raise CorruptFileError("packed stream of a one-symbol alphabet must be empty")
-        return np.zeros(count, dtype=np.int64)
     if len(section) != (count * width + 7) // 8:
         raise CorruptFileError("packed stream has the wrong length")
-    bits = np.unpackbits(np.frombuffer(section, dtype=np.uint8))[: count * width].reshape(count, width)
-    symbols = bits.astype(np.int64) @ (1 << np.arange(width - 1, -1, -1))
+    if width == 0:
+        return np.zeros(count, dtype=np.int64)
+    if width == 8:
+        symbols = np.frombuffer(section, dtype=np.uint8).astype(np.int64)
+    else:
+        bits = np.unpackbits(np.frombuffer(section, dtype=np.uint8))[: count * width].reshape(count, width)
+        symbols = bits.astype(np.int64) @ (1 << np.arange(width - 1, -1, -1))
     if count and symbols.max() >= alphabet:
         raise CorruptFileError("packed symbol outside its alphabet")
     return symbols
@@ -159,19 +160,28 @@ def _entropy_bytes(symbols: np.ndarray) -> float:
 # ---------------------------------------------------------------- encode
 
 
-@dataclass
-class _Writer:
-    payload: bytearray
+def _byte_planes(values: np.ndarray) -> list[np.ndarray]:
+    """float32 -> four byte streams, most significant first: the sign/exponent plane of
+    real weights takes few values, so it codes to a fraction of its raw size."""
+    raw = values.astype("<f4").view(np.uint8).reshape(-1, 4)
+    return [raw[:, i].astype(np.int64) for i in (3, 2, 1, 0)]
 
-    def add(self, data: bytes) -> list[int]:
-        offset = len(self.payload)
+
+class _Encoder:
+    def __init__(self) -> None:
+        self.payload = bytearray()
+        self.entries: list[dict[str, Any]] = []
+
+    def add(self, name: str, shape: list[int], kind: str, streams: list[tuple[str, np.ndarray, int]], **extra: Any) -> None:
+        specs, blobs = [], []
+        for role, symbols, alphabet in streams:
+            candidates = [(coder, enc(symbols, alphabet)) for coder, (enc, _) in _CODERS.items()]
+            coder, blob = min(candidates, key=lambda item: len(item[1]))
+            specs.append([role, coder, int(alphabet), int(symbols.size), len(blob)])
+            blobs.append(blob)
+        data = b"".join(blobs)
         self.payload += data
-        return [offset, len(data), zlib.crc32(data)]
-
-
-def _smallest_stream(symbols: np.ndarray, alphabet: int) -> tuple[str, bytes]:
-    candidates = [(name, enc(symbols, alphabet)) for name, (enc, _) in _CODERS.items()]
-    return min(candidates, key=lambda item: len(item[1]))
+        self.entries.append({"name": name, "shape": shape, "kind": kind, "streams": specs, "crc": zlib.crc32(data), **extra})
 
 
 def _arch_of(model: nn.Module, arch: dict[str, Any] | None) -> dict[str, Any]:
@@ -183,45 +193,40 @@ def _arch_of(model: nn.Module, arch: dict[str, Any] | None) -> dict[str, Any]:
 
 def encode(model: nn.Module, *, arch: dict[str, Any] | None = None, meta: dict[str, Any] | None = None) -> bytes:
     """Serialise ``model``. Weights with at most 256 distinct non-zero values (pruned and
-    weight-shared) are stored as codebook + codes + gaps; decode gives them back bit for bit."""
-    writer = _Writer(bytearray())
-    entries = []
+    weight-shared) are stored as codebook + codes + gaps; decode gives every tensor back
+    bit for bit."""
+    encoder = _Encoder()
     for name, tensor in model.state_dict().items():
         values = tensor.detach().cpu().to(torch.float32).contiguous().numpy().ravel()
-        entry: dict[str, Any] = {"name": name, "shape": list(tensor.shape)}
+        shape = list(tensor.shape)
         positions = np.flatnonzero(values)
         distinct = np.unique(values[positions]) if tensor.dim() > 1 else None
         if distinct is not None and 0 < distinct.size <= _MAX_SHARED_VALUES:
             codes = np.searchsorted(distinct, values[positions])
             gaps = np.diff(positions, prepend=-1) - 1  # zeros skipped before each entry
-            code_coder, code_bytes = _smallest_stream(codes, distinct.size)
-            gap_alphabet = int(gaps.max()) + 1
-            gap_coder, gap_bytes = _smallest_stream(gaps, gap_alphabet)
-            entry.update(
-                kind="shared",
-                nonzero=int(positions.size),
-                codebook=writer.add(distinct.astype("<f4").tobytes()),
-                codes={"coder": code_coder, "alphabet": int(distinct.size), "section": writer.add(code_bytes)},
-                gaps={"coder": gap_coder, "alphabet": gap_alphabet, "section": writer.add(gap_bytes)},
-                entropy_bound_bytes=_entropy_bytes(codes) + _entropy_bytes(gaps),
-            )
+            planes = [(f"cb{i}", plane, 256) for i, plane in enumerate(_byte_planes(distinct))]
+            encoder.add(
+                name, shape, "shared",
+                planes + [("codes", codes, distinct.size), ("gaps", gaps, int(gaps.max()) + 1)],
+                entropy_bound_bytes=round(_entropy_bytes(codes) + _entropy_bytes(gaps), 1),
+            )  # fmt: skip
         else:
-            entry.update(kind="raw", dtype="float32", data=writer.add(values.astype("<f4").tobytes()))
-        entries.append(entry)
+            encoder.add(name, shape, "float", [(f"b{i}", plane, 256) for i, plane in enumerate(_byte_planes(values))])
     header = {
         "format": "sqz",
         "version": FORMAT_VERSION,
         "arch": _arch_of(model, arch),
-        "payload_bytes": len(writer.payload),
-        "tensors": entries,
+        "payload_bytes": len(encoder.payload),
+        "tensors": encoder.entries,
         "meta": meta or {},
     }
-    header_bytes = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
+    header_json = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
+    header_bytes = zlib.compress(header_json, 9)
     return b"".join([
-        _PREAMBLE.pack(MAGIC, FORMAT_VERSION, 0, len(header_bytes)),
+        _PREAMBLE.pack(MAGIC, FORMAT_VERSION, 0, len(header_bytes), len(header_json)),
         header_bytes,
         struct.pack("<I", zlib.crc32(header_bytes)),
-        bytes(writer.payload),
+        bytes(encoder.payload),
     ])  # fmt: skip
 
 
@@ -232,7 +237,7 @@ def read_header(data: bytes) -> tuple[dict[str, Any], memoryview]:
     """Validate the preamble and header; returns (header, payload view)."""
     if len(data) < _PREAMBLE.size + 4:
         raise CorruptFileError(f"file is {len(data)} bytes, too short for a .sqz preamble")
-    magic, version, _reserved, header_len = _PREAMBLE.unpack_from(data)
+    magic, version, _reserved, header_len, json_len = _PREAMBLE.unpack_from(data)
     if magic != MAGIC:
         raise CorruptFileError("not a .sqz file (bad magic bytes)")
     if version != FORMAT_VERSION:
@@ -240,12 +245,21 @@ def read_header(data: bytes) -> tuple[dict[str, Any], memoryview]:
     end = _PREAMBLE.size + header_len
     if header_len > _MAX_HEADER_BYTES or end + 4 > len(data):
         raise CorruptFileError(f"header length {header_len} runs past the end of the {len(data)}-byte file")
+    if json_len > _MAX_HEADER_BYTES:
+        raise CorruptFileError(f"header declares {json_len} unpacked bytes, over the {_MAX_HEADER_BYTES} limit")
     header_bytes = bytes(data[_PREAMBLE.size : end])
     (crc,) = struct.unpack_from("<I", data, end)
     if zlib.crc32(header_bytes) != crc:
         raise CorruptFileError("header checksum mismatch")
     try:
-        header = json.loads(header_bytes)
+        # max_length bounds the output, so a deflate bomb cannot allocate past the limit.
+        inflater = zlib.decompressobj()
+        header_json = inflater.decompress(header_bytes, json_len + 1)
+        if len(header_json) != json_len or not inflater.eof:
+            raise CorruptFileError(f"header unpacks to a different size than the declared {json_len} bytes")
+        header = json.loads(header_json)
+    except zlib.error as exc:
+        raise CorruptFileError(f"header does not inflate: {exc}") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CorruptFileError(f"header is not valid JSON: {exc}") from None
     if not isinstance(header, dict) or not isinstance(header.get("tensors"), list) or not isinstance(header.get("arch"), dict):
@@ -256,58 +270,79 @@ def read_header(data: bytes) -> tuple[dict[str, Any], memoryview]:
     return header, payload
 
 
-def _section(payload: memoryview, ref: Any, what: str) -> bytes:
-    if not (isinstance(ref, list) and len(ref) == 3 and all(isinstance(v, int) and v >= 0 for v in ref)):
-        raise CorruptFileError(f"{what}: malformed section reference")
-    offset, length, crc = ref
-    if offset + length > len(payload):
-        raise CorruptFileError(f"{what}: section [{offset}, +{length}) runs past the {len(payload)}-byte payload")
-    data = bytes(payload[offset : offset + length])
-    if zlib.crc32(data) != crc:
-        raise CorruptFileError(f"{what}: section checksum mismatch")
-    return data
+_ROLES = {"float": ["b0", "b1", "b2", "b3"], "shared": ["cb0", "cb1", "cb2", "cb3", "codes", "gaps"]}
 
 
-def _stream(payload: memoryview, spec: Any, count: int, limit: int, what: str) -> np.ndarray:
-    if not isinstance(spec, dict) or spec.get("coder") not in _CODERS:
-        raise CorruptFileError(f"{what}: unknown coder")
-    alphabet = spec.get("alphabet")
-    if not isinstance(alphabet, int) or not 1 <= alphabet <= limit:
-        raise CorruptFileError(f"{what}: alphabet size {alphabet!r} out of range 1..{limit}")
-    data = _section(payload, spec.get("section"), what)
-    return _CODERS[spec["coder"]][1](data, count, alphabet)
+def _streams_of(entry: dict[str, Any], name: str) -> list[list[Any]]:
+    kind = entry.get("kind")
+    if kind not in _ROLES:
+        raise CorruptFileError(f"{name}: unknown tensor kind {kind!r}")
+    streams = entry.get("streams")
+    if not isinstance(streams, list) or [s[0] if isinstance(s, list) and s else None for s in streams] != _ROLES[kind]:
+        raise CorruptFileError(f"{name}: streams are not {_ROLES[kind]}")
+    for role, coder, alphabet, count, size in streams:
+        if coder not in _CODERS or not all(isinstance(v, int) and v >= 0 for v in (alphabet, count, size)):
+            raise CorruptFileError(f"{name} {role}: malformed stream description")
+        if not 1 <= alphabet <= _MAX_ALPHABET:
+            raise CorruptFileError(f"{name} {role}: alphabet size {alphabet} out of range 1..{_MAX_ALPHABET}")
+    return streams
 
 
-def _decode_tensor(entry: dict[str, Any], expected: torch.Tensor, payload: memoryview) -> torch.Tensor:
+def _decode_tensor(entry: dict[str, Any], expected: torch.Tensor, data: bytes) -> torch.Tensor:
     name = entry.get("name")
     numel = expected.numel()
     if entry.get("shape") != list(expected.shape):
         raise CorruptFileError(f"{name}: shape {entry.get('shape')} does not match the architecture's {list(expected.shape)}")
-    kind = entry.get("kind")
-    if kind == "raw":
-        data = _section(payload, entry.get("data"), name)
-        if len(data) != 4 * numel:
-            raise CorruptFileError(f"{name}: raw data is {len(data)} bytes, expected {4 * numel}")
-        return torch.from_numpy(np.frombuffer(data, dtype="<f4").copy()).view(expected.shape)
-    if kind != "shared":
-        raise CorruptFileError(f"{name}: unknown tensor kind {kind!r}")
-    nonzero = entry.get("nonzero")
-    if not isinstance(nonzero, int) or not 0 < nonzero <= numel:
-        raise CorruptFileError(f"{name}: non-zero count {nonzero!r} out of range for {numel} weights")
-    codebook_bytes = _section(payload, entry.get("codebook"), f"{name} codebook")
-    if len(codebook_bytes) % 4 or not 1 <= len(codebook_bytes) // 4 <= _MAX_SHARED_VALUES:
-        raise CorruptFileError(f"{name}: codebook of {len(codebook_bytes)} bytes is not 1..256 float32 values")
-    codebook = np.frombuffer(codebook_bytes, dtype="<f4")
-    codes = _stream(payload, entry.get("codes"), nonzero, codebook.size, f"{name} codes")
-    if entry["codes"]["alphabet"] != codebook.size:
-        raise CorruptFileError(f"{name}: code alphabet does not match the codebook")
-    gaps = _stream(payload, entry.get("gaps"), nonzero, numel, f"{name} gaps")
+    streams = _streams_of(entry, name)
+    decoded, offset = {}, 0
+    for role, coder, alphabet, count, size in streams:
+        if role.startswith(("b", "cb")) and alphabet != 256:
+            raise CorruptFileError(f"{name} {role}: a byte plane has alphabet {alphabet}, not 256")
+        decoded[role] = _CODERS[coder][1](data[offset : offset + size], count, alphabet)
+        offset += size
+
+    def floats(prefix: str) -> np.ndarray:
+        planes = [decoded[f"{prefix}{i}"] for i in range(4)]
+        if len({p.size for p in planes}) != 1:
+            raise CorruptFileError(f"{name}: byte planes of different lengths")
+        return np.stack(planes[::-1], axis=1).astype(np.uint8).reshape(-1).view("<f4")
+
+    if entry["kind"] == "float":
+        values = floats("b")
+        if values.size != numel:
+            raise CorruptFileError(f"{name}: {values.size} values stored for {numel} weights")
+        return torch.from_numpy(values.astype(np.float32)).view(expected.shape)
+    codebook, codes, gaps = floats("cb"), decoded["codes"], decoded["gaps"]
+    if not 1 <= codebook.size <= _MAX_SHARED_VALUES or streams[4][2] != codebook.size:
+        raise CorruptFileError(f"{name}: codebook of {codebook.size} values does not match its code alphabet")
+    if not 0 < codes.size == gaps.size <= numel:
+        raise CorruptFileError(f"{name}: {codes.size} codes and {gaps.size} gaps for {numel} weights")
     positions = np.cumsum(gaps + 1) - 1
     if positions[-1] >= numel:
         raise CorruptFileError(f"{name}: sparse indices run past the tensor's {numel} weights")
     values = np.zeros(numel, dtype=np.float32)
     values[positions] = codebook[codes]
     return torch.from_numpy(values).view(expected.shape)
+
+
+def _check_stream_sizes(header: dict[str, Any], expected: dict[str, torch.Tensor], payload_bytes: int) -> list[tuple[int, int]]:
+    """Before decoding anything: each stream's declared symbol count must fit its tensor,
+    and the sections must tile the payload exactly. Returns each tensor's byte range."""
+    ranges, offset = [], 0
+    for entry in header["tensors"]:
+        name = entry.get("name")
+        streams = _streams_of(entry, name)
+        numel = expected[name].numel()
+        for role, _coder, _alphabet, count, _size in streams:
+            limit = _MAX_SHARED_VALUES if role.startswith("cb") else numel
+            if count > limit:
+                raise CorruptFileError(f"{name} {role}: {count} symbols declared for a {limit}-entry tensor")
+        size = sum(s[4] for s in streams)
+        ranges.append((offset, size))
+        offset += size
+    if offset != payload_bytes:
+        raise CorruptFileError(f"streams add up to {offset} bytes, the payload has {payload_bytes}")
+    return ranges
 
 
 def decode(data: bytes) -> nn.Module:
@@ -319,11 +354,19 @@ def decode(data: bytes) -> nn.Module:
     except (ValueError, TypeError) as exc:
         raise CorruptFileError(f"header names an unusable architecture: {exc}") from None
     expected = model.state_dict()
-    entries = {e.get("name"): e for e in header["tensors"] if isinstance(e, dict)}
-    if set(entries) != set(expected):
-        missing, extra = set(expected) - set(entries), set(entries) - set(expected)
-        raise CorruptFileError(f"tensors do not match the architecture (missing {sorted(missing)[:3]}, extra {sorted(extra)[:3]})")
-    state = {name: _decode_tensor(entries[name], tensor, payload) for name, tensor in expected.items()}
+    if not all(isinstance(e, dict) for e in header["tensors"]):
+        raise CorruptFileError("tensor entries must be objects")
+    names = [e.get("name") for e in header["tensors"]]
+    if sorted(map(str, names)) != sorted(expected) or len(set(names)) != len(names):
+        missing, extra = set(expected) - set(names), set(names) - set(expected)
+        raise CorruptFileError(f"tensors do not match the architecture (missing {sorted(missing)[:3]}, extra {sorted(map(str, extra))[:3]})")
+    ranges = _check_stream_sizes(header, expected, len(payload))
+    state = {}
+    for entry, (offset, size) in zip(header["tensors"], ranges):
+        section = bytes(payload[offset : offset + size])
+        if zlib.crc32(section) != entry.get("crc"):
+            raise CorruptFileError(f"{entry['name']}: checksum mismatch")
+        state[entry["name"]] = _decode_tensor(entry, expected[entry["name"]], section)
     model.load_state_dict(state)
     model.eval()
     return model
@@ -333,30 +376,39 @@ def decode(data: bytes) -> nn.Module:
 
 
 def layer_sizes(data: bytes) -> list[dict[str, Any]]:
-    """Per-tensor byte account of a .sqz file (the ``compressed_layers`` table's rows)."""
+    """Per-tensor byte account of a .sqz file (the ``compressed_layers`` table's rows):
+    code and index bytes (entropy-coded streams, their tables included), overhead (the
+    codebook), and the zero-order entropy bound of the codes and gaps. The rows add up
+    to the payload; the rest of the file is the deflated header (``header_bytes``)."""
     header, _ = read_header(data)
     rows = []
     for entry in header["tensors"]:
         shape = entry["shape"]
         weights = int(np.prod(shape)) if shape else 1
+        sizes = {s[0]: s[4] for s in entry["streams"]}
         if entry["kind"] == "shared":
-            code_bytes = entry["codes"]["section"][1]
-            index_bytes = entry["gaps"]["section"][1]
-            overhead = entry["codebook"][1]
+            alphabet = entry["streams"][4][2]
             rows.append(dict(
                 layer=entry["name"], shape="x".join(map(str, shape)), weights=weights,
-                nonzero=entry["nonzero"], bits=_bit_width(entry["codes"]["alphabet"]),
-                code_bytes=code_bytes, index_bytes=index_bytes, overhead_bytes=overhead,
+                nonzero=entry["streams"][4][3], bits=_bit_width(alphabet),
+                code_bytes=sizes["codes"], index_bytes=sizes["gaps"],
+                overhead_bytes=sum(sizes[f"cb{i}"] for i in range(4)),
                 entropy_bound_bytes=float(entry["entropy_bound_bytes"]),
             ))  # fmt: skip
         else:
-            size = entry["data"][1]
+            size = sum(sizes.values())
             rows.append(dict(
                 layer=entry["name"], shape="x".join(map(str, shape)), weights=weights,
                 nonzero=weights, bits=32, code_bytes=size, index_bytes=0, overhead_bytes=0,
-                entropy_bound_bytes=float(size),
+                entropy_bound_bytes=float(4 * weights),
             ))  # fmt: skip
     return rows
+
+
+def header_bytes(data: bytes) -> int:
+    """Bytes of the file outside the tensors' streams (preamble, deflated header, CRC)."""
+    header, payload = read_header(data)
+    return len(data) - len(payload)
 
 
 def save(model: nn.Module, url: str, **storage_options: Any) -> int:
