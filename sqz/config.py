@@ -8,6 +8,7 @@ run id (same config, same id: a rerun resumes instead of duplicating).
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import hashlib
 import json
 import math
@@ -27,7 +28,7 @@ __all__ = [
 ]
 
 PruneMode = Literal["std", "absolute", "density"]
-KMeansMethod = Literal["lloyd"]
+KMeansMethod = Literal["auto", "exact", "lloyd"]
 
 
 @dataclass(frozen=True)
@@ -99,17 +100,46 @@ class PruneConfig:
 @dataclass(frozen=True)
 class QuantConfig:
     bits: int = 8  # 2^bits shared values per layer (the codebook), pruned zeros excluded
-    method: KMeansMethod = "lloyd"  # Lloyd with linear init, as in Deep Compression
+    # "auto": exact optimal k-means wherever its table fits, else Lloyd with linear init
+    # (Deep Compression's choice); "exact" / "lloyd" force one.
+    method: KMeansMethod = "auto"
+    clusters: int | None = None  # fewer shared values than 2^bits ("8 clusters, 8-bit indices")
+    # Per-layer overrides "GLOB=BITS" on module names, last match wins, e.g. "classifier.*=5".
+    layer_bits: tuple[str, ...] = ()
     finetune_epochs: int = 1  # centroid fine-tuning after clustering; 0 disables it
     finetune_lr: float = 1e-4  # a centroid's gradient sums many members': keep steps small
 
     def __post_init__(self) -> None:
         if not 1 <= self.bits <= 8:
             raise ValueError(f"bits: must be in 1..8, got {self.bits}")
-        if self.method not in ("lloyd",):
-            raise ValueError(f"kmeans method: must be lloyd, got {self.method!r}")
+        if self.method not in ("auto", "exact", "lloyd"):
+            raise ValueError(f"kmeans method: must be auto, exact or lloyd, got {self.method!r}")
+        if self.clusters is not None and not (isinstance(self.clusters, int) and 1 <= self.clusters <= 2**self.bits):
+            raise ValueError(f"clusters: must be an integer in 1..2^bits={2**self.bits}, got {self.clusters!r}")
+        self._layer_overrides()  # validates
         if self.finetune_epochs < 0:
             raise ValueError(f"finetune_epochs: must be >= 0, got {self.finetune_epochs}")
+
+    def _layer_overrides(self) -> list[tuple[str, int]]:
+        overrides = []
+        for item in self.layer_bits:
+            pattern, sep, bits = str(item).rpartition("=")
+            if not sep or not pattern or not bits.strip().isdigit() or not 1 <= int(bits) <= 8:
+                raise ValueError(f"layer_bits: expected GLOB=BITS with BITS in 1..8, got {item!r}")
+            overrides.append((pattern.strip(), int(bits)))
+        return overrides
+
+    def bits_for(self, layer: str) -> int:
+        """Bit width of ``layer`` (a module name such as "classifier.1")."""
+        bits = self.bits
+        for pattern, layer_bits in self._layer_overrides():
+            if fnmatch.fnmatchcase(layer, pattern):
+                bits = layer_bits
+        return bits
+
+    def clusters_for(self, layer: str) -> int:
+        k = 2 ** self.bits_for(layer)
+        return min(k, self.clusters) if self.clusters is not None else k
 
 
 @dataclass(frozen=True)

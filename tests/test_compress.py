@@ -7,6 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sqz.compress import attach_masks_, compute_masks, density, kmeans_1d, prune_, quantize_
+from sqz.compress.indexed import IndexedConv2d, to_indexed, weight_bytes
+from sqz.compress.kmeans import within_cluster_sse
 from sqz.compress.kmeans import CodebookSGD
 from sqz.compress.prune import prunable_parameters
 from sqz.config import PruneConfig, QuantConfig
@@ -134,3 +136,81 @@ def test_compute_masks_zero_threshold_keeps_everything_nonzero():
     model = _model()
     masks = compute_masks(model, PruneConfig(mode="std", amount=0.0))
     assert all(bool(m.all()) for m in masks.values())
+
+
+# ---------------------------------------------------------------- exact k-means
+
+
+def _brute_force_sse(values, k):
+    s = np.sort(values)
+    return min(
+        sum(((part - part.mean()) ** 2).sum() for part in np.split(s, list(cuts)))
+        for cuts in itertools.combinations(range(1, len(s)), k - 1)
+    )
+
+
+def test_exact_kmeans_equals_brute_force_on_small_inputs():
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        n = int(rng.integers(2, 11))
+        k = int(rng.integers(1, min(n, 5) + 1))
+        scale = float(rng.choice([1e-3, 1.0, 50.0]))
+        values = rng.standard_normal(n) * scale
+        if rng.random() < 0.3:  # repeated values (weight-shared input) take the weighted path
+            values = rng.choice(values[: max(2, n // 2)], size=n)
+        if len(np.unique(values)) < k:
+            continue
+        centroids, labels = kmeans_1d(values, k, method="exact")
+        assert within_cluster_sse(values, centroids, labels) == pytest.approx(_brute_force_sse(values, k), rel=1e-9, abs=1e-12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(-1, 1, allow_nan=False, allow_subnormal=False), min_size=2, max_size=400), st.integers(1, 32))
+def test_exact_kmeans_never_worse_than_lloyd(values, k):
+    x = np.array(values)
+    exact = within_cluster_sse(x, *kmeans_1d(x, k, method="exact"))
+    lloyd = within_cluster_sse(x, *kmeans_1d(x, k, method="lloyd"))
+    assert exact <= lloyd * (1 + 1e-9) + 1e-12
+
+
+def test_exact_kmeans_beats_lloyd_on_weights_like_data():
+    rng = np.random.default_rng(0)
+    x = rng.laplace(scale=0.02, size=20_000)
+    exact = within_cluster_sse(x, *kmeans_1d(x, 16, method="exact"))
+    lloyd = within_cluster_sse(x, *kmeans_1d(x, 16, method="lloyd"))
+    assert exact < lloyd
+
+
+def test_per_layer_bits_and_cluster_count():
+    model = _model()
+    prune_(model, PruneConfig(mode="std", amount=0.5))
+    config = QuantConfig(bits=8, layer_bits=("classifier.*=3", "features.0=2"))
+    assert config.bits_for("classifier.1") == 3 and config.bits_for("features.0") == 2
+    assert config.bits_for("features.3.squeeze") == 8
+    quantize_(model, config)
+    params = prunable_parameters(model)
+    assert len(torch.unique(params["classifier.1.weight"][params["classifier.1.weight"] != 0])) <= 8
+    assert len(torch.unique(params["features.0.weight"][params["features.0.weight"] != 0])) <= 4
+    model = _model()
+    quantize_(model, QuantConfig(bits=8, clusters=8))  # "8 clusters, 8-bit indices"
+    assert all(len(torch.unique(p[p != 0])) <= 8 for p in prunable_parameters(model).values())
+    with pytest.raises(ValueError, match="layer_bits"):
+        QuantConfig(layer_bits=("classifier.*=9",))
+    with pytest.raises(ValueError, match="clusters"):
+        QuantConfig(bits=3, clusters=9)
+
+
+def test_indexed_model_computes_the_same_from_uint8_indices():
+    model = _model()
+    prune_(model, PruneConfig(mode="std", amount=0.8))
+    quantize_(model, QuantConfig(bits=5))
+    model.eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+        dense_bytes = weight_bytes(model)
+        indexed = to_indexed(model)
+        assert any(isinstance(m, IndexedConv2d) for m in indexed.modules())
+        assert all(m.indices.dtype == torch.uint8 for m in indexed.modules() if isinstance(m, IndexedConv2d))
+        assert torch.allclose(indexed(x), expected, atol=1e-5)
+    assert weight_bytes(indexed) < dense_bytes / 3

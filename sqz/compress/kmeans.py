@@ -4,6 +4,9 @@ Lloyd's algorithm with linear initialisation (evenly spaced between the layer's 
 max weight) is Deep Compression's choice: it keeps centroids on the large, rare weights
 that density-based initialisations miss. In 1-D the clusters are contiguous runs of the
 sorted values, so each iteration is a searchsorted plus prefix sums: O(n log k).
+Lloyd stops at a local optimum; ``method="exact"`` runs the optimal dynamic program of
+:mod:`sqz.compress.exact_kmeans` instead, and ``"auto"`` (the default) uses it wherever
+its table fits (:data:`~sqz.compress.exact_kmeans.MAX_EXACT_CELLS`).
 """
 
 from __future__ import annotations
@@ -17,12 +20,30 @@ from torch import nn
 from sqz.compress.prune import prunable_parameters
 from sqz.config import QuantConfig
 
-__all__ = ["kmeans_1d", "SharedWeights", "quantize_", "CodebookSGD"]
+__all__ = ["kmeans_1d", "lloyd_kmeans_1d", "within_cluster_sse", "SharedWeights", "quantize_", "CodebookSGD"]
 
 
-def kmeans_1d(values: np.ndarray, k: int, *, max_iter: int = 300) -> tuple[np.ndarray, np.ndarray]:
+def kmeans_1d(values: np.ndarray, k: int, *, method: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """Cluster ``values`` into at most ``k`` groups. Returns (centroids ascending, labels)
-    with ``values[i]`` represented by ``centroids[labels[i]]``; empty clusters are dropped."""
+    with ``values[i]`` represented by ``centroids[labels[i]]``; empty clusters are dropped.
+    ``method``: "lloyd" (linear init), "exact" (optimal DP), "auto" (exact where it fits)."""
+    from sqz.compress.exact_kmeans import MAX_EXACT_CELLS, exact_kmeans_1d
+
+    if method not in ("auto", "exact", "lloyd"):
+        raise ValueError(f"kmeans method: must be auto, exact or lloyd, got {method!r}")
+    if method == "exact" or (method == "auto" and k * np.asarray(values).size <= MAX_EXACT_CELLS):
+        return exact_kmeans_1d(values, k)
+    return lloyd_kmeans_1d(values, k)
+
+
+def within_cluster_sse(values: np.ndarray, centroids: np.ndarray, labels: np.ndarray) -> float:
+    """Sum of squared distances of each value to its centroid (what k-means minimises)."""
+    x = np.asarray(values, dtype=np.float64).ravel()
+    return float(((x - np.asarray(centroids, dtype=np.float64)[labels]) ** 2).sum())
+
+
+def lloyd_kmeans_1d(values: np.ndarray, k: int, *, max_iter: int = 300) -> tuple[np.ndarray, np.ndarray]:
+    """Lloyd's algorithm from linear initialisation (Deep Compression's choice)."""
     x = np.asarray(values, dtype=np.float64).ravel()
     if x.size == 0:
         raise ValueError("kmeans_1d: no values to cluster")
@@ -68,15 +89,17 @@ class SharedWeights:
 
 @torch.no_grad()
 def quantize_(model: nn.Module, config: QuantConfig) -> dict[str, SharedWeights]:
-    """Replace each conv/linear weight by its nearest of at most 2^bits shared values.
-    Zeros (pruned weights) are not clustered and stay exactly 0.0."""
+    """Replace each conv/linear weight by its nearest of at most 2^bits shared values
+    (``config.bits_for(layer)``, at most ``config.clusters`` when given). Zeros (pruned
+    weights) are not clustered and stay exactly 0.0."""
     shared: dict[str, SharedWeights] = {}
     for name, weight in prunable_parameters(model).items():
+        k = config.clusters_for(name.removesuffix(".weight"))
         flat = weight.detach().flatten().cpu()
         nonzero = flat != 0
         labels = torch.zeros(flat.numel(), dtype=torch.int64)
         if bool(nonzero.any()):
-            centroids, member_labels = kmeans_1d(flat[nonzero].double().numpy(), 2**config.bits)
+            centroids, member_labels = kmeans_1d(flat[nonzero].double().numpy(), k, method=config.method)
             codebook = torch.cat([torch.zeros(1), torch.from_numpy(centroids).float()])
             labels[nonzero] = torch.from_numpy(member_labels) + 1
         else:
