@@ -98,6 +98,11 @@ def _build_parser() -> argparse.ArgumentParser:
                                "squeezenet1_0 and re-encode the same weights, losslessly, as .sqz.")  # fmt: skip
     import_dc.add_argument("file", help="path or URL of compressed_SqueezeNet.net")
     import_dc.add_argument("out", help="path or URL of the .sqz file to write")
+    import_dc.add_argument("--bits", type=_positive_int, default=None,
+                           help="re-cluster each layer's non-zero weights into 2^BITS values (same sparsity) "
+                           "instead of keeping the released 8-bit codebooks")  # fmt: skip
+    import_dc.add_argument("--method", choices=["auto", "exact", "lloyd"], default="exact",
+                           help="k-means for --bits (default: exact)")
     return parser
 
 
@@ -175,7 +180,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from sqz import storage
-    from sqz.compress.codec import layer_sizes
+    from sqz.compress.codec import header_bytes, layer_sizes
 
     data = storage.read_bytes(args.file)
     rows = layer_sizes(data)
@@ -183,7 +188,10 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     for r in rows:
         print(f"{r['layer']:32} {r['shape']:>16} {r['weights']:>9,} {r['nonzero']:>9,} {r['bits']:>4} "
               f"{r['code_bytes']:>8,} {r['index_bytes']:>8,} {r['overhead_bytes']:>6,} {r['entropy_bound_bytes']:>9,.0f}")  # fmt: skip
-    print(f"file: {len(data):,} bytes")
+    print(f"{'total':32} {'':>16} {sum(r['weights'] for r in rows):>9,} {sum(r['nonzero'] for r in rows):>9,} {'':>4} "
+          f"{sum(r['code_bytes'] for r in rows):>8,} {sum(r['index_bytes'] for r in rows):>8,} "
+          f"{sum(r['overhead_bytes'] for r in rows):>6,} {sum(r['entropy_bound_bytes'] for r in rows):>9,.0f}")  # fmt: skip
+    print(f"header {header_bytes(data):,} bytes; file: {len(data):,} bytes")
     return 0
 
 
@@ -205,15 +213,30 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_import_dc(args: argparse.Namespace) -> int:
+    import torch
+
     from sqz import storage
     from sqz.compress.codec import decode, encode
     from sqz.compress.dcnet import load_dcnet
+    from sqz.compress.kmeans import quantize_
+    from sqz.config import QuantConfig
 
+    quant = QuantConfig(bits=args.bits, method=args.method) if args.bits is not None else None  # validated first
     source = storage.read_bytes(args.file)
     model = load_dcnet(source)
-    data = encode(model, meta={"source": "Deep Compression release, compressed_SqueezeNet.net"})
+    meta = {"source": "Deep Compression release, compressed_SqueezeNet.net"}
+    if quant is not None:
+        released = {name: p.detach().clone() for name, p in model.named_parameters() if p.dim() > 1}
+        quantize_(model, quant)
+        meta["reclustered"] = {"bits": quant.bits, "method": quant.method}
+        params = dict(model.named_parameters())
+        error = sum(float(((params[n].detach() - w) ** 2).sum()) for n, w in released.items())
+        energy = sum(float((w**2).sum()) for w in released.values())
+        print(f"re-clustered at {quant.bits} bits ({quant.method} k-means): weight error "
+              f"{100 * (error / energy) ** 0.5:.2f}% (relative RMS over all weights)")  # fmt: skip
+    data = encode(model, meta=meta)
     decoded = decode(data)  # prove the file before reporting it
-    exact = all(a.equal(b) for a, b in zip(model.state_dict().values(), decoded.state_dict().values()))
+    exact = all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), decoded.state_dict().values()))
     storage.write_bytes(args.out, data)
     print(f"{args.file}: {len(source):,} bytes -> {args.out}: {len(data):,} bytes "
           f"({100 * len(data) / len(source):.1f}%), weights bit-exact: {exact}")  # fmt: skip

@@ -1,5 +1,7 @@
+import json
 import os
 import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -8,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sqz.compress import CorruptFileError, decode, encode, layer_sizes, load, prune_, quantize_, save
+from sqz.compress.codec import read_header
 from sqz.config import PruneConfig, QuantConfig
 from sqz.models import build_model
 
@@ -92,7 +95,15 @@ def test_hostile_length_is_rejected_without_allocation():
 _SMALL = encode(_compressed(bits=2, amount=1.5, num_classes=2))
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def _repack(header: dict, payload: bytes) -> bytes:
+    """A file with valid checksums around a (possibly hostile) header and payload."""
+    header = dict(header, payload_bytes=len(payload))
+    raw = json.dumps(header).encode()
+    packed = zlib.compress(raw)
+    return struct.pack("<4sHHII", b"SQZ\0", 2, 0, len(packed), len(raw)) + packed + struct.pack("<I", zlib.crc32(packed)) + payload
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_fuzzed_files_fail_cleanly(data):
     blob = bytearray(_SMALL)
@@ -107,3 +118,39 @@ def test_fuzzed_files_fail_cleanly(data):
         return
     # A mutation that leaves a valid file (e.g. same byte written back) must decode exactly.
     assert candidate == _SMALL or all(np.isfinite(p.detach().numpy()).all() for p in model.parameters())
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_hostile_files_with_valid_checksums_fail_cleanly(data):
+    """Past the checksums: lying stream descriptions and garbage streams whose CRCs were
+    recomputed must still end in CorruptFileError (or a valid model), never a crash."""
+    header, payload = read_header(_SMALL)
+    header = json.loads(json.dumps(header))
+    payload = bytearray(payload)
+    entry = data.draw(st.sampled_from(header["tensors"]))
+    start = 0
+    for e in header["tensors"]:
+        if e is entry:
+            break
+        start += sum(s[4] for s in e["streams"])
+    size = sum(s[4] for s in entry["streams"])
+    what = data.draw(st.sampled_from(["stream field", "payload bytes", "kind", "shape"]))
+    if what == "stream field":
+        stream = data.draw(st.sampled_from(entry["streams"]))
+        field = data.draw(st.integers(1, 4))
+        stream[field] = data.draw(st.one_of(st.integers(0, 2**40), st.sampled_from(["ans", "packed", "zip", -1, None, 1.5])))
+    elif what == "payload bytes" and size:
+        for _ in range(data.draw(st.integers(1, 6))):
+            payload[start + data.draw(st.integers(0, size - 1))] = data.draw(st.integers(0, 255))
+    elif what == "kind":
+        entry["kind"] = data.draw(st.sampled_from(["float", "shared", "raw", 7]))
+    else:
+        entry["shape"] = data.draw(st.lists(st.integers(0, 2**31), max_size=4))
+    entry["crc"] = zlib.crc32(bytes(payload[start : start + size]))
+    candidate = _repack(header, bytes(payload))
+    try:
+        model = decode(candidate)
+    except CorruptFileError:
+        return
+    assert all(p.shape == q.shape for p, q in zip(model.parameters(), decode(_SMALL).parameters()))

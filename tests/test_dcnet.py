@@ -32,7 +32,8 @@ def test_released_model_reads_with_the_documented_counts(released_bytes):
 def test_reencoded_as_sqz_is_lossless_and_smaller(released_bytes, tmp_path, capsys):
     model = load_dcnet(released_bytes)
     data = encode(model)
-    assert len(data) < 560_000 < len(released_bytes)
+    # the target is 560,000 at most and 541,000 as the aim; the entropy bound is ~537k
+    assert len(data) <= 541_000 < len(released_bytes)
     decoded = decode(data)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), decoded.state_dict().values()))
     x = torch.randn(1, 3, 227, 227) * 50  # Caffe convention: mean-subtracted, unscaled pixels
@@ -50,3 +51,17 @@ def test_truncated_release_is_a_clear_error(released_bytes):
         read_dcnet(released_bytes[:10])
     with pytest.raises(CorruptFileError, match="unexpected bytes"):
         read_dcnet(released_bytes + b"\0")
+
+
+@needs_release
+def test_reclustered_at_6_bits_keeps_sparsity_and_beats_the_paper(released_bytes, tmp_path, capsys):
+    out = tmp_path / "released-6bit.sqz"
+    assert main(["import-dc", RELEASED, str(out), "--bits", "6"]) == 0
+    printed = capsys.readouterr().out
+    assert "weights bit-exact: True" in printed and "weight error" in printed
+    assert out.stat().st_size <= 470_000  # the paper's 0.47 MB
+    original, reclustered = load_dcnet(released_bytes), decode(out.read_bytes())
+    for (name, a), b in zip(original.state_dict().items(), reclustered.state_dict().values()):
+        if a.dim() > 1:
+            assert torch.equal(a != 0, b != 0), name  # same sparsity pattern
+            assert len(torch.unique(b[b != 0])) <= 64, name

@@ -280,6 +280,8 @@ def _streams_of(entry: dict[str, Any], name: str) -> list[list[Any]]:
     streams = entry.get("streams")
     if not isinstance(streams, list) or [s[0] if isinstance(s, list) and s else None for s in streams] != _ROLES[kind]:
         raise CorruptFileError(f"{name}: streams are not {_ROLES[kind]}")
+    if not all(len(s) == 5 for s in streams):
+        raise CorruptFileError(f"{name}: a stream description is not [role, coder, alphabet, count, bytes]")
     for role, coder, alphabet, count, size in streams:
         if coder not in _CODERS or not all(isinstance(v, int) and v >= 0 for v in (alphabet, count, size)):
             raise CorruptFileError(f"{name} {role}: malformed stream description")
