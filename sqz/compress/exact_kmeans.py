@@ -21,12 +21,12 @@ from numba import njit
 
 __all__ = ["exact_kmeans_1d", "MAX_EXACT_CELLS"]
 
-# The backtracking table holds k x n int32 argmins: bound it (160 MB) rather than let a
+# The backtracking table holds k x n int32 argmins: bound it (256 MB) rather than let a
 # huge fully connected layer exhaust memory; quantize_'s "auto" falls back to Lloyd past it.
-MAX_EXACT_CELLS = 40_000_000
+MAX_EXACT_CELLS = 64_000_000
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")  # no zero-division checks: widths are >= 1
 def _optimal_bounds(S0, S1, S2, k):  # pragma: no cover - compiled
     n = S0.size - 1
     args = np.zeros((k, n + 1), dtype=np.int32)
@@ -36,37 +36,36 @@ def _optimal_bounds(S0, S1, S2, k):  # pragma: no cover - compiled
         c = S2[i] - s * s / S0[i]
         prev[i] = c if c > 0.0 else 0.0
     cur = np.full(n + 1, np.inf)
-    stack = np.empty((256, 4), dtype=np.int64)  # (row lo, row hi, opt lo, opt hi); depth <= 2 log2 n
     for j in range(1, k):
+        r_lo = j + 1
         r_hi = n - (k - 1 - j)  # later clusters need at least one point each
-        stack[0, 0] = j + 1
-        stack[0, 1] = r_hi
-        stack[0, 2] = j
-        stack[0, 3] = r_hi - 1
-        sp = 1
-        while sp > 0:
-            sp -= 1
-            lo, hi, opt_lo, opt_hi = stack[sp, 0], stack[sp, 1], stack[sp, 2], stack[sp, 3]
-            if lo > hi:
-                continue
-            mid = (lo + hi) >> 1
-            top = min(opt_hi, mid - 1)
-            first = opt_lo
-            if j > 1 and mid <= n - (k - j) and args[j - 1, mid] > first:
-                first = args[j - 1, mid]
-            best, best_value = first, np.inf
-            s0, s1, s2 = S0[mid], S1[mid], S2[mid]
-            for m in range(first, top + 1):
-                s = s1 - S1[m]
-                c = (s2 - S2[m]) - s * s / (s0 - S0[m])
-                v = prev[m] + (c if c > 0.0 else 0.0)
-                if v < best_value:
-                    best_value, best = v, m
-            cur[mid] = best_value
-            args[j, mid] = best
-            stack[sp, 0], stack[sp, 1], stack[sp, 2], stack[sp, 3] = lo, mid - 1, opt_lo, best
-            stack[sp + 1, 0], stack[sp + 1, 1], stack[sp + 1, 2], stack[sp + 1, 3] = mid + 1, hi, best, opt_hi
-            sp += 2
+        rows = r_hi - r_lo + 1
+        stride = 1
+        while stride < rows:
+            stride *= 2
+        # Divide and conquer, level by level: rows at odd multiples of the stride take
+        # their candidate window from the nearest rows already solved on either side
+        # (the argmin is monotone in the row), so each level sweeps memory in order.
+        while stride >= 1:
+            for p in range(stride - 1, rows, 2 * stride):
+                i = r_lo + p
+                first = args[j, i - stride] if p >= stride else j
+                last = args[j, i + stride] if p + stride < rows else r_hi - 1
+                if last > i - 1:
+                    last = i - 1
+                if j > 1 and i <= n - (k - j) and args[j - 1, i] > first:
+                    first = args[j - 1, i]  # and never left of the previous cluster count's
+                best, best_value = first, np.inf
+                s0, s1, s2 = S0[i], S1[i], S2[i]
+                for m in range(first, last + 1):
+                    s = s1 - S1[m]
+                    c = (s2 - S2[m]) - s * s / (s0 - S0[m])
+                    v = prev[m] + (c if c > 0.0 else 0.0)
+                    if v < best_value:
+                        best_value, best = v, m
+                cur[i] = best_value
+                args[j, i] = best
+            stride //= 2
         prev, cur = cur, prev
     bounds = np.empty(k + 1, dtype=np.int64)
     bounds[k] = n

@@ -2,7 +2,9 @@
 
 :func:`to_indexed` swaps every weight-shared ``nn.Conv2d`` / ``nn.Linear`` for a module
 that keeps only ``uint8`` indices (one byte per weight, pruned zeros included as index 0)
-and the layer's small float32 codebook, and rebuilds the float weight for the duration of
+and the layer's small float32 codebook (a layer with all 2^8 non-zero centroids plus its
+zeros has 257 values and keeps ``int16`` indices; quantize with ``clusters=255``, as the
+released model's 256-entry codebooks with entry 0 = 0.0 do, to stay at one byte), and rebuilds the float weight for the duration of
 its own forward call. The model's resident weight memory is therefore the index bytes,
 about a quarter of float32; the price is one gather per layer per forward, which the
 bench (bench/bench_compress.py) measures against the dense model.
@@ -16,15 +18,20 @@ from torch import nn
 
 __all__ = ["IndexedConv2d", "IndexedLinear", "to_indexed", "weight_bytes"]
 
-_MAX_SHARED = 256  # uint8 indices
+_MAX_SHARED = 256  # distinct non-zero values of a weight-shared (8-bit) layer
+
+
+def _is_shared(weight: torch.Tensor) -> bool:
+    return torch.unique(weight.detach()).numel() <= _MAX_SHARED + 1  # + the pruned zeros
 
 
 def _codebook_and_indices(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     values = weight.detach().float().cpu()
     codebook = torch.unique(torch.cat([torch.zeros(1), values.flatten()]))  # ascending, 0.0 included
-    if codebook.numel() > _MAX_SHARED:
-        raise ValueError(f"weight has {codebook.numel()} distinct values; indices need at most {_MAX_SHARED} (quantize it first)")
-    indices = torch.searchsorted(codebook, values.flatten()).to(torch.uint8).view(values.shape)
+    if codebook.numel() > _MAX_SHARED + 1:
+        raise ValueError(f"weight has {codebook.numel()} distinct values; at most {_MAX_SHARED} non-zero ones can be indexed (quantize it first)")
+    dtype = torch.uint8 if codebook.numel() <= 256 else torch.int16
+    indices = torch.searchsorted(codebook, values.flatten()).to(dtype).view(values.shape)
     return codebook, indices
 
 
@@ -58,12 +65,12 @@ class IndexedLinear(_Indexed):
 
 
 def to_indexed(model: nn.Module) -> nn.Module:
-    """Replace (in place) each Conv2d/Linear whose weight has at most 256 distinct values
-    by its indexed twin; layers with more values stay dense. Returns ``model``."""
+    """Replace (in place) each Conv2d/Linear whose weight has at most 256 distinct non-zero
+    values by its indexed twin; layers with more values stay dense. Returns ``model``."""
     for name, child in list(model.named_children()):
-        if isinstance(child, nn.Conv2d) and torch.unique(child.weight.detach()).numel() <= _MAX_SHARED - 1:
+        if isinstance(child, nn.Conv2d) and _is_shared(child.weight):
             setattr(model, name, IndexedConv2d(child))
-        elif isinstance(child, nn.Linear) and torch.unique(child.weight.detach()).numel() <= _MAX_SHARED - 1:
+        elif isinstance(child, nn.Linear) and _is_shared(child.weight):
             setattr(model, name, IndexedLinear(child))
         else:
             to_indexed(child)
