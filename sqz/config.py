@@ -84,10 +84,15 @@ class PruneConfig:
     # quality parameter); "absolute": |w| < amount is pruned; "density": keep that share.
     mode: PruneMode = "std"
     amount: float = 0.0
+    # "layer": each layer gets its own threshold (its std, its density); "global": one
+    # threshold over all prunable weights pooled (layers with small weights lose more).
+    scope: Literal["layer", "global"] = "layer"
 
     def __post_init__(self) -> None:
         if self.mode not in ("std", "absolute", "density"):
             raise ValueError(f"prune mode: must be std, absolute or density, got {self.mode!r}")
+        if self.scope not in ("layer", "global"):
+            raise ValueError(f"prune scope: must be layer or global, got {self.scope!r}")
         if not math.isfinite(self.amount):
             raise ValueError(f"threshold: must be finite, got {self.amount}")
         if self.mode == "density":

@@ -10,7 +10,7 @@ from sqz.compress import attach_masks_, compute_masks, density, kmeans_1d, prune
 from sqz.compress.indexed import IndexedConv2d, to_indexed, weight_bytes
 from sqz.compress.kmeans import within_cluster_sse
 from sqz.compress.kmeans import CodebookSGD
-from sqz.compress.prune import prunable_parameters
+from sqz.compress.prune import layer_thresholds, prunable_parameters
 from sqz.config import PruneConfig, QuantConfig
 from sqz.models import build_model
 
@@ -34,6 +34,18 @@ def test_density_mode_keeps_that_share():
     model = _model()
     prune_(model, PruneConfig(mode="density", amount=0.25))
     assert density(model) == pytest.approx(0.25, abs=0.01)
+
+
+@pytest.mark.parametrize("mode,amount", [("density", 0.3), ("std", 0.7)])
+def test_global_scope_uses_one_threshold_for_all_layers(mode, amount):
+    model = _model()
+    thresholds = layer_thresholds(model, PruneConfig(mode=mode, amount=amount, scope="global"))
+    assert len(set(thresholds.values())) == 1
+    prune_(model, PruneConfig(mode=mode, amount=amount, scope="global"))
+    if mode == "density":
+        assert density(model) == pytest.approx(amount, abs=0.01)
+    densities = [float((p != 0).float().mean()) for p in prunable_parameters(model).values()]
+    assert max(densities) - min(densities) > 0.05  # unlike per-layer density, layers differ
 
 
 def test_pruning_again_prunes_further_and_keeps_zeros():

@@ -31,7 +31,17 @@ def prunable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
 
 
 def layer_thresholds(model: nn.Module, config: PruneConfig) -> dict[str, float]:
-    """Per-layer magnitude below which weights are pruned."""
+    """Per-layer magnitude below which weights are pruned (the same value for every layer
+    when ``config.scope == "global"``)."""
+    if config.scope == "global" and config.mode != "absolute":
+        pooled = torch.cat([w.detach().flatten() for w in prunable_parameters(model).values()])
+        if config.mode == "std":
+            threshold = config.amount * pooled.std().item()
+        else:
+            magnitudes = pooled.abs()
+            keep = max(1, round(config.amount * magnitudes.numel()))
+            threshold = torch.topk(magnitudes, keep).values[-1].item() if keep < magnitudes.numel() else 0.0
+        return dict.fromkeys(prunable_parameters(model), threshold)
     thresholds = {}
     for name, weight in prunable_parameters(model).items():
         w = weight.detach().abs().flatten()
