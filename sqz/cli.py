@@ -98,6 +98,10 @@ def _build_parser() -> argparse.ArgumentParser:
                                "squeezenet1_0 and re-encode the same weights, losslessly, as .sqz.")  # fmt: skip
     import_dc.add_argument("file", help="path or URL of compressed_SqueezeNet.net")
     import_dc.add_argument("out", help="path or URL of the .sqz file to write")
+
+    from sqz.train_cli import add_train_parser  # its own module; imported late (it uses the helpers above)
+
+    add_train_parser(sub)
     return parser
 
 
@@ -220,7 +224,14 @@ def _cmd_import_dc(args: argparse.Namespace) -> int:
     return 0 if exact else 1
 
 
-_COMMANDS = {"run": _cmd_run, "import-dc": _cmd_import_dc, "inspect": _cmd_inspect, "report": _cmd_report, "models": _cmd_models}
+def _cmd_train(args: argparse.Namespace) -> int:
+    from sqz.train_cli import cmd_train
+
+    return cmd_train(args)
+
+
+_COMMANDS = {"run": _cmd_run, "import-dc": _cmd_import_dc, "inspect": _cmd_inspect, "report": _cmd_report, "models": _cmd_models,
+             "train": _cmd_train}  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
