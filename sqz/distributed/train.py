@@ -237,6 +237,9 @@ def train(layout: RunLayout, train_cfg: TrainConfig, data_cfg: DataConfig, *, pr
             failure_config=FailureConfig(max_failures=train_cfg.max_failures),
             # Ray Train's own INFO lines (every report, every checkpoint) drown the epoch lines.
             logging_config=LoggingConfig(log_level="WARNING"),
+            # Ray Train turns a worker's print into a log record, which mangles the
+            # progress bar's state lines that Ray forwards to the driver's terminal.
+            worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}} if progress else None,
         ),
     )
     result = trainer.fit()
