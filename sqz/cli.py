@@ -103,6 +103,10 @@ def _build_parser() -> argparse.ArgumentParser:
                            "instead of keeping the released 8-bit codebooks")  # fmt: skip
     import_dc.add_argument("--method", choices=["auto", "exact", "lloyd"], default="exact",
                            help="k-means for --bits (default: exact)")
+
+    from sqz.train_cli import add_train_parser  # its own module; imported late (it uses the helpers above)
+
+    add_train_parser(sub)
     return parser
 
 
@@ -243,7 +247,14 @@ def _cmd_import_dc(args: argparse.Namespace) -> int:
     return 0 if exact else 1
 
 
-_COMMANDS = {"run": _cmd_run, "import-dc": _cmd_import_dc, "inspect": _cmd_inspect, "report": _cmd_report, "models": _cmd_models}
+def _cmd_train(args: argparse.Namespace) -> int:
+    from sqz.train_cli import cmd_train
+
+    return cmd_train(args)
+
+
+_COMMANDS = {"run": _cmd_run, "import-dc": _cmd_import_dc, "inspect": _cmd_inspect, "report": _cmd_report, "models": _cmd_models,
+             "train": _cmd_train}  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:

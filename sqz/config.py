@@ -25,6 +25,8 @@ __all__ = [
     "config_to_dict",
     "config_from_dict",
     "derive_run_id",
+    "TRAIN_RECIPES",
+    "RETRAIN_LR_FACTOR",
 ]
 
 PruneMode = Literal["std", "absolute", "density"]
@@ -57,13 +59,36 @@ class TrainConfig:
     epochs: int = 8
     # SqueezeNet has no batch norm: from scratch on a small dataset, SGD sits on the
     # loss plateau for many epochs while AdamW leaves it in one or two. The released
-    # v1.0 ImageNet recipe is optimizer="sgd", lr=0.04 (momentum 0.9, poly decay).
+    # v1.0 ImageNet recipe is optimizer="sgd", lr=0.04 (momentum 0.9, poly decay):
+    # TRAIN_RECIPES["imagenet"].
     optimizer: Literal["sgd", "adamw"] = "adamw"
-    lr: float = 1e-3  # poly decay (power 1.0) to zero over the run, as the released v1.0
+    lr: float = 1e-3  # poly decay (power lr_power) to zero over the run, as the released v1.0
     momentum: float = 0.9  # SGD only
     weight_decay: float = 2e-4  # the released SqueezeNet v1.0 recipe
     workers: int = 2  # Ray Train data-parallel workers
     seed: int = 0
+    lr_power: float = 1.0  # poly decay power; the released v1.0 solver uses 1.0 (linear)
+    warmup_epochs: float = 0.0  # linear lr warm-up before the decay; 0 = none (the recipe has none)
+    label_smoothing: float = 0.0  # 0 = plain cross-entropy, as the recipe
+    # Each worker's share of the global batch (DataConfig.batch_size / workers) is split
+    # into this many micro-batches whose gradients are summed before one step: the same
+    # global batch in less memory.
+    accumulation_steps: int = 1
+    # "default": the model builder's (torchvision's kaiming-uniform); "caffe_xavier": the
+    # released v1.0's Caffe xavier filler, final conv N(0, 0.01).
+    weight_init: Literal["default", "caffe_xavier"] = "default"
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto: bf16 (else fp16) on GPU, off on CPU
+    channels_last: bool | None = None  # None: on with a GPU, off on CPU
+    compile: bool = False  # torch.compile the model (pays off on long GPU runs only)
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0  # 0: CPU training (gloo); > 0: CUDA (nccl)
+    checkpoint_every: int = 1  # epochs between checkpoints; the last epoch always checkpoints
+    keep_checkpoints: int = 2  # the best K by validation top-1 are kept, and always the latest
+    max_failures: int = 2  # worker-group restarts (from the latest checkpoint) before giving up
+    init_url: str | None = None  # start from these weights (.safetensors or .sqz) instead of init
+    # Masked retraining: keep the zeros of this pruned model (.safetensors/.sqz weights,
+    # or a .safetensors of bool masks) at zero after every step.
+    masks_url: str | None = None
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -76,6 +101,46 @@ class TrainConfig:
             raise ValueError(f"workers: must be at least 1, got {self.workers}")
         if self.num_classes < 2:
             raise ValueError(f"num_classes: must be at least 2, got {self.num_classes}")
+        if not self.lr_power > 0:
+            raise ValueError(f"lr_power: must be positive, got {self.lr_power}")
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise ValueError(f"warmup_epochs: must be in [0, epochs={self.epochs}), got {self.warmup_epochs}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing: must be in [0, 1), got {self.label_smoothing}")
+        if self.accumulation_steps < 1:
+            raise ValueError(f"accumulation_steps: must be at least 1, got {self.accumulation_steps}")
+        if self.weight_init not in ("default", "caffe_xavier"):
+            raise ValueError(f"weight_init: must be default or caffe_xavier, got {self.weight_init!r}")
+        if self.amp not in ("auto", "off", "bf16", "fp16"):
+            raise ValueError(f"amp: must be auto, off, bf16 or fp16, got {self.amp!r}")
+        if not self.cpus_per_worker > 0:
+            raise ValueError(f"cpus_per_worker: must be positive, got {self.cpus_per_worker}")
+        if self.gpus_per_worker < 0:
+            raise ValueError(f"gpus_per_worker: must be >= 0, got {self.gpus_per_worker}")
+        if self.checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every: must be at least 1, got {self.checkpoint_every}")
+        if self.keep_checkpoints < 1:
+            raise ValueError(f"keep_checkpoints: must be at least 1, got {self.keep_checkpoints}")
+        if self.max_failures < -1:
+            raise ValueError(f"max_failures: must be >= 0 (or -1: unlimited), got {self.max_failures}")
+
+
+# Named training recipes: field overrides of DataConfig / TrainConfig, kept as data.
+# "imagenet" is the released SqueezeNet v1.0 solver (Caffe): SGD momentum 0.9, weight
+# decay 2e-4, lr 0.04 with poly decay (power 1.0) over the run, batch 512, ~68 epochs
+# (170k iterations x 512 / 1.28M images), xavier init with the final conv N(0, 0.01);
+# the crop is the model's input size (227 for v1.0). "digits" is the demo's defaults.
+# Masked retraining uses the recipe's lr / 100 (Deep Compression) for retrain_epochs.
+TRAIN_RECIPES: dict[str, dict[str, Any]] = {
+    "digits": {"data": {}, "train": {}, "retrain_epochs": 2},
+    "imagenet": {
+        "data": {"batch_size": 512},
+        "train": {"optimizer": "sgd", "lr": 0.04, "momentum": 0.9, "weight_decay": 2e-4, "lr_power": 1.0,
+                  "epochs": 68, "weight_init": "caffe_xavier"},
+        "retrain_epochs": 3,
+    },
+}  # fmt: skip
+RETRAIN_LR_FACTOR = 0.01  # Deep Compression retrains pruned nets at ~1/100 of the original lr
 
 
 @dataclass(frozen=True)

@@ -1,34 +1,46 @@
 """Data-parallel training with Ray Train's TorchTrainer around the plain engine loop.
 
-Each worker runs ``engine.train_one_epoch`` / ``engine.evaluate`` on its shard; Ray Train
-provides the process group (gloo on CPU), checkpoint storage and restarts. A checkpoint
-(safetensors weights + the optimizer's tensors, read back with weights_only=True) is
-reported every epoch, so a rerun with the same run folder resumes at the next epoch.
+Ray is only the launcher: each worker runs ``engine.train_one_epoch`` / ``engine.evaluate``
+on its shard; Ray Train provides the process group (gloo on CPU, nccl on GPU), checkpoint
+storage, restarts after a worker dies (``FailureConfig``) and resumption of an interrupted
+run (same storage path and run name: Ray Train V2 reloads its checkpoint list from there).
+
+Checkpoints (``sqz.checkpoint``: safetensors + JSON, no pickle) are reported every
+``checkpoint_every`` epochs and on the last; Ray keeps the best ``keep_checkpoints`` by
+validation top-1 and always the latest. Rank 0 writes one ``train_epochs`` row per epoch.
 """
 
 from __future__ import annotations
 
-import json
+import logging
+import math
 import os
 import tempfile
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import ray.train
+import ray.train.torch
 import torch
-from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
-from safetensors.torch import load_file, save, save_file
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from safetensors.torch import save
+from torch.utils.data import DataLoader, DistributedSampler, Subset, TensorDataset
 
 from sqz import engine, metrics, storage
+from sqz.checkpoint import check_start_files, load_training_state, read_masks, read_weights, save_training_state
+from sqz.compress.prune import attach_masks_
 from sqz.config import DataConfig, TrainConfig, config_from_dict, config_to_dict
 from sqz.data import load_split
 from sqz.models import build_model, count_parameters
 from sqz.runs import RunLayout
 
-__all__ = ["TrainResult", "train"]
+__all__ = ["TrainResult", "train", "per_worker_batch"]
+
+RUN_NAME = "ray-train"  # Ray Train's experiment folder under <run>/train/; fixed so reruns resume
+_log = logging.getLogger("sqz.train")
 
 
 @dataclass(frozen=True)
@@ -41,18 +53,59 @@ class TrainResult:
     epochs: int
 
 
-def _save_checkpoint(directory: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, epoch: int) -> None:
-    save_file(model.state_dict(), os.path.join(directory, "model.safetensors"))
-    torch.save(optimizer.state_dict(), os.path.join(directory, "optimizer.pt"))
-    with open(os.path.join(directory, "progress.json"), "w") as f:
-        json.dump({"epoch": epoch}, f)
+def per_worker_batch(train_cfg: TrainConfig, data_cfg: DataConfig) -> int:
+    """The micro-batch each worker feeds per forward pass: global batch / workers /
+    accumulation steps. Raises if that is below one image."""
+    micro = data_cfg.batch_size // train_cfg.workers // train_cfg.accumulation_steps
+    if micro < 1:
+        raise ValueError(
+            f"batch_size: {data_cfg.batch_size} is smaller than workers x accumulation_steps "
+            f"({train_cfg.workers} x {train_cfg.accumulation_steps})"
+        )
+    return micro
 
 
-def _load_checkpoint(directory: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
-    model.load_state_dict(load_file(os.path.join(directory, "model.safetensors")))
-    optimizer.load_state_dict(torch.load(os.path.join(directory, "optimizer.pt"), weights_only=True))
-    with open(os.path.join(directory, "progress.json")) as f:
-        return int(json.load(f)["epoch"])
+def _build(train_cfg: TrainConfig, device: torch.device) -> tuple[torch.nn.Module, torch.optim.Optimizer, Any, bool]:
+    """Model (initialised, on ``device``), optimizer, grad scaler and whether to use
+    channels_last: the same on every worker, before any checkpoint is loaded."""
+    torch.manual_seed(train_cfg.seed)  # same initial weights on every worker
+    model = build_model(train_cfg.model, num_classes=train_cfg.num_classes)
+    if train_cfg.weight_init == "caffe_xavier":
+        engine.caffe_xavier_init_(model)
+    if train_cfg.init_url:
+        model.load_state_dict(read_weights(train_cfg.init_url))
+    masks = read_masks(train_cfg.masks_url, model) if train_cfg.masks_url else None
+    channels_last = engine.resolve_channels_last(train_cfg.channels_last, device)
+    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    optimizer = engine.make_optimizer(model.parameters(), train_cfg.optimizer, lr=train_cfg.lr,
+                                      momentum=train_cfg.momentum, weight_decay=train_cfg.weight_decay)  # fmt: skip
+    scaler = engine.make_grad_scaler(engine.resolve_amp(train_cfg.amp, device), device)
+    if masks is not None:
+        # The hook sits on the optimizer, so DDP, AMP and accumulation need not know.
+        attach_masks_(model, optimizer, {name: mask.to(device) for name, mask in masks.items()})
+    return model, optimizer, scaler, channels_last
+
+
+def _loaders(train_cfg: TrainConfig, data_cfg: DataConfig, rank: int, world: int, use_cuda: bool):
+    train_set, val_set = load_split(data_cfg, "train"), load_split(data_cfg, "val")
+    sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=data_cfg.seed)
+    # In-memory tensors need no loader processes; decoding JPEGs does.
+    in_memory = isinstance(train_set, TensorDataset)
+    workers = 0 if in_memory else max(1, min(8, int(train_cfg.cpus_per_worker)))
+    common = {"num_workers": workers, "pin_memory": use_cuda, "persistent_workers": workers > 0}
+    train_loader = DataLoader(train_set, batch_size=per_worker_batch(train_cfg, data_cfg), sampler=sampler, **common)
+    # Disjoint, unpadded shards so the all-reduced counts are exact over the split.
+    val_loader = DataLoader(Subset(val_set, range(rank, len(val_set), world)), batch_size=256, **common)
+    return sampler, train_loader, val_loader
+
+
+def _progress_bar(enabled: bool, total: int, description: str):
+    """A per-epoch bar drawn on the driver's terminal (Ray forwards tqdm_ray's state)."""
+    if not enabled:
+        return None
+    from ray.experimental.tqdm_ray import tqdm
+
+    return tqdm(total=total, desc=description, unit="img")
 
 
 def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -61,59 +114,76 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     run_url, run_id = loop_config["run_url"], loop_config["run_id"]
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    amp_dtype = engine.resolve_amp(train_cfg.amp, device)
 
-    torch.manual_seed(train_cfg.seed)  # same initial weights on every worker
-    model = build_model(train_cfg.model, num_classes=train_cfg.num_classes)
-    optimizer = engine.make_optimizer(model.parameters(), train_cfg.optimizer, lr=train_cfg.lr,
-                                      momentum=train_cfg.momentum, weight_decay=train_cfg.weight_decay)  # fmt: skip
+    model, optimizer, scaler, channels_last = _build(train_cfg, device)
     start_epoch = 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as directory:
-            start_epoch = _load_checkpoint(directory, model, optimizer) + 1
+            start_epoch = load_training_state(directory, model, optimizer, scaler=scaler)["epoch"] + 1
+        if rank == 0:
+            _log.info("[sqz] resuming from the checkpoint of epoch %d/%d", start_epoch, train_cfg.epochs)
     ddp_model = ray.train.torch.prepare_model(model)
+    if train_cfg.compile:
+        ddp_model = torch.compile(ddp_model)
 
-    train_set, val_set = load_split(data_cfg, "train"), load_split(data_cfg, "val")
-    sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=data_cfg.seed)
-    per_worker = max(1, data_cfg.batch_size // world)
-    train_loader = DataLoader(train_set, batch_size=per_worker, sampler=sampler)
-    # Disjoint, unpadded shards so the all-reduced counts are exact over the split.
-    val_loader = DataLoader(Subset(val_set, range(rank, len(val_set), world)), batch_size=256)
-
-    steps_per_epoch = len(train_loader)
+    sampler, train_loader, val_loader = _loaders(train_cfg, data_cfg, rank, world, device.type == "cuda")
+    steps_per_epoch = math.ceil(len(train_loader) / train_cfg.accumulation_steps)
     total_steps = train_cfg.epochs * steps_per_epoch
+    warmup_steps = round(train_cfg.warmup_epochs * steps_per_epoch)
     step = start_epoch * steps_per_epoch
 
     def lr_at_step() -> float:
         nonlocal step
         step += 1
-        return engine.poly_lr(train_cfg.lr, step - 1, total_steps)
+        return engine.scheduled_lr(train_cfg.lr, step - 1, total_steps, power=train_cfg.lr_power, warmup_steps=warmup_steps)
 
+    loss_fn = partial(torch.nn.functional.cross_entropy, label_smoothing=train_cfg.label_smoothing)
     for epoch in range(start_epoch, train_cfg.epochs):
         sampler.set_epoch(epoch)
         epoch_start = time.perf_counter()
-        stats = engine.train_one_epoch(ddp_model, train_loader, optimizer, lr_at_step=lr_at_step)
-        result = engine.evaluate(ddp_model, val_loader)
-        totals = torch.tensor([stats.loss * stats.images, stats.images, stats.data_wait_s], dtype=torch.float64)
-        torch.distributed.all_reduce(totals)
-        wall = time.perf_counter() - epoch_start
+        bar = _progress_bar(loop_config.get("progress", False) and rank == 0, len(sampler) * world,
+                            f"epoch {epoch + 1}/{train_cfg.epochs}")  # fmt: skip
+        stats = engine.train_one_epoch(
+            ddp_model, train_loader, optimizer, device=device, loss_fn=loss_fn, lr_at_step=lr_at_step,
+            amp_dtype=amp_dtype, scaler=scaler, channels_last=channels_last,
+            accumulation_steps=train_cfg.accumulation_steps,
+            on_batch=(lambda n: bar.update(n * world)) if bar is not None else None,
+        )  # fmt: skip
+        if bar is not None:
+            bar.close()
+        result = engine.evaluate(ddp_model, val_loader, device=device, amp_dtype=amp_dtype, channels_last=channels_last)
+        sums = torch.tensor([stats.loss * stats.images, stats.images, stats.data_wait_s], dtype=torch.float64, device=device)
+        slowest = torch.tensor([stats.wall_s], dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(sums)
+        torch.distributed.all_reduce(slowest, op=torch.distributed.ReduceOp.MAX)
+        loss_sum, images, data_wait = sums.tolist()
         row = {
             "run_id": run_id, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
-            "loss": totals[0].item() / totals[1].item(), "top1": result.top1, "top5": result.top5,
-            "images_per_s": totals[1].item() / stats.wall_s, "data_wait_s": totals[2].item() / world,
-            "wall_s": wall,
+            "loss": loss_sum / images, "top1": result.top1, "top5": result.top5,
+            "images_per_s": images / slowest.item(), "data_wait_s": data_wait / world,
+            "wall_s": time.perf_counter() - epoch_start,
         }  # fmt: skip
+        last = epoch == train_cfg.epochs - 1
+        with_checkpoint = last or (epoch + 1) % train_cfg.checkpoint_every == 0
+        if rank != 0:
+            ray.train.report(row)
+            continue
+        # One row file per epoch: a rerun of the epoch replaces it, never duplicates.
+        metrics.write_rows(run_url, "train_epochs", [row], writer_id=f"epoch-{epoch:04d}")
+        _log.info("[sqz] epoch %d/%d: loss %.3f, top-1 %.2f, top-5 %.2f, lr %.3g, %.0f img/s, "
+                     "data wait %.1f s, %.1f s", epoch + 1, train_cfg.epochs, row["loss"], row["top1"],
+                     row["top5"], row["lr"], row["images_per_s"], row["data_wait_s"], row["wall_s"])  # fmt: skip
+        if not with_checkpoint:
+            ray.train.report(row)
+            continue
         with tempfile.TemporaryDirectory() as directory:
-            if rank == 0:
-                # One row file per epoch: a rerun of the epoch replaces it, never duplicates.
-                metrics.write_rows(run_url, "train_epochs", [row], writer_id=f"epoch-{epoch:04d}")
-                _save_checkpoint(directory, model, optimizer, epoch)
-                ray.train.report(row, checkpoint=Checkpoint.from_directory(directory))
-                print(f"[sqz] epoch {epoch + 1}/{train_cfg.epochs}: loss {row['loss']:.3f} "
-                      f"top-1 {row['top1']:.2f} top-5 {row['top5']:.2f} "
-                      f"{row['images_per_s']:.0f} img/s", flush=True)  # fmt: skip
-            else:
-                ray.train.report(row)
+            save_training_state(directory, model, optimizer, scaler=scaler,
+                                progress={"epoch": epoch, "top1": row["top1"], "top5": row["top5"]})  # fmt: skip
+            ray.train.report(row, checkpoint=Checkpoint.from_directory(directory),
+                             checkpoint_dir_name=f"checkpoint_epoch-{epoch:04d}")  # fmt: skip
 
 
 def _finished(layout: RunLayout, train_cfg: TrainConfig) -> TrainResult | None:
@@ -132,27 +202,44 @@ def _finished(layout: RunLayout, train_cfg: TrainConfig) -> TrainResult | None:
     )  # fmt: skip
 
 
-def train(layout: RunLayout, train_cfg: TrainConfig, data_cfg: DataConfig) -> TrainResult:
+def train(layout: RunLayout, train_cfg: TrainConfig, data_cfg: DataConfig, *, progress: bool = False) -> TrainResult:
     """Train the run's baseline and write models/baseline.safetensors. A finished
-    training is reused as is; an interrupted one resumes from its latest checkpoint."""
+    training is reused as is; an interrupted one resumes from its latest checkpoint.
+    ``progress`` draws a per-epoch progress bar (for an interactive terminal)."""
     done = _finished(layout, train_cfg)
     if done is not None:
         print(f"[sqz] train: reusing the finished baseline at {layout.baseline_url}", flush=True)
         return done
+    check_start_files(train_cfg)  # one-line errors before any worker starts
+    per_worker_batch(train_cfg, data_cfg)
     fs, path = storage.resolve(layout.train_url)
+    resources = {"CPU": train_cfg.cpus_per_worker}
+    if train_cfg.gpus_per_worker:
+        resources["GPU"] = train_cfg.gpus_per_worker
+    print(f"[sqz] train: {train_cfg.model}, {train_cfg.workers} worker(s) x {resources}, global batch "
+          f"{per_worker_batch(train_cfg, data_cfg) * train_cfg.workers * train_cfg.accumulation_steps} "
+          f"({train_cfg.workers} x {per_worker_batch(train_cfg, data_cfg)} x {train_cfg.accumulation_steps} "
+          f"accumulated), {train_cfg.epochs} epochs -> {layout.train_url}", flush=True)  # fmt: skip
     trainer = TorchTrainer(
         _train_loop_per_worker,
         train_loop_config={
             "train": config_to_dict(train_cfg), "data": config_to_dict(data_cfg),
-            "run_url": layout.run_url, "run_id": layout.run_id,
+            "run_url": layout.run_url, "run_id": layout.run_id, "progress": progress,
         },  # fmt: skip
-        scaling_config=ScalingConfig(num_workers=train_cfg.workers, use_gpu=False),
+        scaling_config=ScalingConfig(num_workers=train_cfg.workers, use_gpu=train_cfg.gpus_per_worker > 0,
+                                     resources_per_worker=resources),  # fmt: skip
         run_config=RunConfig(
-            name="ray-train",
+            name=RUN_NAME,
             storage_path=path,
             storage_filesystem=fs,
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-            failure_config=FailureConfig(max_failures=2),
+            checkpoint_config=CheckpointConfig(num_to_keep=train_cfg.keep_checkpoints,
+                                               checkpoint_score_attribute="top1", checkpoint_score_order="max"),  # fmt: skip
+            failure_config=FailureConfig(max_failures=train_cfg.max_failures),
+            # Ray Train's own INFO lines (every report, every checkpoint) drown the epoch lines.
+            logging_config=LoggingConfig(log_level="WARNING"),
+            # Ray Train turns a worker's print into a log record, which mangles the
+            # progress bar's state lines that Ray forwards to the driver's terminal.
+            worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}} if progress else None,
         ),
     )
     result = trainer.fit()
@@ -160,7 +247,7 @@ def train(layout: RunLayout, train_cfg: TrainConfig, data_cfg: DataConfig) -> Tr
         raise RuntimeError(f"training under {layout.train_url} finished without a checkpoint")
     model = build_model(train_cfg.model, num_classes=train_cfg.num_classes)
     with result.checkpoint.as_directory() as directory:
-        model.load_state_dict(load_file(os.path.join(directory, "model.safetensors")))
+        load_training_state(directory, model)
     storage.write_bytes(layout.baseline_url, save(model.state_dict()))
     done = _finished(layout, train_cfg)
     if done is None:
