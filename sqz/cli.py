@@ -91,7 +91,15 @@ def _build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="print a finished run's report.md")
     report.add_argument("run_url", help="the run folder, e.g. ./sqz-runs/run-0123abcd4567")
 
-    sub.add_parser("models", help="list the registered models and their parameter counts")
+    models = sub.add_parser("models", help="the paper's Table 2 as built: parameters, float32 MB, reduction vs AlexNet",
+                            description="Parameters, float32 size and reduction vs 32-bit AlexNet of torchvision's "
+                            "reference CNNs and every registered SqueezeNet, computed from the built architectures, "
+                            "with published accuracies cited per row.")  # fmt: skip
+    models.add_argument("--with", dest="with_files", action="append", default=[], metavar="FILE",
+                        help="a compressed .sqz file (path or s3:// URL) whose real size joins the table; repeatable")  # fmt: skip
+
+    _add_data_parser(sub)
+    _add_eval_parser(sub)
 
     import_dc = sub.add_parser("import-dc", help="convert the released Deep Compression .net file to .sqz",
                                description="Read the Deep Compression authors' compressed_SqueezeNet.net into "
@@ -99,6 +107,44 @@ def _build_parser() -> argparse.ArgumentParser:
     import_dc.add_argument("file", help="path or URL of compressed_SqueezeNet.net")
     import_dc.add_argument("out", help="path or URL of the .sqz file to write")
     return parser
+
+
+def _add_data_parser(sub: Any) -> None:
+    data = sub.add_parser("data", help="dataset tools: prepare Parquet shards from an ImageNet-layout folder")
+    data_sub = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
+    prepare = data_sub.add_parser(
+        "prepare", help="convert an ImageNet-layout folder into Parquet shards (local or s3://)",
+        description="Write SRC's train/ and val/ as Parquet shards of JPEG bytes + label under DEST_URL, with "
+        "dataset.json last. Resumable and idempotent: a rerun skips the shards already written.",
+    )  # fmt: skip
+    prepare.add_argument("src", help="folder with train/<wnid>/*.JPEG and val/ (class folders, or flat + ground truth)")
+    prepare.add_argument("dest_url", help="where the shards go: a local path or s3://bucket/prefix")
+    prepare.add_argument("--splits", type=_list_of(str, "--splits", lambda v: None if v in ("train", "val") else "must be train or val"),
+                         default=None, help="splits to convert, comma-separated (default: those SRC has)")  # fmt: skip
+    prepare.add_argument("--shard-mb", type=float, default=256.0, help="source bytes per shard, in MB (default: 256)")
+    prepare.add_argument("--workers", type=_positive_int, default=4, help="threads reading and checking images (default: 4)")
+    prepare.add_argument("--s3-endpoint", default=None, help="S3-compatible endpoint (default: AWS_ENDPOINT_URL or AWS)")
+    prepare.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_eval_parser(sub: Any) -> None:
+    evaluate = sub.add_parser(
+        "eval", help="top-1/top-5 of a model file on a dataset; appends to the evaluations table",
+        description="Evaluate a .sqz file (decoded) or dense safetensors weights on a dataset split, print top-1 "
+        "and top-5, and write the row to <run>/metrics/evaluations/.",
+    )  # fmt: skip
+    evaluate.add_argument("model", help="a .sqz file or .safetensors weights (path or s3:// URL)")
+    evaluate.add_argument("--data", required=True, help="digits | synthetic | an ImageNet-layout folder | a prepared dataset (folder or s3://)")
+    evaluate.add_argument("--split", choices=["train", "val"], default="val", help="split to evaluate (default: val)")
+    evaluate.add_argument("--arch", default=None, help="architecture of safetensors weights (default: from the run manifest)")
+    evaluate.add_argument("--image-size", type=_positive_int, default=None, help="crop size (default: what the file records, else the model's)")
+    evaluate.add_argument("--normalize", choices=["torchvision", "caffe"], default=None,
+                          help="input convention (default: what the file records, else torchvision)")  # fmt: skip
+    evaluate.add_argument("--batch-size", type=_positive_int, default=64, help="images per batch (default: 64)")
+    evaluate.add_argument("--workers", type=_non_negative_int, default=0, help="DataLoader worker processes (default: 0)")
+    evaluate.add_argument("--run", default=None, help="run URL whose evaluations table gets the row "
+                          "(default: the model's run, else ./sqz-runs/evaluations)")  # fmt: skip
+    evaluate.add_argument("--s3-endpoint", default=None, help="S3-compatible endpoint (default: AWS_ENDPOINT_URL or AWS)")
 
 
 def _pipeline_config(args: argparse.Namespace):
@@ -195,12 +241,35 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from sqz.models import MODEL_FACTS, build_model, count_parameters, list_models
+    from sqz import table2
 
-    print(f"{'model':32} {'params (1000 cls)':>18} {'MB float32':>10}  source")
-    for name in list_models():
-        params = count_parameters(build_model(name, num_classes=1000))
-        print(f"{name:32} {params:>18,} {params * 4 / 1e6:>10.2f}  {MODEL_FACTS[name].source}")
+    extra = [table2.compressed_row(url) for url in args.with_files]  # a bad file fails before printing
+    print(table2.render(table2.architecture_rows() + extra))
+    return 0
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from sqz.data_prepare import prepare
+
+    if args.s3_endpoint:
+        os.environ["AWS_ENDPOINT_URL_S3"] = args.s3_endpoint
+    prepare(args.src, args.dest_url, splits=args.splits, shard_mb=args.shard_mb, workers=args.workers,
+            progress=not args.no_progress)  # fmt: skip
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from sqz.evaluation import evaluate_file
+
+    if args.s3_endpoint:
+        os.environ["AWS_ENDPOINT_URL_S3"] = args.s3_endpoint
+    row = evaluate_file(args.model, args.data, split=args.split, arch=args.arch, image_size=args.image_size,
+                        normalization=args.normalize, batch_size=args.batch_size, workers=args.workers,
+                        run_url=args.run)  # fmt: skip
+    print(f"{args.model} on {args.data} ({args.split}, {row['image_size']}px, {row['normalization']}): "
+          f"top-1 {row['top1']:.2f}  top-5 {row['top5']:.2f}  over {row['images']:,} images, "
+          f"{row['skipped']} unreadable skipped")  # fmt: skip
+    print(f"row: {row['row_url']}")
     return 0
 
 
@@ -211,7 +280,8 @@ def _cmd_import_dc(args: argparse.Namespace) -> int:
 
     source = storage.read_bytes(args.file)
     model = load_dcnet(source)
-    data = encode(model, meta={"source": "Deep Compression release, compressed_SqueezeNet.net"})
+    data = encode(model, meta={"source": "Deep Compression release, compressed_SqueezeNet.net",
+                               "input": {"image_size": 227, "normalization": "caffe"}})  # Caffe's convention
     decoded = decode(data)  # prove the file before reporting it
     exact = all(a.equal(b) for a, b in zip(model.state_dict().values(), decoded.state_dict().values()))
     storage.write_bytes(args.out, data)
@@ -220,7 +290,8 @@ def _cmd_import_dc(args: argparse.Namespace) -> int:
     return 0 if exact else 1
 
 
-_COMMANDS = {"run": _cmd_run, "import-dc": _cmd_import_dc, "inspect": _cmd_inspect, "report": _cmd_report, "models": _cmd_models}
+_COMMANDS = {"run": _cmd_run, "import-dc": _cmd_import_dc, "inspect": _cmd_inspect, "report": _cmd_report, "models": _cmd_models,
+             "data": _cmd_data, "eval": _cmd_eval}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,11 +20,12 @@ import torch
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from safetensors.torch import load_file, save, save_file
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import DistributedSampler, Subset
 
 from sqz import engine, metrics, storage
 from sqz.config import DataConfig, TrainConfig, config_from_dict, config_to_dict
-from sqz.data import load_split
+from sqz.data import load_split, make_loader, read_manifest
+from sqz.distributed import stream
 from sqz.models import build_model, count_parameters
 from sqz.runs import RunLayout
 
@@ -73,14 +74,24 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             start_epoch = _load_checkpoint(directory, model, optimizer) + 1
     ddp_model = ray.train.torch.prepare_model(model)
 
-    train_set, val_set = load_split(data_cfg, "train"), load_split(data_cfg, "val")
-    sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=data_cfg.seed)
     per_worker = max(1, data_cfg.batch_size // world)
-    train_loader = DataLoader(train_set, batch_size=per_worker, sampler=sampler)
-    # Disjoint, unpadded shards so the all-reduced counts are exact over the split.
-    val_loader = DataLoader(Subset(val_set, range(rank, len(val_set), world)), batch_size=256)
+    sampler = None
+    if stream.is_streamed(data_cfg):
+        # Parquet shards: Ray Data decodes in parallel tasks and Ray Train hands each
+        # worker its own stream (equal shares); validation is an exact share per rank.
+        train_loader = stream.worker_shard(data_cfg, batch_size=per_worker)
+        val_loader = make_loader(load_split(data_cfg, "val", rank=rank, world_size=world), batch_size=256,
+                                 num_workers=data_cfg.loader_workers)  # fmt: skip
+        steps_per_epoch = -(-(read_manifest(data_cfg.url)["splits"]["train"]["images"] // world) // per_worker)
+    else:
+        train_set, val_set = load_split(data_cfg, "train"), load_split(data_cfg, "val")
+        sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=data_cfg.seed)
+        train_loader = make_loader(train_set, batch_size=per_worker, sampler=sampler, num_workers=data_cfg.loader_workers)
+        # Disjoint, unpadded shards so the all-reduced counts are exact over the split.
+        val_loader = make_loader(Subset(val_set, range(rank, len(val_set), world)), batch_size=256,
+                                 num_workers=data_cfg.loader_workers)  # fmt: skip
+        steps_per_epoch = len(train_loader)
 
-    steps_per_epoch = len(train_loader)
     total_steps = train_cfg.epochs * steps_per_epoch
     step = start_epoch * steps_per_epoch
 
@@ -90,7 +101,8 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         return engine.poly_lr(train_cfg.lr, step - 1, total_steps)
 
     for epoch in range(start_epoch, train_cfg.epochs):
-        sampler.set_epoch(epoch)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
         epoch_start = time.perf_counter()
         stats = engine.train_one_epoch(ddp_model, train_loader, optimizer, lr_at_step=lr_at_step)
         result = engine.evaluate(ddp_model, val_loader)
@@ -140,8 +152,11 @@ def train(layout: RunLayout, train_cfg: TrainConfig, data_cfg: DataConfig) -> Tr
         print(f"[sqz] train: reusing the finished baseline at {layout.baseline_url}", flush=True)
         return done
     fs, path = storage.resolve(layout.train_url)
+    datasets, dataset_config = stream.trainer_datasets(data_cfg)
     trainer = TorchTrainer(
         _train_loop_per_worker,
+        datasets=datasets,
+        dataset_config=dataset_config,
         train_loop_config={
             "train": config_to_dict(train_cfg), "data": config_to_dict(data_cfg),
             "run_url": layout.run_url, "run_id": layout.run_id,
