@@ -16,7 +16,7 @@ Parquet shards ``sqz data prepare`` makes of them (on local disk or S3).
 The class index is the position of the wnid in the sorted wnids, as torchvision's
 ImageFolder orders them, so labels line up with torchvision-trained weights.
 
-Images are decoded (libjpeg-turbo via ``torchvision.io``) and cropped one at a time to a
+Images are decoded (libjpeg-turbo via TorchCodec) and cropped one at a time to a
 uint8 ``(3, S, S)`` tensor, in DataLoader workers or Ray Data tasks; normalisation runs
 once per batch (:func:`normalize_batch`), so uint8, not float32, crosses processes.
 A file that cannot be read or decoded is skipped and counted, never fatal: the
@@ -88,7 +88,8 @@ _TORCHVISION_MEAN, _TORCHVISION_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.22
 # BGR channel order, 0..255 pixels, these per-channel means subtracted, no std division.
 CAFFE_MEAN_BGR = (104.0, 117.0, 123.0)
 
-MANIFEST_NAME = "dataset.json"
+MANIFEST_NAME = "dataset.json"  # written last by `sqz data prepare`: the dataset is complete
+PLAN_NAME = "_prepare.json"  # written first: a prepare has started here
 MANIFEST_FORMAT = "sqz.parquet-images"
 MANIFEST_VERSION = 1
 
@@ -108,22 +109,37 @@ class SkippedImage:
 # ---------------------------------------------------------------- decode, crop, normalise
 
 
-_TORCHVISION_PREFIX = re.compile(r"^\w+, \S+:\d+, ")
+# Native decoders prefix their messages with "<function>, <source file>:<line>, ".
+_NATIVE_PREFIX = re.compile(r"^\w+, \S+:\d+, ")
+
+
+@functools.lru_cache(maxsize=1)
+def _decoder():
+    """TorchCodec's decode_image (libjpeg-turbo and friends; the successor of
+    torchvision.io's decoders, deprecated in torchvision 0.29), else torchvision.io's."""
+    try:
+        from torchcodec.decoders import decode_image
+
+        return lambda data: decode_image(data, mode="RGB")
+    except ImportError:
+        from torchvision.io import ImageReadMode, decode_image
+
+        # bytearray: torch wants a writable buffer (the copy is ~100 kB).
+        return lambda data: decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
 
 
 def decode_image_bytes(data: bytes) -> torch.Tensor:
-    """JPEG/PNG/... bytes -> uint8 RGB ``(3, H, W)``; grey and CMYK files are converted."""
-    from torchvision.io import ImageReadMode, decode_image
-
+    """JPEG/PNG/WebP/GIF bytes -> uint8 RGB ``(3, H, W)``; grey and CMYK are converted."""
     if not data:
         raise CorruptImageError("empty file")
     try:
-        # bytearray: torch wants a writable buffer (and the copy is ~100 kB).
-        return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-    except RuntimeError as exc:
+        image = _decoder()(data)
+    except (RuntimeError, ValueError) as exc:
         lines = str(exc).strip().splitlines() or ["cannot decode"]
-        # torchvision prefixes "<op>, <source file>:<line>, "; the reason is what follows.
-        raise CorruptImageError(_TORCHVISION_PREFIX.sub("", lines[-1])) from None
+        raise CorruptImageError(_NATIVE_PREFIX.sub("", lines[-1])) from None
+    if image.dim() == 4:  # animated GIF/WebP: the first frame
+        image = image[0]
+    return image
 
 
 @dataclass(frozen=True)
@@ -608,6 +624,8 @@ def check_data_url(url: str, splits: Sequence[str] = SPLITS, *, option: str = "-
         root = _local_root(url)
         if not os.path.isdir(root):
             raise ValueError(f"no such dataset folder: {root}")
+        if os.path.exists(os.path.join(root, PLAN_NAME)):
+            read_manifest(url)  # an unfinished prepare: says so, and how to resume
         for split in splits:
             split_dir = os.path.join(root, split)
             if not os.path.isdir(split_dir):

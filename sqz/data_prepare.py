@@ -39,6 +39,7 @@ from sqz.data import (
     MANIFEST_FORMAT,
     MANIFEST_NAME,
     MANIFEST_VERSION,
+    PLAN_NAME,
     SPLITS,
     CorruptImageError,
     SplitIndex,
@@ -50,7 +51,6 @@ from sqz.data import (
 __all__ = ["SHARD_SCHEMA", "ShardPlan", "plan_shards", "prepare"]
 
 SHARD_SCHEMA = pa.schema([("image", pa.binary()), ("label", pa.int32()), ("path", pa.string())])
-PLAN_NAME = "_prepare.json"
 _CORRUPT_KEY = b"sqz.skipped_corrupt"
 
 

@@ -42,7 +42,8 @@ def is_streamed(data_cfg: DataConfig) -> bool:
 
 
 class DecodeCrop:
-    """map_batches function: ``{"image": bytes, "label"}`` -> uint8 crops + an ok flag."""
+    """map_batches function: ``{"image": bytes, "label"}`` -> uint8 ``(N, 3, S, S)`` crops
+    and an ``ok`` flag per row."""
 
     def __init__(self, transform: ImageTransform) -> None:
         self.transform = transform
@@ -56,7 +57,8 @@ class DecodeCrop:
                 images[i] = self.transform(bytes(data)).numpy()
             except CorruptImageError:
                 ok[i] = False  # kept as a row so the consumer can count it
-        return {"image": images, "label": batch["label"].astype(np.int64), "ok": ok}
+        # Other columns (e.g. "path", when read) pass through unchanged.
+        return {**batch, "image": images, "label": batch["label"].astype(np.int64), "ok": ok}
 
 
 def image_dataset(data_cfg: DataConfig, split: str) -> ray.data.Dataset:
@@ -67,7 +69,8 @@ def image_dataset(data_cfg: DataConfig, split: str) -> ray.data.Dataset:
     fs, base = storage.resolve(data_cfg.url)
     paths = [posixpath.join(base, shard["path"]) for shard in manifest["splits"][split]["shards"] if shard["rows"]]
     train = split == "train"
-    dataset = ray.data.read_parquet(paths, filesystem=fs, columns=["image", "label"], shuffle="files" if train else None)
+    dataset = ray.data.read_parquet(paths, filesystem=fs, shuffle="files" if train else None)
+    dataset = dataset.select_columns(["image", "label"])  # pushed down into the Parquet read
     transform = ImageTransform(train=train, image_size=data_cfg.image_size, normalization=data_cfg.normalization)
     return dataset.map_batches(DecodeCrop(transform), batch_size=_DECODE_BATCH, batch_format="numpy")
 
@@ -78,10 +81,11 @@ class _Normalize(NumpyBatchCollateFn):
         self.normalization = normalization
 
     def __call__(self, batch: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        ok = torch.from_numpy(np.asarray(batch["ok"], dtype=bool))
-        images = torch.from_numpy(np.ascontiguousarray(batch["image"]))[ok]  # (n_ok, 3, S, S) uint8
-        labels = torch.from_numpy(np.asarray(batch["label"], dtype=np.int64))[ok]
-        return normalize_batch(images, self.normalization), labels, (~ok).sum()
+        ok = np.asarray(batch["ok"], dtype=bool)
+        # Boolean indexing copies, so torch gets writable arrays (Ray's are read-only views).
+        images = torch.from_numpy(np.asarray(batch["image"])[ok])  # (n_ok, 3, S, S) uint8
+        labels = torch.from_numpy(np.asarray(batch["label"], dtype=np.int64)[ok])
+        return normalize_batch(images, self.normalization), labels, torch.tensor(int((~ok).sum()))
 
 
 class StreamedBatches:

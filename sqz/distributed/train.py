@@ -31,6 +31,11 @@ from sqz.runs import RunLayout
 
 __all__ = ["TrainResult", "train"]
 
+# Where S3 is (not who may read it): the driver's endpoint (e.g. from --s3-endpoint) must
+# reach workers on other machines, which read the data and write metrics themselves.
+# Credentials are never forwarded; each machine brings its own.
+_STORAGE_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION")
+
 
 @dataclass(frozen=True)
 class TrainResult:
@@ -60,6 +65,8 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     train_cfg: TrainConfig = config_from_dict(TrainConfig, loop_config["train"])
     data_cfg: DataConfig = config_from_dict(DataConfig, loop_config["data"])
     run_url, run_id = loop_config["run_url"], loop_config["run_id"]
+    for name, value in loop_config.get("storage_env", {}).items():
+        os.environ.setdefault(name, value)  # the worker's own setting wins
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
 
@@ -160,6 +167,7 @@ def train(layout: RunLayout, train_cfg: TrainConfig, data_cfg: DataConfig) -> Tr
         train_loop_config={
             "train": config_to_dict(train_cfg), "data": config_to_dict(data_cfg),
             "run_url": layout.run_url, "run_id": layout.run_id,
+            "storage_env": {k: os.environ[k] for k in _STORAGE_ENV if k in os.environ},
         },  # fmt: skip
         scaling_config=ScalingConfig(num_workers=train_cfg.workers, use_gpu=False),
         run_config=RunConfig(
