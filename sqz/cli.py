@@ -64,7 +64,12 @@ def _build_parser() -> argparse.ArgumentParser:
                          description="Train a SqueezeNet, sweep pruning thresholds x bit widths, and report the "
                          "smallest variant within the accuracy budget. With no options: scikit-learn's digits, "
                          "a local Ray and Prefect's ephemeral API, results under ./sqz-runs/<run_id>/.")  # fmt: skip
-    run.add_argument("--data", default="digits", help="digits | synthetic | a folder with train/ and val/ (default: digits)")
+    run.add_argument("--data", default="digits", help="digits | synthetic | an ImageNet-layout folder | a prepared dataset "
+                     "(folder or s3://, see `sqz data prepare`) (default: digits)")  # fmt: skip
+    run.add_argument("--image-size", type=_positive_int, default=None,
+                     help="crop size (default: 32 for digits/synthetic, else 224; the paper uses 227)")  # fmt: skip
+    run.add_argument("--normalize", choices=["torchvision", "caffe"], default="torchvision",
+                     help="image input convention (default: torchvision)")  # fmt: skip
     run.add_argument("--storage", default="./sqz-runs", help="root URL for runs: a local path or s3://bucket/prefix (default: ./sqz-runs)")
     run.add_argument("--s3-endpoint", default=None, help="S3-compatible endpoint, e.g. http://127.0.0.1:9000 (default: AWS_ENDPOINT_URL or AWS)")
     run.add_argument("--model", default="squeezenet_small", help="model name from `sqz models` (default: squeezenet_small)")
@@ -160,9 +165,11 @@ def _pipeline_config(args: argparse.Namespace):
     if args.run_id is not None and not args.run_id.replace("-", "").replace("_", "").isalnum():
         raise ValueError(f"--run-id: {args.run_id!r} must be letters, digits, '-' or '_'")
     lr = args.lr if args.lr is not None else (1e-3 if args.optimizer == "adamw" else 0.04)
+    image_size = args.image_size or (32 if args.data in ("digits", "synthetic") else 224)
+    data = DataConfig(url=args.data, image_size=image_size, normalization=args.normalize)
     return PipelineConfig(
-        data=DataConfig(url=args.data),
-        train=TrainConfig(model=args.model, num_classes=num_classes_of(DataConfig(url=args.data)),
+        data=data,
+        train=TrainConfig(model=args.model, num_classes=num_classes_of(data),
                           epochs=args.epochs, optimizer=args.optimizer, lr=lr, workers=args.workers),
         sweep=SweepConfig(thresholds=args.thresholds, bits=args.bits, prune_mode=args.prune_mode,
                           retrain_epochs=args.retrain_epochs, max_concurrent=args.max_concurrent,

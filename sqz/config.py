@@ -32,8 +32,10 @@ KMeansMethod = Literal["lloyd"]
 
 @dataclass(frozen=True)
 class DataConfig:
-    url: str = "digits"  # "digits" (scikit-learn's bundled 8x8 digits), "synthetic", or a folder
-    image_size: int = 32  # digits are upsampled from 8x8 to this, as RGB
+    # "digits" (scikit-learn's bundled 8x8 digits), "synthetic", an ImageNet-layout folder,
+    # or a prepared Parquet dataset (folder or s3://, see `sqz data prepare`)
+    url: str = "digits"
+    image_size: int = 32  # digits are upsampled from 8x8 to this; images are cropped to it
     val_fraction: float = 0.2  # held-out share of the digits/synthetic images
     batch_size: int = 32  # global batch; each Ray worker gets batch_size / workers
     seed: int = 0  # fixes the split, so every worker and every trial sees the same one

@@ -118,7 +118,9 @@ def trainer_datasets(data_cfg: DataConfig) -> tuple[dict[str, ray.data.Dataset] 
     unpadded share each, see sqz.data.ParquetImages). (None, None) for other datasets."""
     if not is_streamed(data_cfg):
         return None, None
-    return {"train": image_dataset(data_cfg, "train")}, ray.train.DataConfig(datasets_to_split=["train"])
+    train = image_dataset(data_cfg, "train")
+    train.context.enable_progress_bars = False  # redrawn bars from the split coordinator swamp the epoch log
+    return {"train": train}, ray.train.DataConfig(datasets_to_split=["train"])
 
 
 def worker_shard(data_cfg: DataConfig, *, batch_size: int, name: str = "train") -> StreamedBatches:
