@@ -323,6 +323,7 @@ def test_prepare_into_s3_reads_back_through_both_paths(imagenet_src, prepared_lo
                 assert np.array_equal(row["image"], folder[position[row["path"]]][0].numpy())
 
 
+@pytest.mark.slow
 def test_corrupt_row_in_a_shard_is_skipped_by_both_readers(imagenet_src, tmp_path, ray_local):
     """Bytes that passed prepare but rot later (or were written by another tool) still
     never crash an epoch: both readers drop and count them."""
