@@ -34,6 +34,7 @@ __all__ = ["DecodeCrop", "StreamedBatches", "image_dataset", "is_streamed", "tra
 # Rows per decode task call: large enough to amortise the call, small enough to keep a
 # 16-worker pipeline busy on a handful of shards.
 _DECODE_BATCH = 32
+_BLOCK_BYTES = 32 * 1024 * 1024
 
 
 def is_streamed(data_cfg: DataConfig) -> bool:
@@ -71,6 +72,9 @@ def image_dataset(data_cfg: DataConfig, split: str) -> ray.data.Dataset:
     train = split == "train"
     dataset = ray.data.read_parquet(paths, filesystem=fs, shuffle="files" if train else None)
     dataset = dataset.select_columns(["image", "label"])  # pushed down into the Parquet read
+    # Blocks of 32 MiB instead of Ray's 128: decoding starts (and the first batch arrives)
+    # after ~300 JPEGs rather than ~1,100, and in-flight crops take a quarter of the memory.
+    dataset.context.target_max_block_size = _BLOCK_BYTES
     transform = ImageTransform(train=train, image_size=data_cfg.image_size, normalization=data_cfg.normalization)
     return dataset.map_batches(DecodeCrop(transform), batch_size=_DECODE_BATCH, batch_format="numpy")
 
