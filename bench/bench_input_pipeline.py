@@ -51,9 +51,14 @@ def _timed_pass(pipeline: Pipeline) -> tuple[int, float, float, float]:
     wall = time.perf_counter() - start
     cpu = _cpu_seconds() - cpu
     if pipeline.last_ray_dataset is not None:
-        summary = pipeline.last_ray_dataset().get_stats_summary()
-        cpu += sum(op.cpu_time.sum for op in summary.operators_stats if op.cpu_time is not None)
+        cpu += _ray_task_cpu_seconds(pipeline.last_ray_dataset().get_stats_summary())
     return images, wall, cpu, first
+
+
+def _ray_task_cpu_seconds(summary) -> float:
+    """CPU time of every Ray Data task of the execution (list, read, decode operators)."""
+    own = sum(op.cpu_time.sum for op in summary.operators_stats if op.cpu_time is not None)
+    return own + sum(_ray_task_cpu_seconds(parent) for parent in summary.parents)
 
 
 def _load() -> float:
