@@ -64,7 +64,12 @@ def _build_parser() -> argparse.ArgumentParser:
                          description="Train a SqueezeNet, sweep pruning thresholds x bit widths, and report the "
                          "smallest variant within the accuracy budget. With no options: scikit-learn's digits, "
                          "a local Ray and Prefect's ephemeral API, results under ./sqz-runs/<run_id>/.")  # fmt: skip
-    run.add_argument("--data", default="digits", help="digits | synthetic | a folder with train/ and val/ (default: digits)")
+    run.add_argument("--data", default="digits", help="digits | synthetic | an ImageNet-layout folder | a prepared dataset "
+                     "(folder or s3://, see `sqz data prepare`) (default: digits)")  # fmt: skip
+    run.add_argument("--image-size", type=_positive_int, default=None,
+                     help="crop size (default: 32 for digits/synthetic, else 224; the paper uses 227)")  # fmt: skip
+    run.add_argument("--normalize", choices=["torchvision", "caffe"], default="torchvision",
+                     help="image input convention (default: torchvision)")  # fmt: skip
     run.add_argument("--storage", default="./sqz-runs", help="root URL for runs: a local path or s3://bucket/prefix (default: ./sqz-runs)")
     run.add_argument("--s3-endpoint", default=None, help="S3-compatible endpoint, e.g. http://127.0.0.1:9000 (default: AWS_ENDPOINT_URL or AWS)")
     run.add_argument("--model", default="squeezenet_small", help="model name from `sqz models` (default: squeezenet_small)")
@@ -91,7 +96,15 @@ def _build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="print a finished run's report.md")
     report.add_argument("run_url", help="the run folder, e.g. ./sqz-runs/run-0123abcd4567")
 
-    sub.add_parser("models", help="list the registered models and their parameter counts")
+    models = sub.add_parser("models", help="the paper's Table 2 as built: parameters, float32 MB, reduction vs AlexNet",
+                            description="Parameters, float32 size and reduction vs 32-bit AlexNet of torchvision's "
+                            "reference CNNs and every registered SqueezeNet, computed from the built architectures, "
+                            "with published accuracies cited per row.")  # fmt: skip
+    models.add_argument("--with", dest="with_files", action="append", default=[], metavar="FILE",
+                        help="a compressed .sqz file (path or s3:// URL) whose real size joins the table; repeatable")  # fmt: skip
+
+    _add_data_parser(sub)
+    _add_eval_parser(sub)
 
     import_dc = sub.add_parser("import-dc", help="convert the released Deep Compression .net file to .sqz",
                                description="Read the Deep Compression authors' compressed_SqueezeNet.net into "
@@ -110,6 +123,44 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_data_parser(sub: Any) -> None:
+    data = sub.add_parser("data", help="dataset tools: prepare Parquet shards from an ImageNet-layout folder")
+    data_sub = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
+    prepare = data_sub.add_parser(
+        "prepare", help="convert an ImageNet-layout folder into Parquet shards (local or s3://)",
+        description="Write SRC's train/ and val/ as Parquet shards of JPEG bytes + label under DEST_URL, with "
+        "dataset.json last. Resumable and idempotent: a rerun skips the shards already written.",
+    )  # fmt: skip
+    prepare.add_argument("src", help="folder with train/<wnid>/*.JPEG and val/ (class folders, or flat + ground truth)")
+    prepare.add_argument("dest_url", help="where the shards go: a local path or s3://bucket/prefix")
+    prepare.add_argument("--splits", type=_list_of(str, "--splits", lambda v: None if v in ("train", "val") else "must be train or val"),
+                         default=None, help="splits to convert, comma-separated (default: those SRC has)")  # fmt: skip
+    prepare.add_argument("--shard-mb", type=float, default=256.0, help="source bytes per shard, in MB (default: 256)")
+    prepare.add_argument("--workers", type=_positive_int, default=4, help="threads reading and checking images (default: 4)")
+    prepare.add_argument("--s3-endpoint", default=None, help="S3-compatible endpoint (default: AWS_ENDPOINT_URL or AWS)")
+    prepare.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_eval_parser(sub: Any) -> None:
+    evaluate = sub.add_parser(
+        "eval", help="top-1/top-5 of a model file on a dataset; appends to the evaluations table",
+        description="Evaluate a .sqz file (decoded) or dense safetensors weights on a dataset split, print top-1 "
+        "and top-5, and write the row to <run>/metrics/evaluations/.",
+    )  # fmt: skip
+    evaluate.add_argument("model", help="a .sqz file or .safetensors weights (path or s3:// URL)")
+    evaluate.add_argument("--data", required=True, help="digits | synthetic | an ImageNet-layout folder | a prepared dataset (folder or s3://)")
+    evaluate.add_argument("--split", choices=["train", "val"], default="val", help="split to evaluate (default: val)")
+    evaluate.add_argument("--arch", default=None, help="architecture of safetensors weights (default: from the run manifest)")
+    evaluate.add_argument("--image-size", type=_positive_int, default=None, help="crop size (default: what the file records, else the model's)")
+    evaluate.add_argument("--normalize", choices=["torchvision", "caffe"], default=None,
+                          help="input convention (default: what the file records, else torchvision)")  # fmt: skip
+    evaluate.add_argument("--batch-size", type=_positive_int, default=64, help="images per batch (default: 64)")
+    evaluate.add_argument("--workers", type=_non_negative_int, default=0, help="DataLoader worker processes (default: 0)")
+    evaluate.add_argument("--run", default=None, help="run URL whose evaluations table gets the row "
+                          "(default: the model's run, else ./sqz-runs/evaluations)")  # fmt: skip
+    evaluate.add_argument("--s3-endpoint", default=None, help="S3-compatible endpoint (default: AWS_ENDPOINT_URL or AWS)")
+
+
 def _pipeline_config(args: argparse.Namespace):
     from sqz.config import DataConfig, PipelineConfig, QuantConfig, SweepConfig, TrainConfig
     from sqz.data import check_data_url, num_classes_of
@@ -123,9 +174,11 @@ def _pipeline_config(args: argparse.Namespace):
     if args.run_id is not None and not args.run_id.replace("-", "").replace("_", "").isalnum():
         raise ValueError(f"--run-id: {args.run_id!r} must be letters, digits, '-' or '_'")
     lr = args.lr if args.lr is not None else (1e-3 if args.optimizer == "adamw" else 0.04)
+    image_size = args.image_size or (32 if args.data in ("digits", "synthetic") else 224)
+    data = DataConfig(url=args.data, image_size=image_size, normalization=args.normalize)
     return PipelineConfig(
-        data=DataConfig(url=args.data),
-        train=TrainConfig(model=args.model, num_classes=num_classes_of(DataConfig(url=args.data)),
+        data=data,
+        train=TrainConfig(model=args.model, num_classes=num_classes_of(data),
                           epochs=args.epochs, optimizer=args.optimizer, lr=lr, workers=args.workers),
         sweep=SweepConfig(thresholds=args.thresholds, bits=args.bits, prune_mode=args.prune_mode,
                           retrain_epochs=args.retrain_epochs, max_concurrent=args.max_concurrent,
@@ -207,12 +260,35 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from sqz.models import MODEL_FACTS, build_model, count_parameters, list_models
+    from sqz import table2
 
-    print(f"{'model':32} {'params (1000 cls)':>18} {'MB float32':>10}  source")
-    for name in list_models():
-        params = count_parameters(build_model(name, num_classes=1000))
-        print(f"{name:32} {params:>18,} {params * 4 / 1e6:>10.2f}  {MODEL_FACTS[name].source}")
+    extra = [table2.compressed_row(url) for url in args.with_files]  # a bad file fails before printing
+    print(table2.render(table2.architecture_rows() + extra))
+    return 0
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from sqz.data_prepare import prepare
+
+    if args.s3_endpoint:
+        os.environ["AWS_ENDPOINT_URL_S3"] = args.s3_endpoint
+    prepare(args.src, args.dest_url, splits=args.splits, shard_mb=args.shard_mb, workers=args.workers,
+            progress=not args.no_progress)  # fmt: skip
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from sqz.evaluation import evaluate_file
+
+    if args.s3_endpoint:
+        os.environ["AWS_ENDPOINT_URL_S3"] = args.s3_endpoint
+    row = evaluate_file(args.model, args.data, split=args.split, arch=args.arch, image_size=args.image_size,
+                        normalization=args.normalize, batch_size=args.batch_size, workers=args.workers,
+                        run_url=args.run)  # fmt: skip
+    print(f"{args.model} on {args.data} ({args.split}, {row['image_size']}px, {row['normalization']}): "
+          f"top-1 {row['top1']:.2f}  top-5 {row['top5']:.2f}  over {row['images']:,} images, "
+          f"{row['skipped']} unreadable skipped")  # fmt: skip
+    print(f"row: {row['row_url']}")
     return 0
 
 
@@ -228,7 +304,8 @@ def _cmd_import_dc(args: argparse.Namespace) -> int:
     quant = QuantConfig(bits=args.bits, method=args.method) if args.bits is not None else None  # validated first
     source = storage.read_bytes(args.file)
     model = load_dcnet(source)
-    meta = {"source": "Deep Compression release, compressed_SqueezeNet.net"}
+    meta = {"source": "Deep Compression release, compressed_SqueezeNet.net",
+            "input": {"image_size": 227, "normalization": "caffe"}}  # Caffe's convention
     if quant is not None:
         released = {name: p.detach().clone() for name, p in model.named_parameters() if p.dim() > 1}
         quantize_(model, quant)
@@ -254,7 +331,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"run": _cmd_run, "import-dc": _cmd_import_dc, "inspect": _cmd_inspect, "report": _cmd_report, "models": _cmd_models,
-             "train": _cmd_train}  # fmt: skip
+             "train": _cmd_train, "data": _cmd_data, "eval": _cmd_eval}  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:

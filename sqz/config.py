@@ -35,15 +35,25 @@ KMeansMethod = Literal["auto", "exact", "lloyd"]
 
 @dataclass(frozen=True)
 class DataConfig:
-    url: str = "digits"  # "digits" (scikit-learn's bundled 8x8 digits), "synthetic", or a folder
-    image_size: int = 32  # digits are upsampled from 8x8 to this, as RGB
+    # "digits" (scikit-learn's bundled 8x8 digits), "synthetic", an ImageNet-layout folder,
+    # or a prepared Parquet dataset (folder or s3://, see `sqz data prepare`)
+    url: str = "digits"
+    image_size: int = 32  # digits are upsampled from 8x8 to this; images are cropped to it
     val_fraction: float = 0.2  # held-out share of the digits/synthetic images
     batch_size: int = 32  # global batch; each Ray worker gets batch_size / workers
     seed: int = 0  # fixes the split, so every worker and every trial sees the same one
+    # Image datasets only: "torchvision" (RGB, mean/std) or "caffe" (BGR, mean (104, 117,
+    # 123) subtracted from 0..255 pixels), the convention of the released SqueezeNet.
+    normalization: Literal["torchvision", "caffe"] = "torchvision"
+    loader_workers: int = 0  # DataLoader worker processes per training process (0: in-process)
 
     def __post_init__(self) -> None:
         if not self.url:
             raise ValueError("data url: must not be empty")
+        if self.normalization not in ("torchvision", "caffe"):
+            raise ValueError(f"normalization: must be torchvision or caffe, got {self.normalization!r}")
+        if self.loader_workers < 0:
+            raise ValueError(f"loader_workers: must be >= 0, got {self.loader_workers}")
         if self.image_size < 8:
             raise ValueError(f"image_size: must be at least 8, got {self.image_size}")
         if not 0.0 < self.val_fraction < 1.0:

@@ -19,6 +19,9 @@ __all__ = [
     "SqueezeNet",
     "ModelFacts",
     "MODEL_FACTS",
+    "ReferenceCNN",
+    "REFERENCE_CNNS",
+    "build_reference",
     "squeezenet1_0",
     "squeezenet1_1",
     "squeezenet1_0_simple_bypass",
@@ -162,15 +165,68 @@ class ModelFacts:
     num_params_1000: int | None  # with the ImageNet 1000-class head
     input_size: int
     source: str
+    # ImageNet top-1 / top-5 (%) as published for this architecture, and where.
+    published_accuracy: tuple[float, float] | None = None
+    accuracy_source: str = ""
+    published_mb: float | None = None  # the size the paper prints, where it differs from ours
 
+
+# Iandola et al., "SqueezeNet: AlexNet-level accuracy with 50x fewer parameters and <0.5MB
+# model size" (arXiv:1602.07360v4): Table 2 (v1.0) and Table 3 (Section 6, bypasses).
+_PAPER = "SqueezeNet paper (arXiv:1602.07360)"
 
 MODEL_FACTS: dict[str, ModelFacts] = {
-    "squeezenet1_0": ModelFacts(1_248_424, 227, "SqueezeNet paper, Table 2 (v1.0)"),
-    "squeezenet1_1": ModelFacts(1_235_496, 224, "SqueezeNet v1.1 release notes"),
-    "squeezenet1_0_simple_bypass": ModelFacts(1_248_424, 227, "SqueezeNet paper, Section 6"),
-    "squeezenet1_0_complex_bypass": ModelFacts(None, 227, "SqueezeNet paper, Section 6"),
-    "squeezenet_small": ModelFacts(None, 32, "sqz: v1.1 fires, 3x3 stride-1 stem for 32x32"),
-}
+    "squeezenet1_0": ModelFacts(1_248_424, 227, "SqueezeNet paper, Table 2 (v1.0)",
+                                (57.5, 80.3), f"{_PAPER}, Table 2"),
+    "squeezenet1_1": ModelFacts(1_235_496, 224, "SqueezeNet v1.1 release notes",
+                                (58.178, 80.624), "torchvision SqueezeNet1_1_Weights.IMAGENET1K_V1"),
+    "squeezenet1_0_simple_bypass": ModelFacts(1_248_424, 227, "SqueezeNet paper, Section 6",
+                                              (60.4, 82.5), f"{_PAPER}, Table 3"),
+    # The paper prints 7.7 MB; the 1x1 bypass convs around fire2/4/6/8 add 341,248
+    # parameters to v1.0's, which is 6.36 MB as float32.
+    "squeezenet1_0_complex_bypass": ModelFacts(1_589_672, 227, "SqueezeNet paper, Section 6",
+                                               (58.8, 82.0), f"{_PAPER}, Table 3", published_mb=7.7),
+    "squeezenet_small": ModelFacts(1_235_496, 32, "sqz: v1.1 fires, 3x3 stride-1 stem for 32x32"),
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ReferenceCNN:
+    """A CNN the paper compares against, as torchvision builds it (no weights loaded)."""
+
+    label: str
+    builder: str  # a torchvision.models builder
+    options: dict[str, Any]  # passed to the builder
+    note: str = ""
+
+
+# GoogLeNet and Inception-v3 are counted as deployed: their auxiliary classifiers only feed
+# the training loss (torchvision's own GoogLeNet weights drop them). Inception-v4 is not in
+# torchvision, so it is not listed.
+REFERENCE_CNNS: dict[str, ReferenceCNN] = {
+    "alexnet": ReferenceCNN("AlexNet", "alexnet", {}, "torchvision's single-tower AlexNet"),
+    "googlenet": ReferenceCNN("GoogLeNet", "googlenet", {"aux_logits": False, "init_weights": True},
+                              "without its 2 auxiliary classifiers"),
+    "resnet152": ReferenceCNN("ResNet-152", "resnet152", {}),
+    "inception_v3": ReferenceCNN("Inception-v3", "inception_v3", {"aux_logits": False, "init_weights": True},
+                                 "without its auxiliary classifier"),
+}  # fmt: skip
+
+
+def build_reference(name: str, *, with_aux: bool = False, device: str | torch.device = "meta") -> nn.Module:
+    """A reference CNN from torchvision, without weights. On the default ``meta`` device
+    it allocates nothing (enough to count parameters); ``with_aux`` keeps the auxiliary
+    classifiers of GoogLeNet/Inception-v3."""
+    import torchvision
+
+    if name not in REFERENCE_CNNS:
+        raise ValueError(f"reference: unknown CNN {name!r}; choose one of {', '.join(REFERENCE_CNNS)}")
+    spec = REFERENCE_CNNS[name]
+    options = dict(spec.options)
+    if with_aux and "aux_logits" in options:
+        options["aux_logits"] = True
+    with torch.device(device):
+        return getattr(torchvision.models, spec.builder)(weights=None, **options)
 
 
 def _squeezenet(version: str, *, num_classes: int, dropout: float, bypass: Bypass) -> SqueezeNet:

@@ -56,7 +56,8 @@ class RunLayout:
 
 
 def _data_fingerprint(data_url: str) -> str:
-    """Digest identifying the dataset version (the digits' bytes, or the folder's listing)."""
+    """Digest identifying the dataset version (the digits' bytes, a prepared dataset's
+    plan, or the folder's listing)."""
     import os
 
     digest = hashlib.sha256()
@@ -66,6 +67,11 @@ def _data_fingerprint(data_url: str) -> str:
         digest.update(load_digits().images.tobytes())
     elif data_url == "synthetic":
         digest.update(b"synthetic")
+    elif not storage.is_local(data_url) or os.path.exists(os.path.join(data_url.removeprefix("file://"), "dataset.json")):
+        from sqz.data import read_manifest
+
+        # A prepared dataset (also on S3): its plan digest names every file, size and label.
+        digest.update(read_manifest(data_url)["plan_digest"].encode())
     else:
         root = data_url.removeprefix("file://")
         for folder, _, files in sorted(os.walk(root)):

@@ -6,18 +6,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 from safetensors.torch import load as load_safetensors
-from torch.utils.data import DataLoader
 
 from sqz import engine, storage
 from sqz.compress import codec
 from sqz.compress.kmeans import CodebookSGD, quantize_
 from sqz.compress.prune import attach_masks_, density, prune_
 from sqz.config import DataConfig, PruneConfig, QuantConfig
-from sqz.data import load_split
+from sqz.data import load_split, make_loader
 from sqz.models import build_model
 from sqz.report import ALEXNET_FLOAT32_BYTES
 
@@ -38,10 +37,11 @@ def trial_id(prune: PruneConfig, bits: int) -> str:
     return f"{prune.mode}{prune.amount:g}-b{bits}"
 
 
-def _loaders(data: DataConfig) -> tuple[DataLoader, DataLoader]:
+def _loaders(data: DataConfig) -> tuple[Iterable, Iterable]:
     generator = torch.Generator().manual_seed(data.seed)
-    train = DataLoader(load_split(data, "train"), batch_size=data.batch_size, shuffle=True, generator=generator)
-    val = DataLoader(load_split(data, "val"), batch_size=256)
+    train = make_loader(load_split(data, "train"), batch_size=data.batch_size, shuffle=True, generator=generator,
+                        num_workers=data.loader_workers)  # fmt: skip
+    val = make_loader(load_split(data, "val"), batch_size=256, num_workers=data.loader_workers)
     return train, val
 
 

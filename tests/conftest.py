@@ -24,6 +24,11 @@ os.environ["PREFECT_HOME"] = os.path.join(SESSION_DIR, "prefect")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "120"
 os.makedirs(os.environ["PREFECT_HOME"], exist_ok=True)
+# moto's dummy credentials, set before any Ray starts so that Ray's worker processes
+# (Ray Data read tasks on s3://) inherit them; a developer's real keys never reach tests.
+os.environ["AWS_ACCESS_KEY_ID"] = "testing"
+os.environ["AWS_SECRET_ACCESS_KEY"] = "testing"
+os.environ.pop("AWS_SESSION_TOKEN", None)
 
 import pytest  # noqa: E402
 

@@ -3,7 +3,8 @@ import subprocess
 import sys
 
 CORE = ["sqz", "sqz.config", "sqz.models", "sqz.data", "sqz.engine", "sqz.compress", "sqz.storage",
-        "sqz.metrics", "sqz.report", "sqz.runs", "sqz.trial", "sqz.cli", "sqz.checkpoint", "sqz.train_cli"]  # fmt: skip
+        "sqz.metrics", "sqz.report", "sqz.runs", "sqz.trial", "sqz.cli", "sqz.checkpoint", "sqz.train_cli",
+        "sqz.data_prepare", "sqz.evaluation", "sqz.table2", "sqz.imagegen"]  # fmt: skip
 
 
 def test_core_imports_neither_ray_nor_prefect():

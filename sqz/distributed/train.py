@@ -27,13 +27,14 @@ import torch
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from safetensors.torch import save
-from torch.utils.data import DataLoader, DistributedSampler, Subset, TensorDataset
+from torch.utils.data import DistributedSampler, Subset, TensorDataset
 
 from sqz import engine, metrics, storage
 from sqz.checkpoint import check_start_files, load_training_state, read_masks, read_weights, save_training_state
 from sqz.compress.prune import attach_masks_
 from sqz.config import DataConfig, TrainConfig, config_from_dict, config_to_dict
-from sqz.data import load_split
+from sqz.data import load_split, make_loader, read_manifest
+from sqz.distributed import stream
 from sqz.models import build_model, count_parameters
 from sqz.runs import RunLayout
 
@@ -41,6 +42,11 @@ __all__ = ["TrainResult", "train", "per_worker_batch"]
 
 RUN_NAME = "ray-train"  # Ray Train's experiment folder under <run>/train/; fixed so reruns resume
 _log = logging.getLogger("sqz.train")
+
+# Where S3 is (not who may read it): the driver's endpoint (e.g. from --s3-endpoint) must
+# reach workers on other machines, which read the data and write metrics themselves.
+# Credentials are never forwarded; each machine brings its own.
+_STORAGE_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION")
 
 
 @dataclass(frozen=True)
@@ -87,16 +93,24 @@ def _build(train_cfg: TrainConfig, device: torch.device) -> tuple[torch.nn.Modul
 
 
 def _loaders(train_cfg: TrainConfig, data_cfg: DataConfig, rank: int, world: int, use_cuda: bool):
+    """(sampler or None, train batches, val loader, train images per epoch on this worker)."""
+    batch = per_worker_batch(train_cfg, data_cfg)
+    if stream.is_streamed(data_cfg):
+        # Parquet shards: Ray Data decodes in parallel tasks and Ray Train hands each
+        # worker its own stream (equal shares); validation is an exact share per rank.
+        train_loader = stream.worker_shard(data_cfg, batch_size=batch)
+        val_loader = make_loader(load_split(data_cfg, "val", rank=rank, world_size=world), batch_size=256,
+                                 num_workers=data_cfg.loader_workers)  # fmt: skip
+        return None, train_loader, val_loader, read_manifest(data_cfg.url)["splits"]["train"]["images"] // world
     train_set, val_set = load_split(data_cfg, "train"), load_split(data_cfg, "val")
     sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=data_cfg.seed)
     # In-memory tensors need no loader processes; decoding JPEGs does.
     in_memory = isinstance(train_set, TensorDataset)
-    workers = 0 if in_memory else max(1, min(8, int(train_cfg.cpus_per_worker)))
-    common = {"num_workers": workers, "pin_memory": use_cuda, "persistent_workers": workers > 0}
-    train_loader = DataLoader(train_set, batch_size=per_worker_batch(train_cfg, data_cfg), sampler=sampler, **common)
+    workers = 0 if in_memory else (data_cfg.loader_workers or max(1, min(8, int(train_cfg.cpus_per_worker))))
+    train_loader = make_loader(train_set, batch_size=batch, sampler=sampler, num_workers=workers)
     # Disjoint, unpadded shards so the all-reduced counts are exact over the split.
-    val_loader = DataLoader(Subset(val_set, range(rank, len(val_set), world)), batch_size=256, **common)
-    return sampler, train_loader, val_loader
+    val_loader = make_loader(Subset(val_set, range(rank, len(val_set), world)), batch_size=256, num_workers=workers)
+    return sampler, train_loader, val_loader, len(sampler)
 
 
 def _progress_bar(enabled: bool, total: int, description: str):
@@ -112,6 +126,8 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     train_cfg: TrainConfig = config_from_dict(TrainConfig, loop_config["train"])
     data_cfg: DataConfig = config_from_dict(DataConfig, loop_config["data"])
     run_url, run_id = loop_config["run_url"], loop_config["run_id"]
+    for name, value in loop_config.get("storage_env", {}).items():
+        os.environ.setdefault(name, value)  # the worker's own setting wins
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
@@ -129,8 +145,9 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if train_cfg.compile:
         ddp_model = torch.compile(ddp_model)
 
-    sampler, train_loader, val_loader = _loaders(train_cfg, data_cfg, rank, world, device.type == "cuda")
-    steps_per_epoch = math.ceil(len(train_loader) / train_cfg.accumulation_steps)
+    sampler, train_loader, val_loader, images_per_epoch = _loaders(train_cfg, data_cfg, rank, world, device.type == "cuda")
+    steps_per_epoch = math.ceil(math.ceil(images_per_epoch / per_worker_batch(train_cfg, data_cfg)) / train_cfg.accumulation_steps)
+
     total_steps = train_cfg.epochs * steps_per_epoch
     warmup_steps = round(train_cfg.warmup_epochs * steps_per_epoch)
     step = start_epoch * steps_per_epoch
@@ -142,9 +159,10 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     loss_fn = partial(torch.nn.functional.cross_entropy, label_smoothing=train_cfg.label_smoothing)
     for epoch in range(start_epoch, train_cfg.epochs):
-        sampler.set_epoch(epoch)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
         epoch_start = time.perf_counter()
-        bar = _progress_bar(loop_config.get("progress", False) and rank == 0, len(sampler) * world,
+        bar = _progress_bar(loop_config.get("progress", False) and rank == 0, images_per_epoch * world,
                             f"epoch {epoch + 1}/{train_cfg.epochs}")  # fmt: skip
         stats = engine.train_one_epoch(
             ddp_model, train_loader, optimizer, device=device, loss_fn=loss_fn, lr_at_step=lr_at_step,
@@ -220,11 +238,15 @@ def train(layout: RunLayout, train_cfg: TrainConfig, data_cfg: DataConfig, *, pr
           f"{per_worker_batch(train_cfg, data_cfg) * train_cfg.workers * train_cfg.accumulation_steps} "
           f"({train_cfg.workers} x {per_worker_batch(train_cfg, data_cfg)} x {train_cfg.accumulation_steps} "
           f"accumulated), {train_cfg.epochs} epochs -> {layout.train_url}", flush=True)  # fmt: skip
+    datasets, dataset_config = stream.trainer_datasets(data_cfg)
     trainer = TorchTrainer(
         _train_loop_per_worker,
+        datasets=datasets,
+        dataset_config=dataset_config,
         train_loop_config={
             "train": config_to_dict(train_cfg), "data": config_to_dict(data_cfg),
             "run_url": layout.run_url, "run_id": layout.run_id, "progress": progress,
+            "storage_env": {k: os.environ[k] for k in _STORAGE_ENV if k in os.environ},
         },  # fmt: skip
         scaling_config=ScalingConfig(num_workers=train_cfg.workers, use_gpu=train_cfg.gpus_per_worker > 0,
                                      resources_per_worker=resources),  # fmt: skip
