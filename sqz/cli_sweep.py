@@ -177,6 +177,8 @@ def _prepare(args: argparse.Namespace) -> tuple[Any, dict[str, Any], Any, bytes,
     run_id = args.run_id or f"sweep-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
     layout = RunLayout(storage.join(storage.absolute(args.storage), run_id))
     manifest = json.loads(storage.read_bytes(layout.manifest_url)) if storage.exists(layout.manifest_url) else {}
+    if manifest and manifest.get("kind") != "sweep":
+        raise ValueError(f"--run-id: {run_id} is a `sqz run` folder; sweeps of a checkpoint go in their own run")
     if manifest.get("checkpoint_sha256", digest) != digest:
         raise ValueError(f"--run-id: run {run_id} was made from another checkpoint; choose a new --run-id")
     if not storage.exists(layout.baseline_url):
@@ -219,7 +221,8 @@ def _print_and_write_report(layout: Any, max_drop: float) -> None:
     from sqz.report import format_run_summary, load_run, write_run_report
 
     baseline, trials = load_run(layout.run_url)
-    stopped = len(metrics.read_table(layout.run_url, "sweep_stopped"))
+    finished = {t["trial_id"] for t in trials}
+    stopped = len({r["trial_id"] for r in metrics.read_table(layout.run_url, "sweep_stopped").to_pylist()} - finished)
     print(format_run_summary(layout.run_id, baseline, trials, max_drop, stopped=stopped), flush=True)
     if trials:
         summary = write_run_report(layout.report_url, run_id=layout.run_id, baseline=baseline, trials=trials, max_drop=max_drop)
@@ -294,12 +297,16 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     except RuntimeError as exc:
         print(f"sqz sensitivity: error: {_one_line(exc)}", file=sys.stderr)
         return 1
-    print(format_sensitivity(rows, config))
+    from sqz.compress.prune import prunable_parameters
+    from sqz.models import build_model
+
+    print(format_sensitivity(rows, config, list(prunable_parameters(build_model(arch["name"], **arch["kwargs"])))))
     return 0
 
 
-def format_sensitivity(rows: list[dict[str, Any]], config: Any) -> str:
-    """One line per layer: weights, then top-1 drop (points) per threshold and per bit width."""
+def format_sensitivity(rows: list[dict[str, Any]], config: Any, layers: list[str]) -> str:
+    """One line per layer, in network order: weights, then the top-1 change (points) per
+    threshold and per bit width."""
     from sqz.sensitivity import prune_levels
 
     base = next(r for r in rows if r["kind"] == "baseline")
@@ -313,7 +320,8 @@ def format_sensitivity(rows: list[dict[str, Any]], config: Any) -> str:
     header += "  " + " ".join(f"{'b=' + str(b):>6}" for b in widths)
     lines = [f"baseline top-1 {base['top1']:.2f} on {base['images']} validation images; "
              f"entries: top-1 change in points with only that layer pruned (t) or quantized (b)", header]  # fmt: skip
-    for layer, curve in curves.items():
+    for layer in (name for name in layers if name in curves):
+        curve = curves[layer]
         line = f"{layer:34} {curve['weights']:>8,} " + " ".join(f"{curve.get(('t', t), float('nan')):>+6.1f}" for t in levels)
         lines.append(line + "  " + " ".join(f"{curve.get(('b', b), float('nan')):>+6.1f}" for b in widths))
     return "\n".join(lines)

@@ -339,6 +339,21 @@ def test_per_layer_sweep_measures_sensitivity_once_and_meets_its_budget(ray_loca
 
 
 @pytest.mark.slow
+@pytest.mark.gpu
+def test_trials_share_a_gpu(ray_local, tmp_path, baseline_bytes):
+    from sqz.distributed.sweep import sweep
+
+    layout = _layout(tmp_path, baseline_bytes)
+    config = SweepConfig(thresholds=(0.5,), bits=(8, 4), retrain_epochs=1, quant=QuantConfig(finetune_epochs=1),
+                         gpus_per_trial=0.5)  # fmt: skip
+    rows = sweep(layout, config, DATA, ARCH)
+    val = DataLoader(load_split(DATA, "val"), batch_size=256)
+    assert len(rows) == 2
+    for row in rows:  # the file decoded on the CPU scores what the GPU trial measured
+        assert engine.evaluate(decode(open(row["model_url"], "rb").read()), val).top1 == pytest.approx(row["top1"], abs=0.3)
+
+
+@pytest.mark.slow
 @pytest.mark.integration
 def test_interrupted_sqz_sweep_reruns_only_the_missing_trials(tmp_path, baseline_bytes):
     checkpoint = tmp_path / "baseline.safetensors"

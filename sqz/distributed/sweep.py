@@ -8,13 +8,14 @@ trials at once, each with ``cpus_per_trial`` CPUs or a ``gpus_per_trial`` share 
 trial gets that one object, not a fresh read of the checkpoint.
 
 Resuming: each trial writes its .sqz and then its own ``sweep_trials`` row file; a rerun
-with the same arguments runs only the grid points without a row (and without a
-``sweep_stopped`` row, for trials ASHA already stopped). A sweep interrupted half-way
+with the same arguments runs only the grid points without a row (with ASHA, also not
+those it already stopped: they have a ``sweep_stopped`` row). A sweep interrupted half-way
 keeps every finished trial and raises, naming how many are left; the rerun does the rest.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -23,7 +24,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
 from sqz import metrics, sensitivity, storage
-from sqz.config import DataConfig, PruneConfig, QuantConfig, SensitivityConfig, SweepConfig, config_from_dict, config_to_dict
+from sqz.config import DataConfig, PruneConfig, SensitivityConfig, SweepConfig, config_from_dict, config_to_dict
 from sqz.runs import RunLayout
 from sqz.trial import TrialSpec, compress_and_evaluate, trial_id
 
@@ -103,7 +104,7 @@ def _trial(config: dict[str, Any], *, baseline: bytes, points: dict[str, dict[st
     per_layer = "layer_amounts" in point
     amount = sensitivity.no_prune_level(sweep_cfg.prune_mode) if per_layer else point["threshold"]
     prune = PruneConfig(mode=sweep_cfg.prune_mode, amount=amount)
-    quant = QuantConfig(**{**config_to_dict(sweep_cfg.quant), "bits": point["bits"]})
+    quant = dataclasses.replace(sweep_cfg.quant, bits=point["bits"])
     spec = TrialSpec(prune=prune, quant=quant, retrain_epochs=sweep_cfg.retrain_epochs,
                      retrain_lr=sweep_cfg.retrain_lr, retrain_optimizer=sweep_cfg.retrain_optimizer,
                      layer_amounts=point.get("layer_amounts"), layer_bits=point.get("layer_bits"))  # fmt: skip
@@ -169,6 +170,8 @@ def sweep(layout: RunLayout, sweep_cfg: SweepConfig, data_cfg: DataConfig, arch:
     else:
         points = grid_points(sweep_cfg)
     done, stopped = _finished_ids(layout)
+    if sweep_cfg.scheduler != "asha":
+        stopped = set()  # without early stopping asked for, an earlier ASHA stop is no answer
     todo = [p for p in points if p["trial_id"] not in done | stopped]
     finished = len(points) - len(todo)
     if todo:
@@ -203,6 +206,7 @@ def sweep(layout: RunLayout, sweep_cfg: SweepConfig, data_cfg: DataConfig, arch:
         if errors:
             raise RuntimeError(f"{len(errors)} sweep trial(s) failed; first: {errors[0].strip().splitlines()[-1]}")
         done, stopped = _finished_ids(layout)
+        stopped = stopped if sweep_cfg.scheduler == "asha" else set()
         left = [p["trial_id"] for p in todo if p["trial_id"] not in done | stopped]
         if left:
             raise RuntimeError(f"sweep interrupted: {len(left)} of {len(points)} trial(s) unfinished "
