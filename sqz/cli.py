@@ -56,6 +56,8 @@ def _non_negative_int(text: str) -> int:
 
 
 def _build_parser() -> argparse.ArgumentParser:
+    from sqz import cli_sweep  # its commands; imports neither Ray nor Prefect until they run
+
     parser = _Parser(prog="sqz", description="SqueezeNet + Deep Compression: train with Ray Train, sweep "
                      "pruning x bits with Ray Tune, chained as Prefect flows, real bytes on disk.")  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -93,8 +95,11 @@ def _build_parser() -> argparse.ArgumentParser:
     inspect = sub.add_parser("inspect", help="print the per-layer byte account of a .sqz file")
     inspect.add_argument("file", help="path or s3:// URL of a .sqz file")
 
-    report = sub.add_parser("report", help="print a finished run's report.md")
+    report = sub.add_parser("report", help="print a run's Pareto table and the smallest model within --max-drop; "
+                            "writes report.md and pareto.png")  # fmt: skip
     report.add_argument("run_url", help="the run folder, e.g. ./sqz-runs/run-0123abcd4567")
+    cli_sweep.add_report_options(report)
+    cli_sweep.add_parsers(sub)
 
     models = sub.add_parser("models", help="the paper's Table 2 as built: parameters, float32 MB, reduction vs AlexNet",
                             description="Parameters, float32 size and reduction vs 32-bit AlexNet of torchvision's "
@@ -253,10 +258,21 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from sqz import storage
+    from sqz.cli_sweep import cmd_report
 
-    print(storage.read_bytes(storage.join(args.run_url, "report", "report.md")).decode(), end="")
-    return 0
+    return cmd_report(args)
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from sqz.cli_sweep import cmd_sweep
+
+    return cmd_sweep(args)
+
+
+def _cmd_sensitivity(args: argparse.Namespace) -> int:
+    from sqz.cli_sweep import cmd_sensitivity
+
+    return cmd_sensitivity(args)
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -331,7 +347,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"run": _cmd_run, "import-dc": _cmd_import_dc, "inspect": _cmd_inspect, "report": _cmd_report, "models": _cmd_models,
-             "train": _cmd_train, "data": _cmd_data, "eval": _cmd_eval}  # fmt: skip
+             "train": _cmd_train, "data": _cmd_data, "eval": _cmd_eval, "sweep": _cmd_sweep,
+             "sensitivity": _cmd_sensitivity}  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -21,6 +21,7 @@ __all__ = [
     "PruneConfig",
     "QuantConfig",
     "SweepConfig",
+    "SensitivityConfig",
     "PipelineConfig",
     "config_to_dict",
     "config_from_dict",
@@ -31,6 +32,7 @@ __all__ = [
 
 PruneMode = Literal["std", "absolute", "density"]
 KMeansMethod = Literal["auto", "exact", "lloyd"]
+TrialScheduler = Literal["fifo", "asha"]
 
 
 @dataclass(frozen=True)
@@ -236,6 +238,21 @@ class SweepConfig:
     max_concurrent: int = 2
     max_top1_drop: float = 1.0  # points of top-1 the chosen variant may lose vs baseline
     quant: QuantConfig = field(default_factory=QuantConfig)
+    # Ray resources of one trial: its torch uses that many threads; on GPU clusters a
+    # share of a GPU (0.5 packs two trials per device: digits-sized models leave it idle).
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    # "asha" stops retrains whose per-epoch top-1 trails the other trials' at the same
+    # epoch (asynchronous successive halving): worth it when retrains are long.
+    scheduler: TrialScheduler = "fifo"
+    # Per-layer mode: thresholds x bits become each layer's candidate levels, and one trial
+    # runs per target: an allowed top-1 drop (points, predicted from the sensitivity table)
+    # or a file-size budget (bytes). The per-layer choice is the smallest (or most accurate)
+    # combination of per-layer levels that meets the target.
+    per_layer: bool = False
+    max_drops: tuple[float, ...] = ()
+    size_budgets: tuple[int, ...] = ()
+    sensitivity_images: int = 512  # fixed validation subset the sensitivity curves use
 
     def __post_init__(self) -> None:
         if not self.thresholds:
@@ -257,6 +274,51 @@ class SweepConfig:
             raise ValueError(f"max_concurrent: must be at least 1, got {self.max_concurrent}")
         if self.max_top1_drop < 0:
             raise ValueError(f"max_top1_drop: must be >= 0, got {self.max_top1_drop}")
+        if not (math.isfinite(self.cpus_per_trial) and self.cpus_per_trial > 0):
+            raise ValueError(f"cpus_per_trial: must be positive, got {self.cpus_per_trial}")
+        if not (math.isfinite(self.gpus_per_trial) and self.gpus_per_trial >= 0):
+            raise ValueError(f"gpus_per_trial: must be >= 0, got {self.gpus_per_trial}")
+        if self.gpus_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial):
+            raise ValueError(f"gpus_per_trial: above 1 it must be a whole number, got {self.gpus_per_trial}")
+        if self.scheduler not in ("fifo", "asha"):
+            raise ValueError(f"scheduler: must be fifo or asha, got {self.scheduler!r}")
+        if self.scheduler == "asha" and self.retrain_epochs < 1:
+            raise ValueError("scheduler: asha needs retrain_epochs >= 1 (it stops trials between retrain epochs)")
+        for drop in self.max_drops:
+            if not (math.isfinite(drop) and drop >= 0):
+                raise ValueError(f"max_drops: must be >= 0, got {drop}")
+        for budget in self.size_budgets:
+            if int(budget) != budget or budget < 1:
+                raise ValueError(f"size_budgets: must be a positive number of bytes, got {budget}")
+        if self.per_layer and not (self.max_drops or self.size_budgets):
+            raise ValueError("per_layer: give at least one target (max_drops or size_budgets)")
+        if not self.per_layer and (self.max_drops or self.size_budgets):
+            raise ValueError("max_drops/size_budgets: targets are only used with per_layer")
+        if self.sensitivity_images < 1:
+            raise ValueError(f"sensitivity_images: must be at least 1, got {self.sensitivity_images}")
+
+
+@dataclass(frozen=True)
+class SensitivityConfig:
+    """Per-layer sensitivity: each layer alone pruned at each threshold (others intact),
+    and alone quantized at each bit width; top-1 on a fixed validation subset."""
+
+    thresholds: tuple[float, ...] = (0.3, 0.6, 0.9, 1.2, 1.5)
+    bits: tuple[int, ...] = (8, 6, 5, 4, 3)
+    prune_mode: PruneMode = "std"
+    images: int = 512  # a fixed subset keeps each point fast; the same images for every point
+    max_concurrent: int = 2
+    cpus_per_task: float = 1.0
+    quant: QuantConfig = field(default_factory=QuantConfig)  # the k-means method and its options
+
+    def __post_init__(self) -> None:
+        SweepConfig(thresholds=self.thresholds, bits=self.bits, prune_mode=self.prune_mode)  # same grid rules
+        if self.images < 1:
+            raise ValueError(f"images: must be at least 1, got {self.images}")
+        if self.max_concurrent < 1:
+            raise ValueError(f"max_concurrent: must be at least 1, got {self.max_concurrent}")
+        if not (math.isfinite(self.cpus_per_task) and self.cpus_per_task > 0):
+            raise ValueError(f"cpus_per_task: must be positive, got {self.cpus_per_task}")
 
 
 @dataclass(frozen=True)
@@ -270,6 +332,7 @@ class PipelineConfig:
 _NESTED = {
     "PipelineConfig": {"data": DataConfig, "train": TrainConfig, "sweep": SweepConfig},
     "SweepConfig": {"quant": QuantConfig},
+    "SensitivityConfig": {"quant": QuantConfig},
 }
 
 

@@ -31,6 +31,24 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("threshold", pa.float64()), ("bits", pa.int32()), ("density", pa.float64()),
         ("size_bytes", pa.int64()), ("top1", pa.float64()), ("top5", pa.float64()),
         ("ratio_vs_alexnet_32bit", pa.float64()), ("model_url", pa.string()), ("wall_s", pa.float64()),
+        # Per-layer trials only (null for grid points): the target they were chosen for and
+        # their {layer: {"threshold", "bits"}} settings as JSON.
+        ("target", pa.string()), ("layer_settings", pa.string()),
+    ]),
+    # Trials a scheduler (ASHA) stopped during retraining: finished decisions, not rerun.
+    "sweep_stopped": pa.schema([
+        ("run_id", pa.string()), ("trial_id", pa.string()), ("retrain_epochs_done", pa.int32()),
+        ("top1", pa.float64()), ("reason", pa.string()),
+    ]),
+    # Per-layer sensitivity on a fixed validation subset. kind: "baseline" (nothing changed),
+    # "prune" (only this layer pruned at threshold), "bits" (only this layer quantized at
+    # bits), "size" (this layer's encoded bytes when pruned at threshold and quantized at
+    # bits), "file" (the whole .sqz file's bytes with every layer at threshold and bits).
+    "sensitivity": pa.schema([
+        ("run_id", pa.string()), ("layer", pa.string()), ("kind", pa.string()), ("prune_mode", pa.string()),
+        ("threshold", pa.float64()), ("bits", pa.int32()), ("weights", pa.int64()), ("nonzero", pa.int64()),
+        ("size_bytes", pa.int64()), ("correct", pa.int64()), ("images", pa.int64()),
+        ("top1", pa.float64()), ("top5", pa.float64()), ("wall_s", pa.float64()),
     ]),
     "compressed_layers": pa.schema([
         ("run_id", pa.string()), ("model", pa.string()), ("layer", pa.string()), ("shape", pa.string()),

@@ -1,26 +1,36 @@
 """One compression trial, plain torch: prune -> masked retrain -> k-means -> fine-tune
 centroids -> encode .sqz -> evaluate the decoded file. Ray Tune runs many of these; a
-notebook can run one."""
+notebook can run one.
+
+A trial is either a grid point (one threshold and one bit width for every layer) or a
+per-layer choice (``TrialSpec.layer_amounts`` / ``layer_bits``, picked by
+``sqz.sensitivity.choose_layer_settings``). Per-layer settings go through the same public
+``prune_`` / ``quantize_`` entry points, applied to one layer module at a time.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import math
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 from safetensors.torch import load as load_safetensors
+from torch import nn
 
 from sqz import engine, storage
 from sqz.compress import codec
-from sqz.compress.kmeans import CodebookSGD, quantize_
-from sqz.compress.prune import attach_masks_, density, prune_
+from sqz.compress.kmeans import CodebookSGD, SharedWeights, quantize_
+from sqz.compress.prune import attach_masks_, density, prunable_parameters, prune_
 from sqz.config import DataConfig, PruneConfig, QuantConfig
 from sqz.data import load_split, make_loader
 from sqz.models import build_model
 from sqz.report import ALEXNET_FLOAT32_BYTES
 
-__all__ = ["TrialSpec", "trial_id", "compress_and_evaluate"]
+__all__ = ["TrialSpec", "trial_id", "compress_and_evaluate", "layer_module", "prune_per_layer_", "quantize_per_layer_"]
 
 
 @dataclass(frozen=True)
@@ -30,11 +40,60 @@ class TrialSpec:
     retrain_epochs: int
     retrain_lr: float
     retrain_optimizer: str = "adamw"
+    # Per-layer overrides, parameter name -> prune amount / bit width; a layer not named
+    # uses ``prune.amount`` / ``quant.bits``.
+    layer_amounts: Mapping[str, float] | None = None
+    layer_bits: Mapping[str, int] | None = None
+
+    @property
+    def per_layer(self) -> bool:
+        return bool(self.layer_amounts or self.layer_bits)
 
 
 def trial_id(prune: PruneConfig, bits: int) -> str:
     """Stable name of a grid point: the same point always maps to the same files."""
     return f"{prune.mode}{prune.amount:g}-b{bits}"
+
+
+def layer_module(model: nn.Module, parameter_name: str) -> nn.Module:
+    """The conv/linear module owning ``parameter_name`` (e.g. "features.3.squeeze.weight")."""
+    return model.get_submodule(parameter_name.rsplit(".", 1)[0])
+
+
+def _alone(module: nn.Module) -> nn.Module:
+    """A container holding only ``module`` (not a copy), so the model-level ``prune_`` and
+    ``quantize_`` act on that one layer; its parameter is named "0.weight" inside."""
+    return nn.Sequential(module)
+
+
+def _check_layers(model: nn.Module, names: Mapping[str, Any] | None, what: str) -> None:
+    unknown = sorted(set(names or {}) - set(prunable_parameters(model)))
+    if unknown:
+        raise ValueError(f"{what}: unknown layer(s) {', '.join(unknown[:3])}; the model's layers are its conv/linear weights")
+
+
+def prune_per_layer_(model: nn.Module, default: PruneConfig, amounts: Mapping[str, float] | None = None) -> dict[str, torch.Tensor]:
+    """Prune each layer at its own amount (``amounts``, else ``default.amount``), in the
+    mode of ``default``; returns the masks keyed by parameter name, as ``prune_``."""
+    _check_layers(model, amounts, "layer_amounts")
+    masks: dict[str, torch.Tensor] = {}  # parameter name -> bool, True = kept
+    for name in prunable_parameters(model):
+        config = PruneConfig(mode=default.mode, amount=(amounts or {}).get(name, default.amount))
+        (mask,) = prune_(_alone(layer_module(model, name)), config).values()  # the one weight of this module
+        masks[name] = mask
+    return masks
+
+
+def quantize_per_layer_(model: nn.Module, default: QuantConfig, bits: Mapping[str, int] | None = None) -> dict[str, SharedWeights]:
+    """``quantize_`` with a bit width per layer (``bits``, else ``default.bits``); the
+    k-means method and its options come from ``default``. Keys are parameter names."""
+    _check_layers(model, bits, "layer_bits")
+    shared: dict[str, SharedWeights] = {}
+    for name in prunable_parameters(model):
+        config = dataclasses.replace(default, bits=int((bits or {}).get(name, default.bits)))
+        (layer,) = quantize_(_alone(layer_module(model, name)), config).values()
+        shared[name] = layer
+    return shared
 
 
 def _loaders(data: DataConfig) -> tuple[Iterable, Iterable]:
@@ -53,33 +112,53 @@ def compress_and_evaluate(
     spec: TrialSpec,
     model_url: str,
     run_id: str,
+    name: str | None = None,
+    target: str | None = None,
+    device: torch.device | str = "cpu",
+    on_retrain_epoch: Callable[[int, engine.EvalResult], None] | None = None,
 ) -> dict[str, Any]:
     """Run one trial from the baseline's safetensors bytes; returns its sweep_trials row.
-    The accuracy reported is the decoded .sqz file's, so the row proves the bytes."""
+    The accuracy reported is the decoded .sqz file's, so the row proves the bytes.
+
+    ``name`` overrides the grid point's trial id (per-layer trials); ``target`` is recorded
+    with per-layer trials (the budget they were chosen for). ``on_retrain_epoch(epoch,
+    result)``, if given, receives the validation accuracy after each retrain epoch (so a
+    scheduler such as ASHA can stop a losing trial early); without it no extra evaluation
+    is spent.
+    """
     start = time.perf_counter()
     torch.manual_seed(data.seed)
     model = build_model(arch["name"], **arch.get("kwargs", {}))
     model.load_state_dict(load_safetensors(baseline))
+    model.to(device)
     train_loader, val_loader = _loaders(data)
 
-    masks = prune_(model, spec.prune)
+    if spec.per_layer:
+        masks = prune_per_layer_(model, spec.prune, spec.layer_amounts)
+    else:
+        masks = prune_(model, spec.prune)
     if spec.retrain_epochs:
         optimizer = engine.make_optimizer(model.parameters(), spec.retrain_optimizer, lr=spec.retrain_lr)
         attach_masks_(model, optimizer, masks)
-        for _ in range(spec.retrain_epochs):
-            engine.train_one_epoch(model, train_loader, optimizer)
+        for epoch in range(spec.retrain_epochs):
+            engine.train_one_epoch(model, train_loader, optimizer, device=device)
+            if on_retrain_epoch is not None:
+                on_retrain_epoch(epoch, engine.evaluate(model, val_loader, device=device))
 
-    shared = quantize_(model, spec.quant)
+    if spec.per_layer:
+        shared = quantize_per_layer_(model, spec.quant, spec.layer_bits)
+    else:
+        shared = quantize_(model, spec.quant)
     if spec.quant.finetune_epochs:
         optimizer = CodebookSGD(model, shared, lr=spec.quant.finetune_lr)
         for _ in range(spec.quant.finetune_epochs):
-            engine.train_one_epoch(model, train_loader, optimizer)
+            engine.train_one_epoch(model, train_loader, optimizer, device=device)
 
-    name = trial_id(spec.prune, spec.quant.bits)
+    name = name or trial_id(spec.prune, spec.quant.bits)
     encoded = codec.encode(model, meta={"run_id": run_id, "trial_id": name})
     storage.write_bytes(model_url, encoded)
-    result = engine.evaluate(codec.decode(encoded), val_loader)
-    return {
+    result = engine.evaluate(codec.decode(encoded).to(device), val_loader, device=device)
+    row = {
         "run_id": run_id,
         "trial_id": name,
         "prune_mode": spec.prune.mode,
@@ -93,3 +172,13 @@ def compress_and_evaluate(
         "model_url": model_url,
         "wall_s": time.perf_counter() - start,
     }
+    if spec.per_layer:
+        settings = {
+            layer: {"threshold": float((spec.layer_amounts or {}).get(layer, spec.prune.amount)),
+                    "bits": int((spec.layer_bits or {}).get(layer, spec.quant.bits))}
+            for layer in prunable_parameters(model)
+        }  # fmt: skip
+        # One number cannot describe a per-layer trial: NaN threshold, the widest bit width.
+        row.update(threshold=math.nan, bits=max(s["bits"] for s in settings.values()),
+                   target=target, layer_settings=json.dumps(settings, sort_keys=True))  # fmt: skip
+    return row

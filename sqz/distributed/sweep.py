@@ -1,81 +1,221 @@
-"""Compression sweeps with Ray Tune: one trial per (threshold, bits) grid point.
+"""Compression sweeps with Ray Tune: one trial per (threshold, bits) grid point, or, with
+``per_layer``, one trial per target of a per-layer choice made from the sensitivity table.
 
-The trial body is ``sqz.trial.compress_and_evaluate``; Tune runs trials in parallel
-(``max_concurrent`` at a time, one CPU each). The baseline's bytes go into Ray's object
-store once (``tune.with_parameters``), not re-read per trial. Each trial writes its .sqz
-and its own ``sweep_trials`` row file, so a rerun skips grid points already in the table.
+The trial body is ``sqz.trial.compress_and_evaluate``. Tune runs ``max_concurrent``
+trials at once, each with ``cpus_per_trial`` CPUs or a ``gpus_per_trial`` share of a GPU
+(``tune.with_resources``). The baseline's bytes go into Ray's object store once:
+``tune.with_parameters`` puts each keyword argument there when it is called and every
+trial gets that one object, not a fresh read of the checkpoint.
+
+Resuming: each trial writes its .sqz and then its own ``sweep_trials`` row file; a rerun
+with the same arguments runs only the grid points without a row (with ASHA, also not
+those it already stopped: they have a ``sweep_stopped`` row). A sweep interrupted half-way
+keeps every finished trial and raises, naming how many are left; the rerun does the rest.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Any
 
+import torch
 from ray import tune
+from ray.tune.schedulers import ASHAScheduler
 
-from sqz import metrics, storage
-from sqz.config import DataConfig, PruneConfig, QuantConfig, SweepConfig, config_from_dict, config_to_dict
+from sqz import metrics, sensitivity, storage
+from sqz.config import DataConfig, PruneConfig, SensitivityConfig, SweepConfig, config_from_dict, config_to_dict
 from sqz.runs import RunLayout
 from sqz.trial import TrialSpec, compress_and_evaluate, trial_id
 
-__all__ = ["sweep", "grid_points"]
+__all__ = ["sweep", "grid_points", "per_layer_points", "sensitivity_config_of"]
 
 
 def grid_points(sweep_cfg: SweepConfig) -> list[dict[str, Any]]:
-    return [
-        {"threshold": float(t), "bits": int(b)}
-        for t in sweep_cfg.thresholds
-        for b in sweep_cfg.bits
-    ]
+    """Every (threshold, bits) pair of the grid once, in grid order, with its trial id."""
+    points: dict[str, dict[str, Any]] = {}
+    for t in sweep_cfg.thresholds:
+        for b in sweep_cfg.bits:
+            point = {"threshold": float(t), "bits": int(b)}
+            points.setdefault(_point_id(sweep_cfg, point), point)  # 0.3 twice is one trial
+    return [{**point, "trial_id": name} for name, point in points.items()]
 
 
 def _point_id(sweep_cfg: SweepConfig, point: dict[str, Any]) -> str:
+    if "trial_id" in point:
+        return point["trial_id"]
     return trial_id(PruneConfig(mode=sweep_cfg.prune_mode, amount=point["threshold"]), point["bits"])
 
 
-def _trial(config: dict[str, Any], *, baseline: bytes, context: dict[str, Any]) -> None:
-    point = config["point"]  # {"threshold": ..., "bits": ...}
+def sensitivity_config_of(sweep_cfg: SweepConfig) -> SensitivityConfig:
+    """The sensitivity analysis a per-layer sweep chooses from: the grid's levels."""
+    return SensitivityConfig(
+        thresholds=sweep_cfg.thresholds, bits=sweep_cfg.bits, prune_mode=sweep_cfg.prune_mode,
+        images=sweep_cfg.sensitivity_images, max_concurrent=sweep_cfg.max_concurrent,
+        cpus_per_task=sweep_cfg.cpus_per_trial, quant=sweep_cfg.quant,
+    )  # fmt: skip
+
+
+def per_layer_points(sweep_cfg: SweepConfig, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One point per target (``max_drops``, ``size_budgets``) from the sensitivity rows;
+    targets that lead to the same settings share one trial."""
+    config = sensitivity_config_of(sweep_cfg)
+    targets = [{"max_drop": d} for d in sweep_cfg.max_drops] + [{"size_budget": int(b)} for b in sweep_cfg.size_budgets]
+    choices, unreachable = [], []
+    for target in targets:
+        try:
+            choices.append(sensitivity.choose_layer_settings(rows, config, **target))
+        except ValueError as exc:  # an unreachable target: say so, keep the others
+            unreachable.append(str(exc))
+            print(f"[sqz] per-layer target skipped: {exc}", flush=True)
+    if not choices:
+        raise ValueError(unreachable[0])
+    points: list[dict[str, Any]] = []
+    seen: dict[str, str] = {}
+    for choice in choices:
+        name = sensitivity.per_layer_trial_id(choice)
+        key = name.rsplit("-", 1)[-1]  # the settings' digest
+        print(f"[sqz] per-layer {choice.target}: predicted {choice.predicted_bytes:,} bytes, "
+              f"top-1 drop {choice.predicted_drop:.2f} point(s) before retraining"
+              + (f" (same settings as {seen[key]})" if key in seen else f" -> {name}"), flush=True)  # fmt: skip
+        if key in seen:
+            continue
+        seen[key] = name
+        points.append({
+            "trial_id": name, "threshold": math.nan, "bits": max(choice.bits.values()), "target": choice.target,
+            "layer_amounts": choice.amounts, "layer_bits": choice.bits,
+        })  # fmt: skip
+    return points
+
+
+def _device(sweep_cfg: SweepConfig) -> str:
+    if sweep_cfg.gpus_per_trial <= 0:
+        return "cpu"
+    if not torch.cuda.is_available():
+        raise RuntimeError("gpus_per_trial > 0 but this trial's worker sees no CUDA device")
+    return "cuda"  # Ray sets CUDA_VISIBLE_DEVICES to the trial's GPU
+
+
+def _trial(config: dict[str, Any], *, baseline: bytes, points: dict[str, dict[str, Any]], context: dict[str, Any]) -> None:
+    point = points[config["trial_id"]]
     sweep_cfg: SweepConfig = config_from_dict(SweepConfig, context["sweep"])
-    prune = PruneConfig(mode=sweep_cfg.prune_mode, amount=point["threshold"])
-    quant = QuantConfig(**{**config_to_dict(sweep_cfg.quant), "bits": point["bits"]})
+    # Ray sets OMP_NUM_THREADS from the trial's CPUs; say it to torch too, whatever ran first.
+    torch.set_num_threads(max(1, int(sweep_cfg.cpus_per_trial)))
+    per_layer = "layer_amounts" in point
+    amount = sensitivity.no_prune_level(sweep_cfg.prune_mode) if per_layer else point["threshold"]
+    prune = PruneConfig(mode=sweep_cfg.prune_mode, amount=amount)
+    quant = dataclasses.replace(sweep_cfg.quant, bits=point["bits"])
     spec = TrialSpec(prune=prune, quant=quant, retrain_epochs=sweep_cfg.retrain_epochs,
-                     retrain_lr=sweep_cfg.retrain_lr, retrain_optimizer=sweep_cfg.retrain_optimizer)  # fmt: skip
+                     retrain_lr=sweep_cfg.retrain_lr, retrain_optimizer=sweep_cfg.retrain_optimizer,
+                     layer_amounts=point.get("layer_amounts"), layer_bits=point.get("layer_bits"))  # fmt: skip
     layout = RunLayout(context["run_url"])
-    name = trial_id(prune, quant.bits)
+    name = config["trial_id"]
+
+    def report_epoch(epoch: int, result: Any) -> None:
+        # One report per retrain epoch: what ASHA compares trials on.
+        tune.report({"top1": result.top1, "top5": result.top5, "retrain_epoch": epoch + 1})
+
     row = compress_and_evaluate(
         baseline=baseline, arch=context["arch"], data=config_from_dict(DataConfig, context["data"]),
-        spec=spec, model_url=layout.model_url(name), run_id=layout.run_id,
+        spec=spec, model_url=layout.model_url(name), run_id=layout.run_id, name=name,
+        target=point.get("target"), device=_device(sweep_cfg),
+        on_retrain_epoch=report_epoch if sweep_cfg.scheduler == "asha" else None,
     )  # fmt: skip
     metrics.write_rows(layout.run_url, "sweep_trials", [row], writer_id=name)
-    tune.report({k: v for k, v in row.items() if isinstance(v, (int, float))})
+    numbers = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    tune.report({**numbers, "retrain_epoch": sweep_cfg.retrain_epochs + 1})
+
+
+def _finished_ids(layout: RunLayout) -> tuple[set[str], set[str]]:
+    """(trial ids with a row, trial ids a scheduler stopped early)."""
+    done = {row["trial_id"] for row in metrics.read_table(layout.run_url, "sweep_trials").to_pylist()}
+    stopped = {row["trial_id"] for row in metrics.read_table(layout.run_url, "sweep_stopped").to_pylist()}
+    return done, stopped - done
+
+
+class _StopRecordingASHA(ASHAScheduler):
+    """ASHA that remembers the trials it stopped before their final report, so the sweep
+    can record those decisions (an interrupted trial is not one of them)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.stopped: dict[str, dict[str, Any]] = {}
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
+        action = super().on_trial_result(tune_controller, trial, result)
+        if action == self.STOP and "size_bytes" not in result:
+            self.stopped[trial.config["trial_id"]] = {"retrain_epochs_done": int(result["retrain_epoch"]),
+                                                      "top1": float(result["top1"])}  # fmt: skip
+        return action
+
+
+def _scheduler(sweep_cfg: SweepConfig) -> _StopRecordingASHA | None:
+    if sweep_cfg.scheduler != "asha":
+        return None
+    # Rungs after retrain epochs 1, 2, 4, ...; the final report (the decoded file's top-1)
+    # comes at retrain_epochs + 1 = max_t, where ASHA only lets the finished trial end.
+    return _StopRecordingASHA(time_attr="retrain_epoch", metric="top1", mode="max",
+                              max_t=sweep_cfg.retrain_epochs + 1, grace_period=1, reduction_factor=2)  # fmt: skip
 
 
 def sweep(layout: RunLayout, sweep_cfg: SweepConfig, data_cfg: DataConfig, arch: dict[str, Any]) -> list[dict[str, Any]]:
-    """Run the grid's missing trials; returns every trial row of the run (old and new)."""
-    done = {row["trial_id"] for row in metrics.read_table(layout.run_url, "sweep_trials").to_pylist()}
-    todo = [p for p in grid_points(sweep_cfg) if _point_id(sweep_cfg, p) not in done]
+    """Run the grid's missing trials; returns every trial row of the grid (old and new).
+    With ``sweep_cfg.per_layer`` the sensitivity table is completed first (on Ray) and the
+    grid is one per-layer trial per target."""
+    if sweep_cfg.per_layer:
+        from sqz.distributed.sensitivity import run_sensitivity
+
+        rows = run_sensitivity(layout, sensitivity_config_of(sweep_cfg), data_cfg, arch)
+        points = per_layer_points(sweep_cfg, rows)
+    else:
+        points = grid_points(sweep_cfg)
+    done, stopped = _finished_ids(layout)
+    if sweep_cfg.scheduler != "asha":
+        stopped = set()  # without early stopping asked for, an earlier ASHA stop is no answer
+    todo = [p for p in points if p["trial_id"] not in done | stopped]
+    finished = len(points) - len(todo)
     if todo:
-        print(f"[sqz] sweep: {len(todo)} trial(s) to run, {len(done)} already done", flush=True)
+        print(f"[sqz] sweep: {len(todo)} trial(s) to run, {finished} already done", flush=True)
         baseline = storage.read_bytes(layout.baseline_url)
         context = {
             "sweep": config_to_dict(sweep_cfg), "data": config_to_dict(data_cfg),
             "arch": arch, "run_url": layout.run_url,
         }  # fmt: skip
+        resources = {"cpu": sweep_cfg.cpus_per_trial, "gpu": sweep_cfg.gpus_per_trial}
         trainable = tune.with_resources(
-            tune.with_parameters(_trial, baseline=baseline, context=context), {"cpu": 1}
+            tune.with_parameters(_trial, baseline=baseline, points={p["trial_id"]: p for p in todo}, context=context),
+            resources,
         )
         fs, path = storage.resolve(storage.join(layout.run_url, "tune"))
+        scheduler = _scheduler(sweep_cfg)
         tuner = tune.Tuner(
             trainable,
-            param_space={"point": tune.grid_search(todo)},
-            tune_config=tune.TuneConfig(max_concurrent_trials=sweep_cfg.max_concurrent),
+            param_space={"trial_id": tune.grid_search([p["trial_id"] for p in todo])},
+            tune_config=tune.TuneConfig(
+                max_concurrent_trials=sweep_cfg.max_concurrent, scheduler=scheduler,
+                trial_dirname_creator=lambda trial: f"{trial.config['trial_id']}_{trial.trial_id}",
+            ),
             run_config=tune.RunConfig(name="ray-tune", storage_path=path, storage_filesystem=fs, verbose=0),
         )
         results = tuner.fit()
+        if scheduler is not None:
+            for name, decision in scheduler.stopped.items():
+                row = {"run_id": layout.run_id, "trial_id": name, **decision, "reason": "asha"}
+                metrics.write_rows(layout.run_url, "sweep_stopped", [row], writer_id=name)
         errors = [str(r.error) for r in results if r.error is not None]
         if errors:
             raise RuntimeError(f"{len(errors)} sweep trial(s) failed; first: {errors[0].strip().splitlines()[-1]}")
+        done, stopped = _finished_ids(layout)
+        stopped = stopped if sweep_cfg.scheduler == "asha" else set()
+        left = [p["trial_id"] for p in todo if p["trial_id"] not in done | stopped]
+        if left:
+            raise RuntimeError(f"sweep interrupted: {len(left)} of {len(points)} trial(s) unfinished "
+                               f"({', '.join(left[:4])}); run the same command again to run only those")  # fmt: skip
     else:
-        print(f"[sqz] sweep: all {len(done)} trial(s) already done, reusing them", flush=True)
+        print(f"[sqz] sweep: all {finished} trial(s) already done, reusing them", flush=True)
+    stopped &= {p["trial_id"] for p in points}
+    if stopped:
+        print(f"[sqz] sweep: {len(stopped)} trial(s) stopped early by ASHA: {', '.join(sorted(stopped))}", flush=True)
     rows = metrics.read_table(layout.run_url, "sweep_trials").to_pylist()
-    wanted = {_point_id(sweep_cfg, p) for p in grid_points(sweep_cfg)}
+    wanted = {p["trial_id"] for p in points}
     return [row for row in rows if row["trial_id"] in wanted]
