@@ -57,6 +57,13 @@ def test_run_writes_everything_it_reports(finished_run):
         assert row["trial_id"] in out and f"{row['size_bytes']:,}" in out
         model = decode(open(row["model_url"], "rb").read())
         assert engine.evaluate(model, val).top1 == pytest.approx(row["top1"])
+    # Each trial's file has its per-layer byte account, adding up to the file's payload.
+    layers = metrics.read_table(run_dir, "compressed_layers").to_pylist()
+    for row in trials:
+        mine = [r for r in layers if r["model"] == row["trial_id"]]
+        assert mine and all(r["nonzero"] <= r["weights"] for r in mine)
+        payload = sum(r["code_bytes"] + r["index_bytes"] + r["overhead_bytes"] for r in mine)
+        assert 0 < row["size_bytes"] - payload < 4096  # the rest is the deflated header
     # Higher thresholds prune more.
     by_threshold = {r["threshold"]: r["density"] for r in trials}
     assert by_threshold[0.3] > by_threshold[0.6] > by_threshold[0.9]

@@ -24,6 +24,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
 from sqz import metrics, sensitivity, storage
+from sqz.compress import codec
 from sqz.config import DataConfig, PruneConfig, SensitivityConfig, SweepConfig, config_from_dict, config_to_dict
 from sqz.runs import RunLayout
 from sqz.trial import TrialSpec, compress_and_evaluate, trial_id
@@ -121,6 +122,10 @@ def _trial(config: dict[str, Any], *, baseline: bytes, points: dict[str, dict[st
         target=point.get("target"), device=_device(sweep_cfg),
         on_retrain_epoch=report_epoch if sweep_cfg.scheduler == "asha" else None,
     )  # fmt: skip
+    # The file's per-layer byte account first: the sweep_trials row marks the trial done.
+    account = codec.layer_sizes(storage.read_bytes(row["model_url"]))
+    metrics.write_rows(layout.run_url, "compressed_layers", [{"run_id": layout.run_id, "model": name, **r} for r in account],
+                       writer_id=name)  # fmt: skip
     metrics.write_rows(layout.run_url, "sweep_trials", [row], writer_id=name)
     numbers = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     tune.report({**numbers, "retrain_epoch": sweep_cfg.retrain_epochs + 1})
