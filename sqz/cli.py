@@ -98,6 +98,10 @@ def _build_parser() -> argparse.ArgumentParser:
                                "squeezenet1_0 and re-encode the same weights, losslessly, as .sqz.")  # fmt: skip
     import_dc.add_argument("file", help="path or URL of compressed_SqueezeNet.net")
     import_dc.add_argument("out", help="path or URL of the .sqz file to write")
+
+    from sqz.runs_cli import add_runs_parser
+
+    add_runs_parser(sub)
     return parser
 
 
@@ -221,6 +225,15 @@ def _cmd_import_dc(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"run": _cmd_run, "import-dc": _cmd_import_dc, "inspect": _cmd_inspect, "report": _cmd_report, "models": _cmd_models}
+
+
+def _cmd_runs(args: argparse.Namespace) -> int:
+    from sqz.runs_cli import cmd_runs
+
+    return cmd_runs(args)
+
+
+_COMMANDS["runs"] = _cmd_runs
 
 
 def main(argv: Sequence[str] | None = None) -> int:

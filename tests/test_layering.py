@@ -3,7 +3,7 @@ import subprocess
 import sys
 
 CORE = ["sqz", "sqz.config", "sqz.models", "sqz.data", "sqz.engine", "sqz.compress", "sqz.storage",
-        "sqz.metrics", "sqz.report", "sqz.runs", "sqz.trial", "sqz.cli"]  # fmt: skip
+        "sqz.metrics", "sqz.report", "sqz.runs", "sqz.trial", "sqz.cli", "sqz.catalog", "sqz.runs_cli"]  # fmt: skip
 
 
 def test_core_imports_neither_ray_nor_prefect():

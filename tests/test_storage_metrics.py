@@ -76,3 +76,135 @@ def test_pareto_and_choice():
                                                "top1": 93.2, "top5": 99.0},
                          trials=trials, chosen=trials[1], max_drop=1.0)  # fmt: skip
     assert "t2 *" in text and "80 bytes" in text
+
+
+# --- transient S3 errors, the runs catalog -------------------------------------------------
+
+import pickle  # noqa: E402
+import socket  # noqa: E402
+import time  # noqa: E402
+
+from s3_front import S3Front  # noqa: E402
+
+from sqz.cli import main  # noqa: E402
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def s3_front(s3_endpoint, s3_bucket):
+    """An HTTP front before moto that can inject S3 errors; the bucket exists behind it."""
+    fronts = []
+
+    def start(**faults):
+        fronts.append(S3Front(_free_port(), s3_endpoint, **faults).start())
+        return fronts[-1]
+
+    yield start
+    for front in fronts:
+        front.stop()
+
+
+@pytest.mark.parametrize("message, transient", [
+    ("When reading information for key 'x' in bucket 'b': AWS Error NETWORK_CONNECTION during HeadObject "
+     "operation: curlCode: 7, Could not connect to server", True),
+    ("When uploading object with key 'y' in bucket 'b': AWS Error SLOW_DOWN during PutObject operation: "
+     "Please reduce your request rate.", True),
+    ("When reading information for key 'x' in bucket 'b': AWS Error UNKNOWN (HTTP status 503) during "
+     "HeadObject operation: No response body.", True),
+    ("When uploading object with key 'y' in bucket 'b': AWS Error ACCESS_DENIED during PutObject operation: no", False),
+    ("When uploading object with key 'y' in bucket 'b': AWS Error UNKNOWN (HTTP status 400) during PutObject", False),
+])  # fmt: skip
+def test_transient_s3_errors_are_told_apart(message, transient):
+    assert storage.is_transient(OSError(message)) is transient
+    assert not storage.is_transient(FileNotFoundError(message))
+
+
+@pytest.mark.integration
+def test_s3_writes_and_reads_outlast_more_errors_than_one_request_retries(s3_bucket, s3_front, monkeypatch):
+    # More consecutive 503 SlowDown answers than pyarrow's per-request attempts: only
+    # sqz's own retry of the whole operation gets the write through. (Two attempts per
+    # request here instead of ten, so the test takes seconds, not a minute.)
+    monkeypatch.setattr(storage, "S3_REQUEST_ATTEMPTS", 2)
+    storage._s3_filesystem.cache_clear()
+    try:
+        front = s3_front(fail_first=storage.S3_REQUEST_ATTEMPTS + 5)
+        url = f"{s3_bucket}/runs/r/models/m.bin"
+        storage.write_bytes(url, b"\x01" * 5000, endpoint_url=front.url)
+        assert front.requests > storage.S3_REQUEST_ATTEMPTS + 5
+        front.fail_left = storage.S3_REQUEST_ATTEMPTS + 5
+        assert storage.read_bytes(url, endpoint_url=front.url) == b"\x01" * 5000
+        # Atomic: the temporary key was moved, nothing else is under the folder.
+        assert storage.walk(f"{s3_bucket}/runs/r/models") == [("m.bin", 5000)]
+    finally:
+        storage._s3_filesystem.cache_clear()  # later tests get the usual attempts
+
+
+@pytest.mark.integration
+def test_s3_access_denied_is_not_retried(s3_bucket, s3_front):
+    front = s3_front(fail_first=1000, fail_status=403, fail_code="AccessDenied")
+    start = time.monotonic()
+    with pytest.raises(OSError, match="ACCESS_DENIED"):
+        storage.write_bytes(f"{s3_bucket}/x.bin", b"x", endpoint_url=front.url)
+    assert front.requests == 1 and time.monotonic() - start < 5
+
+
+@pytest.mark.integration
+def test_s3_endpoint_down_then_back_mid_operation(s3_bucket, s3_front):
+    front = s3_front()
+    url = f"{s3_bucket}/runs/r/a.bin"
+    storage.write_bytes(url, b"before", endpoint_url=front.url)
+    front.stop()
+    import threading
+
+    restart = threading.Timer(3.0, front.start)  # down for 3 s: connections refused
+    restart.start()
+    try:
+        storage.write_bytes(url, b"after", endpoint_url=front.url)
+    finally:
+        restart.join()
+    assert storage.read_bytes(url, endpoint_url=front.url) == b"after"
+
+
+def test_s3_filesystem_keeps_its_retries_and_no_credentials_when_pickled(monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDPICKLETEST")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "pickle-secret-value")
+    fs, _ = storage.resolve("s3://bucket/x", endpoint_url="http://127.0.0.1:1", region="us-east-1")
+    data = pickle.dumps(fs)  # what Ray ships to each Train worker and Tune trial
+    assert b"pickle-secret-value" not in data and b"AKIDPICKLETEST" not in data
+    copy = pickle.loads(data)
+    assert type(copy) is type(fs) and copy._max_attempts == storage.S3_REQUEST_ATTEMPTS
+
+
+def _fake_run(root, run_id):
+    from sqz.config import PipelineConfig
+    from sqz.runs import RunLayout, write_manifest
+
+    layout = RunLayout(storage.join(root, run_id))
+    write_manifest(layout, PipelineConfig(storage_url=root))
+    metrics.write_rows(layout.run_url, "sweep_trials", [_trial(1, 100, 90.0)], writer_id="t1")
+    storage.write_bytes(layout.model_url("t1"), b"sqz-bytes")
+    return layout.run_url
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_runs_ls_show_rm(where, tmp_path, request, capsys):
+    root = str(tmp_path / "runs") if where == "local" else f"{request.getfixturevalue('s3_bucket')}/runs"
+    first, second = _fake_run(root, "run-a"), _fake_run(root, "run-b")
+    storage.write_bytes(storage.join(root, "not-a-run", "x.txt"), b"x")  # no manifest: never listed or removed
+    assert main(["runs", "ls", root]) == 0
+    out = capsys.readouterr().out
+    assert "run-a" in out and "run-b" in out and "not-a-run" not in out and "2 run(s)" in out
+    assert main(["runs", "show", first]) == 0
+    out = capsys.readouterr().out
+    assert '"run_id": "run-a"' in out and "sweep_trials: 1 row(s)" in out and "t1" in out
+    assert main(["runs", "rm", second]) == 0
+    assert "deleted" in capsys.readouterr().out and not storage.exists(second + "/manifest.json")
+    assert main(["runs", "rm", storage.join(root, "not-a-run")]) == 2
+    assert "not a run folder" in capsys.readouterr().err
+    assert storage.exists(storage.join(root, "not-a-run", "x.txt"))
+    assert main(["runs", "ls", root]) == 0 and "1 run(s)" in capsys.readouterr().out
