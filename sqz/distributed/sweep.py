@@ -8,7 +8,7 @@ and its own ``sweep_trials`` row file, so a rerun skips grid points already in t
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from ray import tune
 
@@ -49,10 +49,27 @@ def _trial(config: dict[str, Any], *, baseline: bytes, context: dict[str, Any]) 
     tune.report({k: v for k, v in row.items() if isinstance(v, (int, float))})
 
 
-def sweep(layout: RunLayout, sweep_cfg: SweepConfig, data_cfg: DataConfig, arch: dict[str, Any]) -> list[dict[str, Any]]:
-    """Run the grid's missing trials; returns every trial row of the run (old and new)."""
+class _Progress(tune.Callback):
+    """Calls ``on_progress(finished, total)`` in the driver as each trial ends."""
+
+    def __init__(self, on_progress: Callable[[int, int], None], finished: int, total: int) -> None:
+        self.on_progress, self.finished, self.total = on_progress, finished, total
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.finished += 1
+        self.on_progress(self.finished, self.total)
+
+
+def sweep(layout: RunLayout, sweep_cfg: SweepConfig, data_cfg: DataConfig, arch: dict[str, Any], *,
+          on_progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """Run the grid's missing trials; returns every trial row of the run (old and new).
+    ``on_progress(finished, total)``, if given, is called at the start (trials already
+    done count as finished) and after each trial completes."""
     done = {row["trial_id"] for row in metrics.read_table(layout.run_url, "sweep_trials").to_pylist()}
     todo = [p for p in grid_points(sweep_cfg) if _point_id(sweep_cfg, p) not in done]
+    total = len(grid_points(sweep_cfg))
+    if on_progress:
+        on_progress(total - len(todo), total)
     if todo:
         print(f"[sqz] sweep: {len(todo)} trial(s) to run, {len(done)} already done", flush=True)
         baseline = storage.read_bytes(layout.baseline_url)
@@ -68,7 +85,8 @@ def sweep(layout: RunLayout, sweep_cfg: SweepConfig, data_cfg: DataConfig, arch:
             trainable,
             param_space={"point": tune.grid_search(todo)},
             tune_config=tune.TuneConfig(max_concurrent_trials=sweep_cfg.max_concurrent),
-            run_config=tune.RunConfig(name="ray-tune", storage_path=path, storage_filesystem=fs, verbose=0),
+            run_config=tune.RunConfig(name="ray-tune", storage_path=path, storage_filesystem=fs, verbose=0,
+                                      callbacks=[_Progress(on_progress, total - len(todo), total)] if on_progress else None),
         )
         results = tuner.fit()
         errors = [str(r.error) for r in results if r.error is not None]
