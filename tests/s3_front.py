@@ -27,6 +27,7 @@ class S3Front:
         self.port, self.target = port, urlparse(target_url)
         self.fail_left, self.fail_status, self.fail_code = fail_first, fail_status, fail_code
         self.requests = 0  # every request received, failed or forwarded
+        self.cut = 0  # connections open (keep-alive or mid-request) when stop() reset them
         self._lock = threading.Lock()
         self._connections: set[socket.socket] = set()
         self._server: http.server.ThreadingHTTPServer | None = None
@@ -110,9 +111,14 @@ class S3Front:
             def log_message(self, *args: object) -> None:
                 pass
 
-        http.server.ThreadingHTTPServer.allow_reuse_address = True
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self._server.daemon_threads = True
+        class Server(http.server.ThreadingHTTPServer):
+            allow_reuse_address = True  # restart on the same port at once
+            daemon_threads = True
+
+            def handle_error(self, request: object, client_address: object) -> None:
+                pass  # a connection cut by stop(): the client sees it, the test log need not
+
+        self._server = Server(("127.0.0.1", self.port), Handler)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 
@@ -123,6 +129,7 @@ class S3Front:
         self._server.shutdown()
         self._server.server_close()
         with self._lock:
+            self.cut += len(self._connections)
             for connection in list(self._connections):
                 try:
                     connection.shutdown(socket.SHUT_RDWR)

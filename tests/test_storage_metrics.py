@@ -208,3 +208,114 @@ def test_runs_ls_show_rm(where, tmp_path, request, capsys):
     assert "not a run folder" in capsys.readouterr().err
     assert storage.exists(storage.join(root, "not-a-run", "x.txt"))
     assert main(["runs", "ls", root]) == 0 and "1 run(s)" in capsys.readouterr().out
+
+
+def _wait_for(condition, timeout, what, process=None):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"the run exited ({process.returncode}) before {what}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {what} within {timeout} s")
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_s3_run_survives_a_server_restart_and_writes_no_secret(s3_endpoint, tmp_path):
+    """`sqz run` on S3; mid-run (the first epoch's row is written, its checkpoint is on
+    its way) the S3 endpoint stops: open connections are reset, new ones refused for
+    8 s; then it starts again on the same port. moto keeps its objects in memory, so
+    the endpoint process in front of it is what restarts, while the objects persist as
+    on a real store's disks. The run must finish with every object present and
+    readable, and nothing it wrote may contain the secret key."""
+    import io
+    import json
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+    import uuid
+
+    import boto3
+    import pyarrow.parquet as pq
+
+    from sqz.compress import decode
+
+    secret, key_id = f"sqz-secret-{uuid.uuid4().hex}", f"AKIDSQZ{uuid.uuid4().hex[:12].upper()}"
+    bucket = f"sqz-{uuid.uuid4().hex[:8]}"
+    direct = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")  # fmt: skip
+    direct.create_bucket(Bucket=bucket)
+    front = S3Front(_free_port(), s3_endpoint).start()
+    workdir = tempfile.mkdtemp(prefix="s", dir="/tmp")  # short: Ray's temp dir (with its logs) lands inside
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": key_id, "AWS_SECRET_ACCESS_KEY": secret, "AWS_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL_S3": front.url, "PREFECT_HOME": os.path.join(workdir, "prefect")}  # fmt: skip
+    out, err = open(tmp_path / "stdout.txt", "wb"), open(tmp_path / "stderr.txt", "wb")
+    args = ["--storage", f"s3://{bucket}/runs", "--epochs", "1", "--workers", "1", "--thresholds", "0.3,0.9",
+            "--bits", "4", "--retrain-epochs", "0", "--finetune-epochs", "0", "--run-id", "restarted"]  # fmt: skip
+    process = subprocess.Popen([sys.executable, "-m", "sqz.cli", "run", *args], cwd=workdir, env=env, stdout=out, stderr=err)
+    prefix = "runs/restarted/"
+    try:
+        def first_epoch_written():
+            listing = direct.list_objects_v2(Bucket=bucket, Prefix=prefix + "metrics/train_epochs/")
+            return any(o["Key"].endswith(".parquet") for o in listing.get("Contents", []))
+
+        _wait_for(first_epoch_written, 600, "train_epochs row", process)
+        front.stop()
+        objects_at_stop = direct.list_objects_v2(Bucket=bucket, Prefix=prefix).get("KeyCount", 0)
+        time.sleep(8)
+        front.start()
+        assert process.wait(timeout=900) == 0, (tmp_path / "stderr.txt").read_text()[-5000:]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
+        out.close(), err.close()
+        front.stop()
+
+    stdout, stderr = (tmp_path / "stdout.txt").read_text(), (tmp_path / "stderr.txt").read_text()
+    assert "chosen:" in stdout, stdout[-3000:]
+    retried = [line for line in stderr.splitlines() if "sqz storage:" in line]
+    keys = {o["Key"]: o["Size"] for page in direct.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+            for o in page.get("Contents", [])}  # fmt: skip
+    print(f"S3 endpoint down 8 s after the first epoch ({objects_at_stop} objects then, {front.cut} open "
+          f"connections cut); {len(keys)} objects at the end; {len(retried)} sqz storage retries logged",
+          *retried[:5], sep="\n  ")  # fmt: skip
+    names = {k.removeprefix(prefix) for k in keys if k.startswith(prefix)}
+    expected = {"manifest.json", "models/baseline.safetensors", "models/std0.3-b4.sqz", "models/std0.9-b4.sqz",
+                "metrics/train_epochs/epoch-0000.parquet", "metrics/sweep_trials/std0.3-b4.parquet",
+                "metrics/sweep_trials/std0.9-b4.parquet", "report/report.md"}  # fmt: skip
+    assert expected <= names
+    assert any(n.startswith("train/ray-train/checkpoint_") for n in names)
+    assert not [n for n in names if ".tmp-" in n.rsplit("/", 1)[-1]]  # every temporary key was moved
+
+    bodies = {}
+    for key, size in keys.items():  # every object, read back whole
+        body = direct.get_object(Bucket=bucket, Key=key)["Body"].read()
+        assert len(body) == size, key
+        if key.endswith(".parquet"):
+            pq.read_table(io.BytesIO(body))
+        elif key.endswith(".sqz"):
+            decode(body)
+        elif key.endswith(("manifest.json", "progress.json")) or "/prefect-results/" in key and size:
+            json.loads(body)  # what sqz writes as JSON (Ray Tune's own state files are pickles)
+        bodies[key] = body
+    trial_rows = [pq.read_table(io.BytesIO(bodies[prefix + f"metrics/sweep_trials/{t}.parquet"])).to_pylist()[0]
+                  for t in ("std0.3-b4", "std0.9-b4")]  # fmt: skip
+    assert all(row["size_bytes"] == keys[row["model_url"].removeprefix(f"s3://{bucket}/")] for row in trial_rows)
+
+    # Everything the run wrote: objects, its output, Prefect's database (logs, artifacts,
+    # parameters), Ray's session logs.
+    written = list(bodies.items()) + [("stdout", (tmp_path / "stdout.txt").read_bytes()),
+                                      ("stderr", (tmp_path / "stderr.txt").read_bytes())]  # fmt: skip
+    for folder, _, files in os.walk(workdir):
+        for name in files:
+            path = os.path.join(folder, name)
+            if os.path.isfile(path) and not os.path.islink(path):
+                written.append((path, open(path, "rb").read()))
+    shutil.rmtree(workdir, ignore_errors=True)
+    assert len(written) > len(bodies) + 10
+    for where, data in written:
+        assert secret.encode() not in data, f"the secret key is in {where}"
+        assert key_id.encode() not in data, f"the access key id is in {where}"

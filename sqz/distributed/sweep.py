@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from ray import tune
+from ray.tune.execution import class_cache as _tune_class_cache
 
 from sqz import metrics, storage
 from sqz.config import DataConfig, PruneConfig, QuantConfig, SweepConfig, config_from_dict, config_to_dict
@@ -18,6 +19,14 @@ from sqz.runs import RunLayout
 from sqz.trial import TrialSpec, compress_and_evaluate, trial_id
 
 __all__ = ["sweep", "grid_points"]
+
+# Ray Tune copies AWS_* credentials from the driver's environment into every trial's
+# runtime_env, and Ray writes runtime envs in clear text to runtime_env_agent.log. Trials
+# read credentials from their own environment instead (inherited from the driver on a
+# local Ray, from the cluster's Secret on KubeRay), so sqz stops that copy.
+_tune_env_vars = getattr(_tune_class_cache, "ENV_VARS_TO_PROPAGATE", None)
+if isinstance(_tune_env_vars, set):
+    _tune_env_vars.difference_update({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN"})
 
 
 def grid_points(sweep_cfg: SweepConfig) -> list[dict[str, Any]]:
