@@ -17,7 +17,8 @@ from sqz.trial import TrialSpec, compress_and_evaluate, trial_id
 @task(name="compress-checkpoint", **RETRYING, **CACHED)
 def compress_checkpoint(checkpoint_url: str, model_url: str, run_id: str, arch: dict[str, Any],
                         data_config: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
-    trial_spec = TrialSpec(**{**spec, "prune": PruneConfig(**spec["prune"]), "quant": QuantConfig(**spec["quant"])})
+    trial_spec = TrialSpec(**{**spec, "prune": config_from_dict(PruneConfig, spec["prune"]),
+                              "quant": config_from_dict(QuantConfig, spec["quant"])})  # fmt: skip
     return compress_and_evaluate(baseline=storage.read_bytes(checkpoint_url), arch=arch, spec=trial_spec,
                                  data=config_from_dict(DataConfig, data_config), model_url=model_url, run_id=run_id)  # fmt: skip
 

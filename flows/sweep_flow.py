@@ -34,7 +34,9 @@ def sweep_compression(run_url: str, sweep_config: dict[str, Any], data_config: d
     """Compress the run's baseline at every grid point (trials already done are reused)."""
     storage.check_url(run_url, option="run_url")
     run_url = storage.absolute(run_url)
-    config_from_dict(SweepConfig, sweep_config), config_from_dict(DataConfig, data_config)  # bad input fails here
+    # Bad input fails here, before Ray starts.
+    config_from_dict(SweepConfig, sweep_config)
+    config_from_dict(DataConfig, data_config)
     with ray_session(ray_address):
         trials = in_run(run_sweep, run_url)(run_url, sweep_config, data_config, arch)
     publish_outputs(run_url, include=lambda kind, url: url.endswith(".sqz") or "/sweep_trials/" in url)

@@ -29,7 +29,9 @@ def train_model(run_url: str, train_config: dict[str, Any], data_config: dict[st
     or starts a local Ray."""
     storage.check_url(run_url, option="run_url")
     run_url = storage.absolute(run_url)
-    config_from_dict(TrainConfig, train_config), config_from_dict(DataConfig, data_config)  # bad input fails here
+    # Bad input fails here, before Ray starts.
+    config_from_dict(TrainConfig, train_config)
+    config_from_dict(DataConfig, data_config)
     with ray_session(ray_address):
         result = in_run(train_baseline, run_url)(run_url, train_config, data_config)
     publish_outputs(run_url, include=lambda kind, url: "/train_epochs/" in url or url.endswith(".safetensors"))

@@ -158,6 +158,8 @@ def prefect_defaults() -> None:
     # The ephemeral API needs ~13 s to start on 2 cores, close to Prefect's 20 s default.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # sqz's own warnings (e.g. a storage operation retried) go to the flow run's logs too.
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "sqz")
     if os.environ.get("PREFECT_HOME"):
         # Prefect creates its home without parents; a fresh ./.work/prefect would fail.
         os.makedirs(os.path.expanduser(os.environ["PREFECT_HOME"]), exist_ok=True)

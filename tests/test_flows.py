@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import pytest
@@ -148,11 +149,22 @@ def test_report_run_shows_report_trials_and_plot(baseline_run):
 
 @pytest.mark.slow
 @pytest.mark.integration
-def test_pipeline_reruns_nothing_that_finished(ray_local, tmp_path, monkeypatch):
-    trainings = _counting(monkeypatch, flows.train_flow, "train")
+def test_pipeline_retries_resumes_and_reruns_nothing_that_finished(ray_local, tmp_path, monkeypatch):
+    real_train = flows.train_flow.train
+    trainings, first_epoch = [], []
+
+    def train_losing_a_node_after_epoch_1(layout, train_cfg, data_cfg):
+        trainings.append(train_cfg.epochs)
+        if len(trainings) == 1:  # the first attempt gets through epoch 1 of 2, then fails
+            real_train(layout, dataclasses.replace(train_cfg, epochs=1), data_cfg)
+            first_epoch.append(os.stat(metrics.table_files(layout.run_url, "train_epochs")[0]).st_mtime_ns)
+            raise RuntimeError("simulated: the Ray node running the training was lost")
+        return real_train(layout, train_cfg, data_cfg)
+
+    monkeypatch.setattr(flows.train_flow, "train", train_losing_a_node_after_epoch_1)
     sweeps = _counting(monkeypatch, flows.sweep_flow, "sweep")
     config = config_to_dict(PipelineConfig(
-        data=DataConfig(), train=TrainConfig(epochs=1, workers=1),
+        data=DataConfig(), train=TrainConfig(epochs=2, workers=1),
         sweep=SweepConfig(thresholds=(0.3, 0.9), bits=(4,), retrain_epochs=0, max_concurrent=2,
                           quant={"bits": 8, "finetune_epochs": 0}),
         storage_url=str(tmp_path / "runs"),
@@ -160,13 +172,19 @@ def test_pipeline_reruns_nothing_that_finished(ray_local, tmp_path, monkeypatch)
     first = squeeze_pipeline(config=config, run_id="twice", return_state=True)
     summary = first.result()
     run_url = str(tmp_path / "runs" / "twice")
-    assert len(trainings) == 1 and len(sweeps) == 1 and len(summary["trials"]) == 2
+    # Prefect retried the training task, and the retry resumed Ray Train from the
+    # epoch-1 checkpoint: epoch 1's row was not written again.
+    assert trainings == [2, 2] and len(sweeps) == 1 and len(summary["trials"]) == 2
+    epoch_files = metrics.table_files(run_url, "train_epochs")
+    assert len(epoch_files) == 2 and os.stat(epoch_files[0]).st_mtime_ns == first_epoch[0]
     models = os.path.join(run_url, "models")
     stamps = {name: os.stat(os.path.join(models, name)).st_mtime_ns for name in os.listdir(models)}
     tune_trials = os.listdir(os.path.join(run_url, "tune", "ray-tune"))
 
     tree = read_run_tree(first.state_details.flow_run_id)
     assert len(tree["flow_runs"]) == 4 and all(r.state.is_completed() for r in tree["flow_runs"])  # + 3 subflows
+    train_run = next(t for t in tree["task_runs"] if t.name.startswith("train-baseline"))
+    assert train_run.run_count == 2 and train_run.state.is_completed()
     kinds = by_kind(tree["artifacts"])
     assert {"markdown", "table", "link", "progress"} <= set(kinds)
     assert [a.data for a in kinds["progress"]] == [100.0]  # updated as the 2 trials finished
@@ -179,7 +197,7 @@ def test_pipeline_reruns_nothing_that_finished(ray_local, tmp_path, monkeypatch)
 
     again = squeeze_pipeline(config=config, run_id="twice", return_state=True)
     assert again.result()["trials"] == summary["trials"]
-    assert len(trainings) == 1 and len(sweeps) == 1  # no training and no trial ran again
+    assert len(trainings) == 2 and len(sweeps) == 1  # no training and no trial ran again
     assert {n: os.stat(os.path.join(models, n)).st_mtime_ns for n in os.listdir(models)} == stamps
     assert os.listdir(os.path.join(run_url, "tune", "ray-tune")) == tune_trials
     states = {t.name.rsplit("-", 1)[0]: t.state.name for t in read_run_tree(again.state_details.flow_run_id)["task_runs"]}
