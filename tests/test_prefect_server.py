@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -83,7 +84,7 @@ def _prefect(env, *args, timeout=300):
     return result.stdout
 
 
-def test_deployed_pipeline_runs_through_a_process_worker(prefect_server, tmp_path):
+def test_deployed_pipeline_runs_through_a_process_worker(prefect_server, tmp_path, request):
     api, env = prefect_server
     env = {**env, "SQZ_PROJECT_DIR": ROOT}  # the deployment's pull step starts runs here
     _prefect(env, "work-pool", "create", "sqz-local", "--type", "process")
@@ -92,6 +93,7 @@ def test_deployed_pipeline_runs_through_a_process_worker(prefect_server, tmp_pat
 
     storage_url = str(tmp_path / "runs")
     workdir = tempfile.mkdtemp(prefix="sq", dir="/tmp")  # Ray's socket paths under it stay short
+    request.addfinalizer(lambda: shutil.rmtree(workdir, ignore_errors=True))
     config = config_to_dict(PipelineConfig(
         data=DataConfig(), train=TrainConfig(epochs=1, workers=1),
         sweep=SweepConfig(thresholds=(0.3, 0.9), bits=(4,), retrain_epochs=0, max_concurrent=2,

@@ -222,7 +222,7 @@ def _wait_for(condition, timeout, what, process=None):
 
 @pytest.mark.slow
 @pytest.mark.integration
-def test_s3_run_survives_a_server_restart_and_writes_no_secret(s3_endpoint, tmp_path):
+def test_s3_run_survives_a_server_restart_and_writes_no_secret(s3_endpoint, tmp_path, request):
     """`sqz run` on S3; mid-run (the first epoch's row is written, its checkpoint is on
     its way) the S3 endpoint stops: open connections are reset, new ones refused for
     8 s; then it starts again on the same port. moto keeps its objects in memory, so
@@ -249,6 +249,7 @@ def test_s3_run_survives_a_server_restart_and_writes_no_secret(s3_endpoint, tmp_
     direct.create_bucket(Bucket=bucket)
     front = S3Front(_free_port(), s3_endpoint).start()
     workdir = tempfile.mkdtemp(prefix="s", dir="/tmp")  # short: Ray's temp dir (with its logs) lands inside
+    request.addfinalizer(lambda: shutil.rmtree(workdir, ignore_errors=True))
     env = {**os.environ, "AWS_ACCESS_KEY_ID": key_id, "AWS_SECRET_ACCESS_KEY": secret, "AWS_REGION": "us-east-1",
            "AWS_ENDPOINT_URL_S3": front.url, "PREFECT_HOME": os.path.join(workdir, "prefect")}  # fmt: skip
     out, err = open(tmp_path / "stdout.txt", "wb"), open(tmp_path / "stderr.txt", "wb")
@@ -314,7 +315,6 @@ def test_s3_run_survives_a_server_restart_and_writes_no_secret(s3_endpoint, tmp_
             path = os.path.join(folder, name)
             if os.path.isfile(path) and not os.path.islink(path):
                 written.append((path, open(path, "rb").read()))
-    shutil.rmtree(workdir, ignore_errors=True)
     # Prefect's database (logs, artifacts, parameters) and Ray's session logs are among them.
     assert any(path.endswith("prefect.db") for path, _ in written)
     assert any("/.ray/" in path and path.endswith(".log") for path, _ in written)
