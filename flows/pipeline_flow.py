@@ -1,4 +1,9 @@
-"""squeeze_pipeline: train -> sweep -> report, on one Ray session, under one run folder."""
+"""squeeze_pipeline: train -> sweep -> report, on one Ray session, under one run folder.
+
+The run folder's name derives from the config, and every stage's task is cached by its
+inputs + code version in that folder: running the same config again reuses what
+finished (no training, no trial runs twice) and resumes what did not.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
+from flows.common import NOT_CACHED, RETRYING
 from flows.report_flow import report_run
 from flows.sweep_flow import sweep_compression
 from flows.train_flow import train_model
@@ -15,7 +21,7 @@ from sqz.distributed.cluster import ray_session
 from sqz.runs import RunLayout, write_manifest
 
 
-@task(name="write-manifest", retries=2, retry_delay_seconds=2)
+@task(name="write-manifest", **RETRYING, **NOT_CACHED)
 def record_manifest(config: dict[str, Any], run_id: str | None) -> str:
     pipeline = config_from_dict(PipelineConfig, config)
     layout = RunLayout.for_config(pipeline, run_id)
@@ -26,7 +32,7 @@ def record_manifest(config: dict[str, Any], run_id: str | None) -> str:
 @flow(name="squeeze_pipeline")
 def squeeze_pipeline(config: dict[str, Any] | None = None, run_id: str | None = None,
                      ray_address: str | None = None, workdir: str = ".") -> dict[str, Any]:  # fmt: skip
-    pipeline = config_from_dict(PipelineConfig, config or {})
+    pipeline = config_from_dict(PipelineConfig, config or {})  # bad input fails here, before any work
     values = config_to_dict(pipeline)
     logger = get_run_logger()
     run_url = record_manifest(values, run_id)

@@ -125,6 +125,10 @@ def _build_parser() -> argparse.ArgumentParser:
     from sqz.train_cli import add_train_parser  # its own module; imported late (it uses the helpers above)
 
     add_train_parser(sub)
+
+    from sqz.runs_cli import add_runs_parser
+
+    add_runs_parser(sub)
     return parser
 
 
@@ -221,6 +225,8 @@ def prefect_defaults() -> None:
     # The ephemeral API needs ~13 s to start on 2 cores, close to Prefect's 20 s default.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # sqz's own warnings (e.g. a storage operation retried) go to the flow run's logs too.
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "sqz")
     if os.environ.get("PREFECT_HOME"):
         # Prefect creates its home without parents; a fresh ./.work/prefect would fail.
         os.makedirs(os.path.expanduser(os.environ["PREFECT_HOME"]), exist_ok=True)
@@ -349,6 +355,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
 _COMMANDS = {"run": _cmd_run, "import-dc": _cmd_import_dc, "inspect": _cmd_inspect, "report": _cmd_report, "models": _cmd_models,
              "train": _cmd_train, "data": _cmd_data, "eval": _cmd_eval, "sweep": _cmd_sweep,
              "sensitivity": _cmd_sensitivity}  # fmt: skip
+
+
+def _cmd_runs(args: argparse.Namespace) -> int:
+    from sqz.runs_cli import cmd_runs
+
+    return cmd_runs(args)
+
+
+_COMMANDS["runs"] = _cmd_runs
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,6 +4,8 @@ Each writer (a training epoch, a sweep trial) writes its own file under
 ``<run_url>/metrics/<table>/``, so concurrent trials never overwrite each other and a
 rerun that repeats a writer replaces its file instead of duplicating rows. The folder is
 a plain Parquet dataset: pyarrow.dataset, pandas, duckdb and polars read it as one table.
+Files are written through ``sqz.storage`` (temporary name, then the final one; retried
+on transient S3 errors), so a reader never meets half a file.
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ from typing import Any, Iterable
 
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from sqz import storage
 
-__all__ = ["SCHEMAS", "write_rows", "read_table", "table_url"]
+__all__ = ["SCHEMAS", "write_rows", "read_table", "table_url", "table_files"]
 
 SCHEMAS: dict[str, pa.Schema] = {
     "train_epochs": pa.schema([
@@ -86,9 +89,20 @@ def write_rows(run_url: str, table: str, rows: Iterable[dict[str, Any]], *, writ
 def read_table(run_url: str, table: str) -> pa.Table:
     """All rows of ``table`` in the run (an empty table with the schema if none yet)."""
     url = table_url(run_url, table)
-    if not storage.exists(url):
-        return SCHEMAS[table].empty_table()
     fs, path = storage.resolve(url)
-    dataset = ds.dataset(path, filesystem=fs, format="parquet", schema=SCHEMAS[table],
-                         exclude_invalid_files=False, ignore_prefixes=[".", "_"])  # fmt: skip
-    return dataset.to_table()
+
+    def attempt() -> pa.Table:
+        if fs.get_file_info(path).type == pafs.FileType.NotFound:
+            return SCHEMAS[table].empty_table()
+        dataset = ds.dataset(path, filesystem=fs, format="parquet", schema=SCHEMAS[table],
+                             exclude_invalid_files=False, ignore_prefixes=[".", "_"])  # fmt: skip
+        return dataset.to_table()
+
+    # Listing and reading the files is one operation: a retry lists again.
+    return storage.with_retries(url, "read table", attempt)
+
+
+def table_files(run_url: str, table: str) -> list[str]:
+    """URLs of the table's Parquet files (one per writer), sorted."""
+    url = table_url(run_url, table)
+    return [storage.join(url, name) for name, _ in storage.walk(url) if name.endswith(".parquet") and not name.startswith(".")]

@@ -7,22 +7,68 @@ guess. Nothing else in sqz parses storage URLs or builds S3 clients.
 S3 settings come from explicit arguments or the usual AWS variables. pyarrow reads the
 credentials and region itself, but ignores ``AWS_ENDPOINT_URL``, so the resolver passes
 the endpoint on (``AWS_ENDPOINT_URL_S3`` wins over ``AWS_ENDPOINT_URL``, as in boto3).
+Credentials are never passed as arguments, so they never appear in a URL, a pickled
+filesystem (Ray ships the filesystem to its workers) or an error message.
+
+Transient S3 failures (connection refused or reset, HTTP 5xx, throttling) are retried
+at two levels:
+
+1. every S3 request, by pyarrow's S3 client (the AWS SDK's exponential backoff from
+   25 ms, ``S3_REQUEST_ATTEMPTS`` attempts, about 25 s in all). This level also covers
+   Ray Train's checkpoints and Ray Tune's experiment files, which use the same
+   filesystem object (it keeps its retry strategy when pickled to Ray workers);
+2. every sqz operation here (write, read, exists, size, list, delete) as a whole, with
+   exponential backoff and jitter for up to ``RETRY_DEADLINE_S``, when the error is
+   still transient after pyarrow's attempts: an endpoint that restarts or throttles for
+   longer than one request's budget does not fail the run.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import posixpath
+import random
+import re
+import time
 import uuid
-from typing import Any
+from typing import Any, Callable, TypeVar
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
-__all__ = ["SUPPORTED_SCHEMES", "check_url", "absolute", "resolve", "join", "write_bytes", "read_bytes", "exists", "size_of", "is_local"]
+__all__ = [
+    "SUPPORTED_SCHEMES", "S3_REQUEST_ATTEMPTS", "RETRY_DEADLINE_S", "check_url", "absolute", "resolve", "join",
+    "write_bytes", "read_bytes", "exists", "size_of", "is_local", "is_transient", "with_retries", "list_dir",
+    "walk", "delete_tree",
+]  # fmt: skip
 
 SUPPORTED_SCHEMES = ("", "file", "s3")
+
+# pyarrow's per-request retries (AwsDefaultS3RetryStrategy waits 25 ms x 2^n between
+# attempts and, unlike the "standard" strategy, has no retry quota that an outage could
+# drain): 10 attempts span about 25 s.
+S3_REQUEST_ATTEMPTS = 10
+# sqz's own retries of a whole operation on top of that: bounded in time, not attempts,
+# so a slow endpoint cannot stretch it; the first wait is short, the longest 8 s.
+RETRY_DEADLINE_S = 120.0
+_FIRST_DELAY_S = 0.5
+_MAX_DELAY_S = 8.0
+
+_log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+# pyarrow raises every S3 failure as OSError and exposes no error code, only the text,
+# which carries the AWS SDK's error name and the HTTP status. These mean "try later".
+_TRANSIENT_S3_ERROR = re.compile(
+    r"AWS Error (NETWORK_CONNECTION|SLOW_DOWN|THROTTLING|SERVICE_UNAVAILABLE|INTERNAL_FAILURE|REQUEST_TIMEOUT)"
+    r"|HTTP status (429|5\d\d)"
+)
+
+
+class _IncompleteUpload(OSError):
+    """The temporary object is not the size we wrote: upload again, never publish it."""
 
 
 def _scheme(url: str) -> str:
@@ -46,6 +92,24 @@ def is_local(url: str) -> bool:
     return _scheme(url) in ("", "file")
 
 
+class _RetryingS3FileSystem(pafs.S3FileSystem):
+    """pyarrow's S3FileSystem with sqz's request retry strategy, also after pickling:
+    pyarrow's own pickle drops the retry strategy, and Ray pickles the filesystem into
+    every Train worker and Tune trial."""
+
+    def __init__(self, *, max_attempts: int, **options: Any) -> None:
+        super().__init__(retry_strategy=pafs.AwsDefaultS3RetryStrategy(max_attempts=max_attempts), **options)
+        self._max_attempts = max_attempts
+
+    def __reduce__(self):
+        _, (options,) = super().__reduce__()  # the resolved options, credentials excluded
+        return _rebuild_s3_filesystem, (options, self._max_attempts)
+
+
+def _rebuild_s3_filesystem(options: dict[str, Any], max_attempts: int) -> _RetryingS3FileSystem:
+    return _RetryingS3FileSystem(max_attempts=max_attempts, **options)
+
+
 @functools.lru_cache(maxsize=16)
 def _s3_filesystem(endpoint_url: str | None, region: str | None) -> pafs.S3FileSystem:
     options: dict[str, Any] = {}
@@ -55,7 +119,10 @@ def _s3_filesystem(endpoint_url: str | None, region: str | None) -> pafs.S3FileS
         options["scheme"] = parsed.scheme or "https"
     if region:
         options["region"] = region
-    return pafs.S3FileSystem(**options)
+    # A small object then goes up in one PutObject when the stream closes, instead of a
+    # multipart upload opened up front (three requests, each one more chance to fail).
+    options["allow_delayed_open"] = True
+    return _RetryingS3FileSystem(max_attempts=S3_REQUEST_ATTEMPTS, **options)
 
 
 def resolve(url: str, *, endpoint_url: str | None = None, region: str | None = None) -> tuple[pafs.FileSystem, str]:
@@ -81,43 +148,115 @@ def join(url: str, *parts: str) -> str:
     return posixpath.join(url.rstrip("/"), *parts)
 
 
+def is_transient(error: BaseException) -> bool:
+    """Whether an S3 error may succeed if tried again (network, 5xx, throttling)."""
+    if isinstance(error, _IncompleteUpload):
+        return True
+    if not isinstance(error, OSError) or isinstance(error, (FileNotFoundError, PermissionError)):
+        return False
+    return bool(_TRANSIENT_S3_ERROR.search(str(error)))
+
+
+def with_retries(url: str, what: str, operation: Callable[[], _T]) -> _T:
+    """Run ``operation`` (which touches ``url``), again after transient S3 errors, with
+    exponential backoff and jitter, until ``RETRY_DEADLINE_S``. Local paths: one try."""
+    if is_local(url):
+        return operation()
+    deadline = time.monotonic() + RETRY_DEADLINE_S
+    delay, attempt = _FIRST_DELAY_S, 1
+    while True:
+        try:
+            return operation()
+        except OSError as error:
+            wait = delay * random.uniform(0.5, 1.0)  # jitter: concurrent trials do not retry in step
+            if not is_transient(error) or time.monotonic() + wait > deadline:
+                if attempt > 1:
+                    error.add_note(f"sqz storage: gave up on {what} {url} after {attempt} attempts")
+                raise
+            _log.warning("sqz storage: %s %s failed (%s); retry %d in %.1f s",
+                         what, url, str(error).splitlines()[0], attempt, wait)  # fmt: skip
+            time.sleep(wait)
+            delay, attempt = min(delay * 2, _MAX_DELAY_S), attempt + 1
+
+
 def write_bytes(url: str, data: bytes, **options: Any) -> None:
     """Write ``data`` so that a reader sees either nothing or the whole object.
 
-    Locally: write a temporary sibling, then rename over the final name (atomic on POSIX).
-    On S3 an object becomes visible only when its upload completes, so one PUT suffices.
+    Both on disk and on S3: write a temporary sibling (a dot name, which dataset
+    listings skip), check its size, then move it to the final name. Locally the move is
+    a rename, atomic on POSIX. On S3 a single PUT is already all-or-nothing; the
+    temporary key is kept there anyway because retries make the upload a sequence of
+    attempts, and the size check before the server-side copy guarantees that only a
+    complete upload ever appears under the final key (a stream cut short, a retried
+    part). The cost is one server-side copy per object (fine up to S3's 5 GB copy limit).
     """
     fs, path = resolve(url, **options)
     parent = posixpath.dirname(path)
-    if is_local(url):
-        fs.create_dir(parent, recursive=True)
-        # A dot prefix keeps the temporary out of dataset listings (pyarrow skips "." files).
-        temporary = posixpath.join(parent, f".{posixpath.basename(path)}.tmp-{uuid.uuid4().hex}")
+    # One temporary name per call: a retried attempt overwrites it, not a second orphan.
+    temporary = posixpath.join(parent, f".{posixpath.basename(path)}.tmp-{uuid.uuid4().hex}")
+
+    def attempt() -> None:
+        if is_local(url):
+            fs.create_dir(parent, recursive=True)
         with fs.open_output_stream(temporary) as out:
             out.write(data)
+        written = fs.get_file_info(temporary).size
+        if written != len(data):
+            raise _IncompleteUpload(f"{url}: the temporary object holds {written} of {len(data)} bytes")
         fs.move(temporary, path)
-    else:
-        with fs.open_output_stream(path) as out:
-            out.write(data)
+
+    with_retries(url, "write", attempt)
 
 
 def read_bytes(url: str, **options: Any) -> bytes:
     fs, path = resolve(url, **options)
-    try:
+
+    def attempt() -> bytes:
         with fs.open_input_stream(path) as stream:
             return stream.read()
+
+    try:
+        return with_retries(url, "read", attempt)
     except FileNotFoundError:
         raise FileNotFoundError(f"no such object: {url}") from None
 
 
 def exists(url: str, **options: Any) -> bool:
     fs, path = resolve(url, **options)
-    return fs.get_file_info(path).type != pafs.FileType.NotFound
+    return with_retries(url, "stat", lambda: fs.get_file_info(path).type != pafs.FileType.NotFound)
 
 
 def size_of(url: str, **options: Any) -> int:
     fs, path = resolve(url, **options)
-    info = fs.get_file_info(path)
+    info = with_retries(url, "stat", lambda: fs.get_file_info(path))
     if info.type != pafs.FileType.File:
         raise FileNotFoundError(f"no such object: {url}")
     return int(info.size)
+
+
+def list_dir(url: str, **options: Any) -> list[tuple[str, bool]]:
+    """(name, is_folder) of the entries directly under ``url``, sorted; [] if none."""
+    fs, path = resolve(url, **options)
+    selector = pafs.FileSelector(path, allow_not_found=True, recursive=False)
+    infos = with_retries(url, "list", lambda: fs.get_file_info(selector))
+    return sorted((info.base_name, info.type == pafs.FileType.Directory) for info in infos)
+
+
+def walk(url: str, **options: Any) -> list[tuple[str, int]]:
+    """(path relative to ``url``, size) of every file under ``url``, sorted."""
+    fs, path = resolve(url, **options)
+    selector = pafs.FileSelector(path, allow_not_found=True, recursive=True)
+    infos = with_retries(url, "list", lambda: fs.get_file_info(selector))
+    prefix = path.rstrip("/") + "/"
+    return sorted((info.path.removeprefix(prefix), int(info.size)) for info in infos if info.type == pafs.FileType.File)
+
+
+def delete_tree(url: str, **options: Any) -> None:
+    """Delete ``url`` and everything under it (no error if it does not exist)."""
+    fs, path = resolve(url, **options)
+
+    def attempt() -> None:
+        if fs.get_file_info(path).type != pafs.FileType.NotFound:
+            fs.delete_dir(path)
+
+    with_retries(url, "delete", attempt)

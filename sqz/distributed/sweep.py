@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
+from ray.tune.execution import class_cache as _tune_class_cache
 
 from sqz import metrics, sensitivity, storage
 from sqz.compress import codec
@@ -30,6 +31,14 @@ from sqz.runs import RunLayout
 from sqz.trial import TrialSpec, compress_and_evaluate, trial_id
 
 __all__ = ["sweep", "grid_points", "per_layer_points", "sensitivity_config_of"]
+
+# Ray Tune copies AWS_* credentials from the driver's environment into every trial's
+# runtime_env, and Ray writes runtime envs in clear text to runtime_env_agent.log. Trials
+# read credentials from their own environment instead (inherited from the driver on a
+# local Ray, from the cluster's Secret on KubeRay), so sqz stops that copy.
+_tune_env_vars = getattr(_tune_class_cache, "ENV_VARS_TO_PROPAGATE", None)
+if isinstance(_tune_env_vars, set):
+    _tune_env_vars.difference_update({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN"})
 
 
 def grid_points(sweep_cfg: SweepConfig) -> list[dict[str, Any]]:
@@ -163,10 +172,23 @@ def _scheduler(sweep_cfg: SweepConfig) -> _StopRecordingASHA | None:
                               max_t=sweep_cfg.retrain_epochs + 1, grace_period=1, reduction_factor=2)  # fmt: skip
 
 
-def sweep(layout: RunLayout, sweep_cfg: SweepConfig, data_cfg: DataConfig, arch: dict[str, Any]) -> list[dict[str, Any]]:
+class _Progress(tune.Callback):
+    """Calls ``on_progress(finished, total)`` in the driver as each trial ends."""
+
+    def __init__(self, on_progress: Callable[[int, int], None], finished: int, total: int) -> None:
+        self.on_progress, self.finished, self.total = on_progress, finished, total
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.finished += 1
+        self.on_progress(self.finished, self.total)
+
+
+def sweep(layout: RunLayout, sweep_cfg: SweepConfig, data_cfg: DataConfig, arch: dict[str, Any], *,
+          on_progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """Run the grid's missing trials; returns every trial row of the grid (old and new).
     With ``sweep_cfg.per_layer`` the sensitivity table is completed first (on Ray) and the
-    grid is one per-layer trial per target."""
+    grid is one per-layer trial per target. ``on_progress(finished, total)``, if given, is
+    called at the start (trials already done count as finished) and as each trial ends."""
     if sweep_cfg.per_layer:
         from sqz.distributed.sensitivity import run_sensitivity
 
@@ -179,6 +201,8 @@ def sweep(layout: RunLayout, sweep_cfg: SweepConfig, data_cfg: DataConfig, arch:
         stopped = set()  # without early stopping asked for, an earlier ASHA stop is no answer
     todo = [p for p in points if p["trial_id"] not in done | stopped]
     finished = len(points) - len(todo)
+    if on_progress:
+        on_progress(finished, len(points))
     if todo:
         print(f"[sqz] sweep: {len(todo)} trial(s) to run, {finished} already done", flush=True)
         baseline = storage.read_bytes(layout.baseline_url)
@@ -200,7 +224,8 @@ def sweep(layout: RunLayout, sweep_cfg: SweepConfig, data_cfg: DataConfig, arch:
                 max_concurrent_trials=sweep_cfg.max_concurrent, scheduler=scheduler,
                 trial_dirname_creator=lambda trial: f"{trial.config['trial_id']}_{trial.trial_id}",
             ),
-            run_config=tune.RunConfig(name="ray-tune", storage_path=path, storage_filesystem=fs, verbose=0),
+            run_config=tune.RunConfig(name="ray-tune", storage_path=path, storage_filesystem=fs, verbose=0,
+                                      callbacks=[_Progress(on_progress, finished, len(points))] if on_progress else None),
         )
         results = tuner.fit()
         if scheduler is not None:

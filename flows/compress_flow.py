@@ -1,0 +1,54 @@
+"""compress_model: one checkpoint + one setting -> a .sqz file and its evaluation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, task
+from prefect.artifacts import create_table_artifact
+
+from flows.common import CACHED, NOT_CACHED, RETRYING, artifact_key, in_run, publish_outputs
+from sqz import metrics, storage
+from sqz.config import DataConfig, PruneConfig, QuantConfig, config_from_dict
+from sqz.runs import RunLayout
+from sqz.trial import TrialSpec, compress_and_evaluate, trial_id
+
+
+@task(name="compress-checkpoint", **RETRYING, **CACHED)
+def compress_checkpoint(checkpoint_url: str, model_url: str, run_id: str, arch: dict[str, Any],
+                        data_config: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    trial_spec = TrialSpec(**{**spec, "prune": config_from_dict(PruneConfig, spec["prune"]),
+                              "quant": config_from_dict(QuantConfig, spec["quant"])})  # fmt: skip
+    return compress_and_evaluate(baseline=storage.read_bytes(checkpoint_url), arch=arch, spec=trial_spec,
+                                 data=config_from_dict(DataConfig, data_config), model_url=model_url, run_id=run_id)  # fmt: skip
+
+
+@task(name="record-trial", **RETRYING, **NOT_CACHED)
+def record_trial(run_url: str, row: dict[str, Any]) -> str:
+    return metrics.write_rows(run_url, "sweep_trials", [row], writer_id=row["trial_id"])
+
+
+@flow(name="compress_model")
+def compress_model(run_url: str, arch: dict[str, Any], data_config: dict[str, Any], prune: dict[str, Any],
+                   quant: dict[str, Any], retrain_epochs: int = 0, retrain_lr: float = 1e-4,
+                   retrain_optimizer: str = "adamw", checkpoint_url: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """Prune, retrain, quantize and encode one checkpoint (default: the run's baseline)
+    into ``<run>/models/<trial>.sqz``, evaluate the decoded file, and add its row to the
+    run's sweep_trials table (a grid point of a sweep is the same trial, same file)."""
+    storage.check_url(run_url, option="run_url")
+    run_url = storage.absolute(run_url)
+    layout = RunLayout(run_url)
+    prune_cfg, quant_cfg = config_from_dict(PruneConfig, prune), config_from_dict(QuantConfig, quant)  # bad input fails here
+    config_from_dict(DataConfig, data_config)
+    if retrain_epochs < 0:
+        raise ValueError(f"retrain_epochs: must be >= 0, got {retrain_epochs}")
+    checkpoint_url = storage.absolute(checkpoint_url) if checkpoint_url else layout.baseline_url
+    name = trial_id(prune_cfg, quant_cfg.bits)
+    spec = {"prune": prune, "quant": quant, "retrain_epochs": retrain_epochs, "retrain_lr": retrain_lr,
+            "retrain_optimizer": retrain_optimizer}  # fmt: skip
+    row = in_run(compress_checkpoint, run_url)(checkpoint_url, layout.model_url(name), layout.run_id, arch, data_config, spec)
+    record_trial(run_url, row)
+    create_table_artifact([row], key=artifact_key(layout.run_id, name, "evaluation"),
+                          description=f"{name}: the decoded .sqz file evaluated on {data_config.get('url', 'digits')}")  # fmt: skip
+    publish_outputs(run_url, include=lambda kind, url: url in (row["model_url"],) or url.endswith(f"/sweep_trials/{name}.parquet"))
+    return row

@@ -1,0 +1,220 @@
+"""The flows and their tasks called as functions, on Prefect's ephemeral API."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import os
+
+import pytest
+import torch
+from prefect.cache_policies import NO_CACHE
+from prefect.settings import PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW, temporary_settings
+from safetensors.torch import save
+
+import flows.common
+import flows.compress_flow
+import flows.sweep_flow
+import flows.train_flow
+from flows.common import RunResultStorage, artifact_key, code_version
+from flows.compress_flow import compress_model
+from flows.pipeline_flow import squeeze_pipeline
+from flows.report_flow import report_run
+from prefect_readback import by_kind, links, read_run_tree
+from sqz import metrics, storage
+from sqz.compress import decode
+from sqz.config import DataConfig, PipelineConfig, SweepConfig, TrainConfig, config_to_dict
+from sqz.distributed.train import TrainResult
+from sqz.models import build_model
+from sqz.runs import RunLayout
+
+ARCH = {"name": "squeezenet_small", "kwargs": {"num_classes": 10}}
+PRUNE, QUANT = {"mode": "std", "amount": 0.5}, {"bits": 4, "finetune_epochs": 0}
+
+
+@pytest.fixture
+def baseline_run(tmp_path):
+    """A run folder holding an untrained baseline: enough for compress and report flows."""
+    run_url = str(tmp_path / "runs" / "manual")
+    torch.manual_seed(0)
+    storage.write_bytes(RunLayout(run_url).baseline_url, save(build_model(ARCH["name"], **ARCH["kwargs"]).state_dict()))
+    return run_url
+
+
+def _counting(monkeypatch, module, name):
+    """Replace ``module.name`` by a wrapper that counts its calls (and still does the work)."""
+    calls = []
+    real = getattr(module, name)
+
+    def wrapper(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, wrapper)
+    return calls
+
+
+def test_bad_input_fails_at_once_and_transient_errors_are_retried(monkeypatch, tmp_path):
+    calls = []
+
+    def flaky_train(layout, train_cfg, data_cfg):
+        calls.append(layout.run_url)
+        if len(calls) < 3:
+            raise OSError("AWS Error SLOW_DOWN during PutObject operation: Please reduce your request rate.")
+        return TrainResult(baseline_url="b", parameters=1, size_bytes=4, top1=1.0, top5=2.0, epochs=1)
+
+    monkeypatch.setattr(flows.train_flow, "train", flaky_train)
+    # The task as the flows use it, only without waiting between retries or caching;
+    # called outside a flow, so its logs stay local.
+    task = flows.train_flow.train_baseline.with_options(retry_delay_seconds=0, cache_policy=NO_CACHE)
+    with temporary_settings({PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW: "ignore"}):
+        state = task(str(tmp_path), {"epochs": 1}, {"url": "digits"}, return_state=True)
+        assert state.is_completed() and len(calls) == 3  # failed twice, retried, then done
+
+        calls.clear()
+        state = task(str(tmp_path), {"epochs": 0}, {"url": "digits"}, return_state=True)  # sqz raises ValueError
+    assert state.is_failed() and calls == []
+    with pytest.raises(ValueError, match="epochs: must be at least 1"):
+        state.result()
+    assert flows.train_flow.train_baseline.retries == 3  # it would have retried anything else
+
+
+def test_flow_rejects_bad_input_before_any_work(baseline_run):
+    state = compress_model(baseline_run, ARCH, {"url": "digits"}, {"mode": "std", "amount": -1.0}, QUANT, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(ValueError, match="threshold: must be >= 0"):
+        state.result()
+    assert not storage.exists(storage.join(baseline_run, "metrics"))
+    tasks = read_run_tree(state.state_details.flow_run_id)["task_runs"]
+    assert tasks == []  # failed in the flow body, before any task ran
+
+
+@pytest.mark.slow
+def test_compress_model_writes_the_file_its_row_and_artifacts_and_reruns_from_cache(baseline_run, monkeypatch):
+    calls = _counting(monkeypatch, flows.compress_flow, "compress_and_evaluate")
+    first = compress_model(baseline_run, ARCH, {"url": "digits"}, PRUNE, QUANT, return_state=True)
+    row = first.result()
+    assert os.path.getsize(row["model_url"]) == row["size_bytes"] and len(calls) == 1
+    assert decode(open(row["model_url"], "rb").read()) is not None
+    assert metrics.read_table(baseline_run, "sweep_trials").to_pylist() == [row]
+    tree = read_run_tree(first.state_details.flow_run_id)
+    linked = links(tree["artifacts"])
+    assert f"file://{row['model_url']}" in linked
+    assert f"file://{baseline_run}/metrics/sweep_trials/std0.5-b4.parquet" in linked
+    assert any(a.type == "table" and a.key == artifact_key("manual", "std0.5-b4", "evaluation") for a in tree["artifacts"])
+    # The task's result lives in the run folder, as plain JSON.
+    records = storage.walk(storage.join(baseline_run, flows.common.RESULTS_FOLDER))
+    assert len(records) == 1 and b'"serializer":{"type":"json"' in storage.read_bytes(
+        storage.join(baseline_run, flows.common.RESULTS_FOLDER, records[0][0])).replace(b" ", b"")  # fmt: skip
+
+    again = compress_model(baseline_run, ARCH, {"url": "digits"}, PRUNE, QUANT, return_state=True)
+    assert again.result() == row and len(calls) == 1  # same inputs, same code: reused
+    cached = [t for t in read_run_tree(again.state_details.flow_run_id)["task_runs"] if t.name.startswith("compress")]
+    assert [t.state.name for t in cached] == ["Cached"]
+
+    monkeypatch.setattr(flows.common, "code_version", lambda: "another-version")
+    compress_model(baseline_run, ARCH, {"url": "digits"}, PRUNE, QUANT)
+    assert len(calls) == 2  # other code: computed again
+
+
+def test_code_version_follows_the_sources():
+    assert code_version().startswith(__import__("sqz").__version__ + "+") and code_version() == code_version()
+
+
+@pytest.mark.integration
+def test_run_result_storage_on_s3(s3_bucket):
+    block = RunResultStorage(basepath=f"{s3_bucket}/runs/r/prefect-results")
+    block.write_path("k1", b'{"x": 1}', _sync=True)
+    assert block.read_path("k1", _sync=True) == b'{"x": 1}'
+    assert storage.read_bytes(f"{s3_bucket}/runs/r/prefect-results/k1") == b'{"x": 1}'
+    with pytest.raises(FileNotFoundError):
+        block.read_path("missing", _sync=True)
+
+
+def test_report_run_shows_report_trials_and_plot(baseline_run):
+    trials = [{"run_id": "manual", "trial_id": f"std{q}-b4", "prune_mode": "std", "threshold": q, "bits": 4,
+               "density": 1 - q / 2, "size_bytes": int(1000 * (2 - q)), "top1": 90 - 5 * q, "top5": 99.0,
+               "ratio_vs_alexnet_32bit": 1e5, "model_url": "m", "wall_s": 1.0} for q in (0.3, 0.6)]  # fmt: skip
+    baseline = {"model": "squeezenet_small", "parameters": 727626, "size_bytes": 2910504, "top1": 90.0, "top5": 99.0}
+    if not storage.exists(storage.join(baseline_run, "report", "pareto.png")):
+        # A plot in the report folder, as sqz.report draws one (where it does, it overwrites this).
+        import io
+
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        figure, axes = plt.subplots(figsize=(2, 2))
+        axes.plot([t["size_bytes"] for t in trials], [t["top1"] for t in trials], "o")
+        png = io.BytesIO()
+        figure.savefig(png, format="png")
+        plt.close(figure)
+        storage.write_bytes(storage.join(baseline_run, "report", "pareto.png"), png.getvalue())
+    state = report_run(baseline_run, baseline, trials, 5.0, return_state=True)
+    summary = state.result()
+    artifacts = read_run_tree(state.state_details.flow_run_id)["artifacts"]
+    by_type = by_kind(artifacts)
+    assert by_type["markdown"][0].data == summary["report_markdown"]
+    table = by_type["table"][0].data
+    assert "std0.3-b4" in str(table) and "std0.6-b4" in str(table)
+    assert {f"file://{baseline_run}/report/report.md", f"file://{baseline_run}/report/pareto.png"} <= links(artifacts)
+    png = storage.read_bytes(storage.join(baseline_run, "report", "pareto.png"))
+    assert by_type["image"][0].data == "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_pipeline_retries_resumes_and_reruns_nothing_that_finished(ray_local, tmp_path, monkeypatch):
+    real_train = flows.train_flow.train
+    trainings, first_epoch = [], []
+
+    def train_losing_a_node_after_epoch_1(layout, train_cfg, data_cfg):
+        trainings.append(train_cfg.epochs)
+        if len(trainings) == 1:  # the first attempt gets through epoch 1 of 2, then fails
+            real_train(layout, dataclasses.replace(train_cfg, epochs=1), data_cfg)
+            first_epoch.append(os.stat(metrics.table_files(layout.run_url, "train_epochs")[0]).st_mtime_ns)
+            raise RuntimeError("simulated: the Ray node running the training was lost")
+        return real_train(layout, train_cfg, data_cfg)
+
+    monkeypatch.setattr(flows.train_flow, "train", train_losing_a_node_after_epoch_1)
+    sweeps = _counting(monkeypatch, flows.sweep_flow, "sweep")
+    config = config_to_dict(PipelineConfig(
+        data=DataConfig(), train=TrainConfig(epochs=2, workers=1),
+        sweep=SweepConfig(thresholds=(0.3, 0.9), bits=(4,), retrain_epochs=0, max_concurrent=2,
+                          quant={"bits": 8, "finetune_epochs": 0}),
+        storage_url=str(tmp_path / "runs"),
+    ))  # fmt: skip
+    first = squeeze_pipeline(config=config, run_id="twice", return_state=True)
+    summary = first.result()
+    run_url = str(tmp_path / "runs" / "twice")
+    # Prefect retried the training task, and the retry resumed Ray Train from the
+    # epoch-1 checkpoint: epoch 1's row was not written again.
+    assert trainings == [2, 2] and len(sweeps) == 1 and len(summary["trials"]) == 2
+    epoch_files = metrics.table_files(run_url, "train_epochs")
+    assert len(epoch_files) == 2 and os.stat(epoch_files[0]).st_mtime_ns == first_epoch[0]
+    models = os.path.join(run_url, "models")
+    stamps = {name: os.stat(os.path.join(models, name)).st_mtime_ns for name in os.listdir(models)}
+    tune_trials = os.listdir(os.path.join(run_url, "tune", "ray-tune"))
+
+    tree = read_run_tree(first.state_details.flow_run_id)
+    assert len(tree["flow_runs"]) == 4 and all(r.state.is_completed() for r in tree["flow_runs"])  # + 3 subflows
+    train_run = next(t for t in tree["task_runs"] if t.name.startswith("train-baseline"))
+    assert train_run.run_count == 2 and train_run.state.is_completed()
+    kinds = by_kind(tree["artifacts"])
+    assert {"markdown", "table", "link", "progress"} <= set(kinds)
+    assert [a.data for a in kinds["progress"]] == [100.0]  # updated as the 2 trials finished
+    linked = links(tree["artifacts"])
+    for name in stamps:
+        assert f"file://{models}/{name}" in linked
+    for table in ("train_epochs", "sweep_trials"):
+        for url in metrics.table_files(run_url, table):
+            assert f"file://{url}" in linked
+
+    again = squeeze_pipeline(config=config, run_id="twice", return_state=True)
+    assert again.result()["trials"] == summary["trials"]
+    assert len(trainings) == 2 and len(sweeps) == 1  # no training and no trial ran again
+    assert {n: os.stat(os.path.join(models, n)).st_mtime_ns for n in os.listdir(models)} == stamps
+    assert os.listdir(os.path.join(run_url, "tune", "ray-tune")) == tune_trials
+    states = {t.name.rsplit("-", 1)[0]: t.state.name for t in read_run_tree(again.state_details.flow_run_id)["task_runs"]}
+    assert states["train-baseline"] == "Cached" and states["run-sweep"] == "Cached"
