@@ -171,6 +171,9 @@ def compress_and_evaluate(
         "ratio_vs_alexnet_32bit": ALEXNET_FLOAT32_BYTES / len(encoded),
         "model_url": model_url,
         "wall_s": time.perf_counter() - start,
+        # The row has every sweep_trials column, so what is returned equals what is read back.
+        "target": None,
+        "layer_settings": None,
     }
     if spec.per_layer:
         settings = {
