@@ -341,8 +341,9 @@ def _cmd_import_dc(args: argparse.Namespace) -> int:
     decoded = decode(data)  # prove the file before reporting it
     exact = all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), decoded.state_dict().values()))
     storage.write_bytes(args.out, data)
+    what = "the re-clustered weights" if quant is not None else "the released weights"
     print(f"{args.file}: {len(source):,} bytes -> {args.out}: {len(data):,} bytes "
-          f"({100 * len(data) / len(source):.1f}%), weights bit-exact: {exact}")  # fmt: skip
+          f"({100 * len(data) / len(source):.1f}%), decodes to {what} bit-exact: {exact}")  # fmt: skip
     return 0 if exact else 1
 
 

@@ -83,8 +83,10 @@ def compressed_row(url: str) -> SizeRow:
     size = storage.size_of(url)
     source = str(header.get("meta", {}).get("source", ""))
     accuracy, accuracy_source = None, ""
-    if source.startswith("Deep Compression release") and arch["name"] == "squeezenet1_0":
-        # The released file is the paper's "SqueezeNet + Deep Compression" row.
+    released = source.startswith("Deep Compression release") and arch["name"] == "squeezenet1_0"
+    if released and "reclustered" not in header.get("meta", {}):
+        # The released weights, losslessly: the paper's "SqueezeNet + Deep Compression" row.
+        # Re-clustered ones are other weights, whose accuracy nobody published.
         accuracy, accuracy_source = MODEL_FACTS["squeezenet1_0"].published_accuracy, "SqueezeNet paper, Table 2"
     note = (f"{arch['name']}, {nonzero:,} of {shared:,} weights kept ({100 * nonzero / max(shared, 1):.1f}%), "
             f"{4 * params / size:.1f}x smaller than its float32")  # fmt: skip
