@@ -90,7 +90,7 @@ def main() -> None:
 def _methods(skip_baselines: bool):
     from sqz.compress.exact_kmeans import exact_kmeans_1d
 
-    yield "sqz exact (numba DP)", exact_kmeans_1d
+    yield "sqz exact (numba, Lagrangian DP)", exact_kmeans_1d
     if skip_baselines:
         return
     import ckwrap

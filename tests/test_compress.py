@@ -185,6 +185,41 @@ def test_exact_kmeans_never_worse_than_lloyd(values, k):
     assert exact <= lloyd * (1 + 1e-9) + 1e-12
 
 
+def test_lagrangian_path_matches_the_table_dp_on_weights_like_data():
+    from sqz.compress import exact_kmeans
+
+    rng = np.random.default_rng(3)
+    x = rng.laplace(scale=0.02, size=30_000)
+    x = x[np.abs(x) > 0.01]
+    distinct, counts = np.unique(x, return_counts=True)
+    w = counts.astype(np.float64)
+    c = distinct - np.average(distinct, weights=w)
+    sums = [np.concatenate([[0.0], np.cumsum(v)]) for v in (w, w * c, w * c * c)]
+    for k in (2, 16, 255):
+        lagrangian = exact_kmeans._lagrangian_bounds(*sums, k)
+        assert lagrangian is not None and np.array_equal(lagrangian, exact_kmeans._optimal_bounds(*sums, k))
+
+
+def test_degenerate_cluster_count_is_optimal_and_has_a_fallback(monkeypatch):
+    from sqz.compress import exact_kmeans
+
+    # 0, 1, 2, 3: D(2) = 1, D(3) = 0.5, D(4) = 0 lie on a line, so 3 runs are optimal for
+    # the penalised problem only at a tie, which rounding may or may not hit.
+    values = np.array([0.0, 1.0, 2.0, 3.0])
+    assert within_cluster_sse(values, *kmeans_1d(values, 3, method="exact")) == pytest.approx(0.5)
+    # Where no penalty gives k runs, the table DP answers ...
+    monkeypatch.setattr(exact_kmeans, "_lagrangian_bounds", lambda *a: None)
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        x = rng.standard_normal(9)
+        assert within_cluster_sse(x, *kmeans_1d(x, 3, method="exact")) == pytest.approx(_brute_force_sse(x, 3), rel=1e-9)
+    # ... and past its size limit "exact" says so while "auto" takes Lloyd.
+    monkeypatch.setattr(exact_kmeans, "MAX_EXACT_CELLS", 4)
+    with pytest.raises(exact_kmeans.ExactKMeansUnavailable, match="table limit"):
+        kmeans_1d(values, 3, method="exact")
+    assert len(kmeans_1d(values, 3, method="auto")[0]) <= 3
+
+
 def test_exact_kmeans_beats_lloyd_on_weights_like_data():
     rng = np.random.default_rng(0)
     x = rng.laplace(scale=0.02, size=20_000)

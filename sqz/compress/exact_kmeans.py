@@ -2,16 +2,27 @@
 
 In 1-D an optimal clustering is a partition of the sorted values into contiguous runs, so
 D[j][i] = min over m of D[j-1][m] + SSE(values m..i-1) with SSE from prefix sums in O(1).
-The argmin is monotone in i (the cost is concave-Monge), which the divide-and-conquer
-optimisation uses: O(n log n) per cluster count instead of O(n^2). The candidate window
-is further tightened by the previous row's argmin (opt[j-1][i] <= opt[j][i]), which in
-practice leaves only a few candidates per cell. Identical values are merged into one
-weighted point first (an optimal clustering never splits them), which makes re-clustering
-an already weight-shared layer nearly free.
+SSE satisfies the quadrangle inequality (concave Monge), which gives two exact methods:
+
+- Lagrangian relaxation (the default path): drop the "exactly k runs" constraint and
+  charge ``lam`` per run instead. That 1-D problem is solved in O(n log n) with a deque
+  of candidate run starts (each new candidate overtakes the older ones from one
+  position on, found by binary search), with O(n) memory. D(k) is convex in k, so some
+  ``lam`` makes a k-run partition optimal for the penalised problem, and any such
+  partition is optimal for k runs. A bisection on log(lam) finds it in 7 to 16 passes on
+  SqueezeNet's layers: about 0.4 s for all of SqueezeNet v1.0 at k = 256 on one core,
+  against 2.6 s for the table below, with the same boundaries on every layer.
+- The k x n table with divide and conquer on the monotone argmin, O(k n log n), tightened
+  by the previous row's argmin: the fallback for the degenerate case where no ``lam``
+  yields exactly k runs (D(k) linear around k, e.g. under ties), bounded by
+  :data:`MAX_EXACT_CELLS`.
+
+Identical values are merged into one weighted point first (an optimal clustering never
+splits them), which makes re-clustering an already weight-shared layer nearly free.
 
 numba rather than a C extension: it is a pip wheel on every platform torch supports,
-and the 30-line kernel stays readable Python. The ``ckwrap`` package (Ckmeans.1d.dp) is
-the reference implementation; bench/bench_compress.py times both.
+and the kernels stay readable Python. The ``ckwrap`` package (Ckmeans.1d.dp) is the
+reference implementation; bench/bench_compress.py times both.
 """
 
 from __future__ import annotations
@@ -19,11 +30,104 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["exact_kmeans_1d", "MAX_EXACT_CELLS"]
+__all__ = ["exact_kmeans_1d", "ExactKMeansUnavailable", "MAX_EXACT_CELLS"]
 
-# The backtracking table holds k x n int32 argmins: bound it (256 MB) rather than let a
-# huge fully connected layer exhaust memory; quantize_'s "auto" falls back to Lloyd past it.
+# The fallback's backtracking table holds k x n int32 argmins: bound it (256 MB) rather
+# than let a huge fully connected layer exhaust memory; "auto" uses Lloyd past it.
 MAX_EXACT_CELLS = 64_000_000
+# Bisection passes on log(lam) before the table fallback; 7 to 16 suffice on real weights.
+MAX_LAGRANGE_PASSES = 100
+
+
+class ExactKMeansUnavailable(ValueError):
+    """The degenerate case needs the table fallback and it exceeds MAX_EXACT_CELLS."""
+
+
+@njit(inline="always", error_model="numpy")
+def _run_cost(G, S0, S1, S2, m, i, lam):  # pragma: no cover - compiled
+    """G[m] + SSE of points m..i-1 + lam: a partition ending at i whose last run starts at m."""
+    s = S1[i] - S1[m]
+    c = (S2[i] - S2[m]) - s * s / (S0[i] - S0[m])
+    return G[m] + (c if c > 0.0 else 0.0) + lam
+
+
+@njit(cache=True, error_model="numpy")
+def _penalised_runs(S0, S1, S2, lam, G, count, start, queue_start, queue_from):  # pragma: no cover - compiled
+    """min over partitions of SSE + lam x runs, for every prefix; returns the run count of
+    the whole. ``start[i]`` is where the last run of the best partition of 0..i-1 starts.
+    The queue holds candidate starts, each optimal from ``queue_from`` on: by the
+    quadrangle inequality a newer start, once better at some end, stays better after."""
+    n = S0.size - 1
+    G[0] = 0.0
+    count[0] = 0
+    head, tail = 0, 1
+    queue_start[0] = 0
+    queue_from[0] = 1
+    for i in range(1, n + 1):
+        while tail - head > 1 and queue_from[head + 1] <= i:
+            head += 1
+        m = queue_start[head]
+        G[i] = _run_cost(G, S0, S1, S2, m, i, lam)
+        count[i] = count[m] + 1
+        start[i] = m
+        if i == n:
+            break
+        # Start i enters: drop the candidates it beats from their first position on.
+        first = i + 1
+        while tail > head:
+            last = queue_start[tail - 1]
+            first = queue_from[tail - 1] if queue_from[tail - 1] > i + 1 else i + 1
+            if _run_cost(G, S0, S1, S2, i, first, lam) <= _run_cost(G, S0, S1, S2, last, first, lam):
+                tail -= 1
+            else:
+                break
+        if tail == head:
+            queue_start[tail] = i
+            queue_from[tail] = i + 1
+            tail += 1
+            continue
+        last = queue_start[tail - 1]
+        if _run_cost(G, S0, S1, S2, i, n, lam) > _run_cost(G, S0, S1, S2, last, n, lam):
+            continue  # never better than the last candidate
+        worse, better = first, n  # binary search for the first end where i wins
+        while better - worse > 1:
+            mid = (worse + better) >> 1
+            if _run_cost(G, S0, S1, S2, i, mid, lam) <= _run_cost(G, S0, S1, S2, last, mid, lam):
+                better = mid
+            else:
+                worse = mid
+        queue_start[tail] = i
+        queue_from[tail] = better
+        tail += 1
+    return count[n]
+
+
+def _lagrangian_bounds(S0: np.ndarray, S1: np.ndarray, S2: np.ndarray, k: int) -> np.ndarray | None:
+    """Run boundaries of an optimal k-run partition, or None if no penalty gives k runs."""
+    n = S0.size - 1
+    G, count, start = np.empty(n + 1), np.empty(n + 1, np.int64), np.empty(n + 1, np.int64)
+    queue_start, queue_from = np.empty(n + 1, np.int64), np.empty(n + 1, np.int64)
+    # A penalty above the one-run cost leaves one run; a tiny one (far below the ~total/k^3
+    # that k runs cost per run) leaves every point alone. Bisect between them on a log scale.
+    high = float(S2[n] - S1[n] ** 2 / S0[n]) + 1.0
+    low = high * 1e-24
+    for _ in range(MAX_LAGRANGE_PASSES):
+        lam = float(np.sqrt(low * high))
+        runs = _penalised_runs(S0, S1, S2, lam, G, count, start, queue_start, queue_from)
+        if runs == k:
+            bounds = np.empty(k + 1, dtype=np.int64)
+            bounds[k] = end = n
+            for j in range(k - 1, -1, -1):
+                end = start[end]
+                bounds[j] = end
+            return bounds
+        if runs > k:
+            low = lam
+        else:
+            high = lam
+        if high <= low * (1 + 1e-15):
+            break
+    return None
 
 
 @njit(cache=True, error_model="numpy")  # no zero-division checks: widths are >= 1
@@ -89,15 +193,18 @@ def exact_kmeans_1d(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]
     n = distinct.size
     if n <= k:
         return distinct, inverse.astype(np.int64)
-    if k * n > MAX_EXACT_CELLS:
-        raise ValueError(f"exact_kmeans_1d: {n} distinct values x k={k} exceeds the {MAX_EXACT_CELLS:,}-cell table limit")
     # Centre first: the prefix sums of squares then lose far less to cancellation.
     centred = distinct - np.average(distinct, weights=weights)
     w = weights.astype(np.float64)
     S0 = np.concatenate([[0.0], np.cumsum(w)])
     S1 = np.concatenate([[0.0], np.cumsum(w * centred)])
     S2 = np.concatenate([[0.0], np.cumsum(w * centred * centred)])
-    bounds = _optimal_bounds(S0, S1, S2, k)
+    bounds = _lagrangian_bounds(S0, S1, S2, k)
+    if bounds is None:
+        if k * n > MAX_EXACT_CELLS:
+            raise ExactKMeansUnavailable(f"exact_kmeans_1d: {n} distinct values x k={k} exceeds the "
+                                         f"{MAX_EXACT_CELLS:,}-cell table limit")  # fmt: skip
+        bounds = _optimal_bounds(S0, S1, S2, k)
     cluster_of_distinct = np.repeat(np.arange(k), np.diff(bounds))
     sums = np.bincount(cluster_of_distinct, weights=w * distinct, minlength=k)
     sizes = np.bincount(cluster_of_distinct, weights=w, minlength=k)

@@ -5,8 +5,9 @@ max weight) is Deep Compression's choice: it keeps centroids on the large, rare 
 that density-based initialisations miss. In 1-D the clusters are contiguous runs of the
 sorted values, so each iteration is a searchsorted plus prefix sums: O(n log k).
 Lloyd stops at a local optimum; ``method="exact"`` runs the optimal dynamic program of
-:mod:`sqz.compress.exact_kmeans` instead, and ``"auto"`` (the default) uses it wherever
-its table fits (:data:`~sqz.compress.exact_kmeans.MAX_EXACT_CELLS`).
+:mod:`sqz.compress.exact_kmeans` instead, and ``"auto"`` (the default) uses it too,
+falling back to Lloyd only in the degenerate case whose exact table would not fit
+(:data:`~sqz.compress.exact_kmeans.MAX_EXACT_CELLS`).
 """
 
 from __future__ import annotations
@@ -27,12 +28,16 @@ def kmeans_1d(values: np.ndarray, k: int, *, method: str = "auto") -> tuple[np.n
     """Cluster ``values`` into at most ``k`` groups. Returns (centroids ascending, labels)
     with ``values[i]`` represented by ``centroids[labels[i]]``; empty clusters are dropped.
     ``method``: "lloyd" (linear init), "exact" (optimal DP), "auto" (exact where it fits)."""
-    from sqz.compress.exact_kmeans import MAX_EXACT_CELLS, exact_kmeans_1d
+    from sqz.compress.exact_kmeans import ExactKMeansUnavailable, exact_kmeans_1d
 
     if method not in ("auto", "exact", "lloyd"):
         raise ValueError(f"kmeans method: must be auto, exact or lloyd, got {method!r}")
-    if method == "exact" or (method == "auto" and k * np.asarray(values).size <= MAX_EXACT_CELLS):
-        return exact_kmeans_1d(values, k)
+    if method in ("exact", "auto"):
+        try:
+            return exact_kmeans_1d(values, k)
+        except ExactKMeansUnavailable:
+            if method == "exact":
+                raise
     return lloyd_kmeans_1d(values, k)
 
 
