@@ -182,7 +182,7 @@ class PruneConfig:
 @dataclass(frozen=True)
 class QuantConfig:
     bits: int = 8  # 2^bits shared values per layer (the codebook), pruned zeros excluded
-    # "auto": exact optimal k-means wherever its table fits, else Lloyd with linear init
+    # "auto": exact optimal k-means (Lloyd only if a degenerate layer's exact table would not fit)
     # (Deep Compression's choice); "exact" / "lloyd" force one.
     method: KMeansMethod = "auto"
     clusters: int | None = None  # fewer shared values than 2^bits ("8 clusters, 8-bit indices")
