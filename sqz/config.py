@@ -182,8 +182,8 @@ class PruneConfig:
 @dataclass(frozen=True)
 class QuantConfig:
     bits: int = 8  # 2^bits shared values per layer (the codebook), pruned zeros excluded
-    # "auto": exact optimal k-means (Lloyd only if a degenerate layer's exact table would not fit)
-    # (Deep Compression's choice); "exact" / "lloyd" force one.
+    # "auto": exact optimal k-means (Lloyd only if a degenerate layer's exact table would
+    # not fit); "lloyd": Lloyd with linear init, Deep Compression's choice; "exact": always.
     method: KMeansMethod = "auto"
     clusters: int | None = None  # fewer shared values than 2^bits ("8 clusters, 8-bit indices")
     # Per-layer overrides "GLOB=BITS" on module names, last match wins, e.g. "classifier.*=5".
