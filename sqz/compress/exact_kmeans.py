@@ -43,12 +43,19 @@ class ExactKMeansUnavailable(ValueError):
     """The degenerate case needs the table fallback and it exceeds MAX_EXACT_CELLS."""
 
 
+@njit(inline="always", error_model="numpy")  # no zero-division checks: runs are non-empty
+def _run_sse(S0, S1, S2, m, i):  # pragma: no cover - compiled
+    """Within-run sum of squares of points m..i-1 from the prefix sums (clamped at 0,
+    where rounding would make a near-constant run slightly negative)."""
+    s = S1[i] - S1[m]
+    c = (S2[i] - S2[m]) - s * s / (S0[i] - S0[m])
+    return c if c > 0.0 else 0.0
+
+
 @njit(inline="always", error_model="numpy")
 def _run_cost(G, S0, S1, S2, m, i, lam):  # pragma: no cover - compiled
     """G[m] + SSE of points m..i-1 + lam: a partition ending at i whose last run starts at m."""
-    s = S1[i] - S1[m]
-    c = (S2[i] - S2[m]) - s * s / (S0[i] - S0[m])
-    return G[m] + (c if c > 0.0 else 0.0) + lam
+    return G[m] + _run_sse(S0, S1, S2, m, i) + lam
 
 
 @njit(cache=True, error_model="numpy")
@@ -73,8 +80,7 @@ def _penalised_runs(S0, S1, S2, lam, G, count, start, queue_start, queue_from): 
         if i == n:
             break
         # Start i enters: drop the candidates it beats from their first position on.
-        first = i + 1
-        while tail > head:
+        while tail > head:  # never empty here: the front just served position i
             last = queue_start[tail - 1]
             first = queue_from[tail - 1] if queue_from[tail - 1] > i + 1 else i + 1
             if _run_cost(G, S0, S1, S2, i, first, lam) <= _run_cost(G, S0, S1, S2, last, first, lam):
@@ -136,9 +142,7 @@ def _optimal_bounds(S0, S1, S2, k):  # pragma: no cover - compiled
     args = np.zeros((k, n + 1), dtype=np.int32)
     prev = np.full(n + 1, np.inf)
     for i in range(1, n + 1):
-        s = S1[i]
-        c = S2[i] - s * s / S0[i]
-        prev[i] = c if c > 0.0 else 0.0
+        prev[i] = _run_sse(S0, S1, S2, 0, i)
     cur = np.full(n + 1, np.inf)
     for j in range(1, k):
         r_lo = j + 1
@@ -160,11 +164,8 @@ def _optimal_bounds(S0, S1, S2, k):  # pragma: no cover - compiled
                 if j > 1 and i <= n - (k - j) and args[j - 1, i] > first:
                     first = args[j - 1, i]  # and never left of the previous cluster count's
                 best, best_value = first, np.inf
-                s0, s1, s2 = S0[i], S1[i], S2[i]
                 for m in range(first, last + 1):
-                    s = s1 - S1[m]
-                    c = (s2 - S2[m]) - s * s / (s0 - S0[m])
-                    v = prev[m] + (c if c > 0.0 else 0.0)
+                    v = prev[m] + _run_sse(S0, S1, S2, m, i)
                     if v < best_value:
                         best_value, best = v, m
                 cur[i] = best_value
