@@ -191,10 +191,7 @@ def test_lagrangian_path_matches_the_table_dp_on_weights_like_data():
     rng = np.random.default_rng(3)
     x = rng.laplace(scale=0.02, size=30_000)
     x = x[np.abs(x) > 0.01]
-    distinct, counts = np.unique(x, return_counts=True)
-    w = counts.astype(np.float64)
-    c = distinct - np.average(distinct, weights=w)
-    sums = [np.concatenate([[0.0], np.cumsum(v)]) for v in (w, w * c, w * c * c)]
+    sums = exact_kmeans._prefix_sums(*np.unique(x, return_counts=True))
     for k in (2, 16, 255):
         lagrangian = exact_kmeans._lagrangian_bounds(*sums, k)
         assert lagrangian is not None and np.array_equal(lagrangian, exact_kmeans._optimal_bounds(*sums, k))

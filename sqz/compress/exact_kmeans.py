@@ -182,6 +182,15 @@ def _optimal_bounds(S0, S1, S2, k):  # pragma: no cover - compiled
     return bounds
 
 
+def _prefix_sums(distinct: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Prefix sums of weight, weight x value, weight x value^2 over the sorted distinct
+    values (each with a leading 0), what both kernels read run costs from."""
+    # Centre first: the prefix sums of squares then lose far less to cancellation.
+    w = weights.astype(np.float64)
+    centred = distinct - np.average(distinct, weights=w)
+    return tuple(np.concatenate([[0.0], np.cumsum(v)]) for v in (w, w * centred, w * centred * centred))
+
+
 def exact_kmeans_1d(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Globally optimal clustering of ``values`` into at most ``k`` groups (minimum
     within-cluster sum of squares). Returns (centroids ascending, labels)."""
@@ -194,12 +203,7 @@ def exact_kmeans_1d(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]
     n = distinct.size
     if n <= k:
         return distinct, inverse.astype(np.int64)
-    # Centre first: the prefix sums of squares then lose far less to cancellation.
-    centred = distinct - np.average(distinct, weights=weights)
-    w = weights.astype(np.float64)
-    S0 = np.concatenate([[0.0], np.cumsum(w)])
-    S1 = np.concatenate([[0.0], np.cumsum(w * centred)])
-    S2 = np.concatenate([[0.0], np.cumsum(w * centred * centred)])
+    S0, S1, S2 = _prefix_sums(distinct, weights)
     bounds = _lagrangian_bounds(S0, S1, S2, k)
     if bounds is None:
         if k * n > MAX_EXACT_CELLS:
@@ -207,6 +211,6 @@ def exact_kmeans_1d(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]
                                          f"{MAX_EXACT_CELLS:,}-cell table limit")  # fmt: skip
         bounds = _optimal_bounds(S0, S1, S2, k)
     cluster_of_distinct = np.repeat(np.arange(k), np.diff(bounds))
-    sums = np.bincount(cluster_of_distinct, weights=w * distinct, minlength=k)
-    sizes = np.bincount(cluster_of_distinct, weights=w, minlength=k)
+    sums = np.bincount(cluster_of_distinct, weights=weights * distinct, minlength=k)
+    sizes = np.bincount(cluster_of_distinct, weights=weights, minlength=k)
     return sums / sizes, cluster_of_distinct[inverse]
