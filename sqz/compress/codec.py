@@ -44,12 +44,16 @@ import torch
 from torch import nn
 
 from sqz import storage
+from sqz.compress import context_coder
 from sqz.models import build_model
 
 __all__ = ["CorruptFileError", "FORMAT_VERSION", "encode", "decode", "save", "load", "layer_sizes", "read_header"]
 
 MAGIC = b"SQZ\0"
-FORMAT_VERSION = 2
+# 3: context-modelled codebooks, positions and codes (issue 13's "format v2");
+# 2: order-0 rANS per stream (issue 13's "v1"), still read and still writable.
+FORMAT_VERSION = 3
+_READABLE_VERSIONS = (2, 3)
 _PREAMBLE = struct.Struct("<4sHHII")
 _MAX_HEADER_BYTES = 16 * 1024 * 1024
 _MAX_SHARED_VALUES = 256  # 8-bit codes at most, as in the paper
@@ -179,6 +183,14 @@ class _Encoder:
             coder, blob = min(candidates, key=lambda item: len(item[1]))
             specs.append([role, coder, int(alphabet), int(symbols.size), len(blob)])
             blobs.append(blob)
+        self._append(name, shape, kind, specs, blobs, extra)
+
+    def add_blobs(self, name: str, shape: list[int], kind: str, streams: list[tuple[str, str, int, int, bytes]], **extra: Any) -> None:
+        """Streams already coded: (role, coder, alphabet, count, bytes)."""
+        specs = [[role, coder, int(alphabet), int(count), len(blob)] for role, coder, alphabet, count, blob in streams]
+        self._append(name, shape, kind, specs, [s[4] for s in streams], extra)
+
+    def _append(self, name: str, shape: list[int], kind: str, specs: list[list[Any]], blobs: list[bytes], extra: dict[str, Any]) -> None:
         data = b"".join(blobs)
         self.payload += data
         self.entries.append({"name": name, "shape": shape, "kind": kind, "streams": specs, "crc": zlib.crc32(data), **extra})
@@ -191,30 +203,81 @@ def _arch_of(model: nn.Module, arch: dict[str, Any] | None) -> dict[str, Any]:
     return {"name": spec["name"], "kwargs": dict(spec.get("kwargs", {}))}
 
 
-def encode(model: nn.Module, *, arch: dict[str, Any] | None = None, meta: dict[str, Any] | None = None) -> bytes:
+def _shared_streams_v2(encoder: _Encoder, name: str, shape: list[int], distinct: np.ndarray, codes: np.ndarray, positions: np.ndarray, bound: float) -> None:
+    gaps = np.diff(positions, prepend=-1) - 1  # zeros skipped before each entry
+    planes = [(f"cb{i}", plane, 256) for i, plane in enumerate(_byte_planes(distinct))]
+    encoder.add(name, shape, "shared", planes + [("codes", codes, distinct.size), ("gaps", gaps, int(gaps.max()) + 1)],
+                entropy_bound_bytes=bound)  # fmt: skip
+
+
+def _shared_streams_v3(encoder: _Encoder, name: str, shape: list[int], distinct: np.ndarray, codes: np.ndarray, positions: np.ndarray, bound: float) -> None:
+    """Codebook, positions and codes under adaptive contexts; the smallest position model
+    and code model for this layer are measured here and named in the header."""
+    numel = int(np.prod(shape))
+    rows, kernel = _layout(shape)
+    flags = np.zeros(numel, dtype=np.int8)
+    flags[positions] = 1
+    negatives = int(np.searchsorted(distinct, 0))
+    levels = np.zeros(numel, dtype=np.int32)
+    levels[positions] = context_coder.signed_levels(codes, negatives)
+    codebook = context_coder.encode_codebook(distinct)
+    position_model, position_blob = min(
+        ((m, context_coder.encode_positions(flags, rows, kernel, i)) for i, m in enumerate(context_coder.POSITION_MODELS)),
+        key=lambda item: len(item[1]),
+    )  # fmt: skip
+    code_model, code_blob = min(
+        ((m, context_coder.encode_codes(levels, flags, rows, kernel, negatives, distinct.size - negatives, m)) for m in _CODE_MODELS_TRIED),
+        key=lambda item: len(item[1]),
+    )  # fmt: skip
+    encoder.add_blobs(
+        name, shape, "shared",
+        [("codebook", "context", distinct.size, distinct.size, codebook),
+         ("positions", "context", numel, positions.size, position_blob),
+         ("codes", "context", distinct.size, positions.size, code_blob)],
+        positions_model=position_model, codes_model=code_model, entropy_bound_bytes=bound,
+    )  # fmt: skip
+
+
+# Code models tried per layer (bit 1 = sign-split magnitudes, 2 = previous level in the
+# kernel, 4 = the kernel's non-zero count / the row's scale). Without the sign split the
+# magnitudes of both signs share one tree, which measured worse on every released layer.
+_CODE_MODELS_TRIED = (1, 3, 5, 7)
+
+
+def _layout(shape: list[int]) -> tuple[int, int]:
+    """(output channels, weights per kernel): rows are coded in order, kernels in a row."""
+    rows = int(shape[0]) if shape else 1
+    kernel = int(np.prod(shape[2:])) if len(shape) > 2 else 1
+    return rows, kernel
+
+
+def encode(model: nn.Module, *, arch: dict[str, Any] | None = None, meta: dict[str, Any] | None = None, version: int = FORMAT_VERSION) -> bytes:
     """Serialise ``model``. Weights with at most 256 distinct non-zero values (pruned and
-    weight-shared) are stored as codebook + codes + gaps; decode gives every tensor back
-    bit for bit."""
+    weight-shared) are stored as codebook + codes + positions; decode gives every tensor
+    back bit for bit. ``version=2`` writes the older order-0 format (kept for comparison
+    and for the tests of its reader)."""
+    if version not in _READABLE_VERSIONS:
+        raise ValueError(f"encode: version must be one of {_READABLE_VERSIONS}, got {version!r}")
     encoder = _Encoder()
+    shared_streams = _shared_streams_v3 if version == 3 else _shared_streams_v2
     for name, tensor in model.state_dict().items():
         values = tensor.detach().cpu().to(torch.float32).contiguous().numpy().ravel()
         shape = list(tensor.shape)
         positions = np.flatnonzero(values)
         distinct = np.unique(values[positions]) if tensor.dim() > 1 else None
-        if distinct is not None and 0 < distinct.size <= _MAX_SHARED_VALUES:
+        # -0.0 and non-finite values stay raw floats: -0.0 is not "non-zero", and the
+        # codebook coder needs finite values whose bit patterns sort like the numbers.
+        exotic = distinct is not None and (np.signbit(values[values == 0]).any() or not np.isfinite(distinct).all())
+        if distinct is not None and 0 < distinct.size <= _MAX_SHARED_VALUES and not exotic:
             codes = np.searchsorted(distinct, values[positions])
-            gaps = np.diff(positions, prepend=-1) - 1  # zeros skipped before each entry
-            planes = [(f"cb{i}", plane, 256) for i, plane in enumerate(_byte_planes(distinct))]
-            encoder.add(
-                name, shape, "shared",
-                planes + [("codes", codes, distinct.size), ("gaps", gaps, int(gaps.max()) + 1)],
-                entropy_bound_bytes=round(_entropy_bytes(codes) + _entropy_bytes(gaps), 1),
-            )  # fmt: skip
+            gaps = np.diff(positions, prepend=-1) - 1
+            bound = round(_entropy_bytes(codes) + _entropy_bytes(gaps), 1)
+            shared_streams(encoder, name, shape, distinct, codes, positions, bound)
         else:
             encoder.add(name, shape, "float", [(f"b{i}", plane, 256) for i, plane in enumerate(_byte_planes(values))])
     header = {
         "format": "sqz",
-        "version": FORMAT_VERSION,
+        "version": version,
         "arch": _arch_of(model, arch),
         "payload_bytes": len(encoder.payload),
         "tensors": encoder.entries,
@@ -223,7 +286,7 @@ def encode(model: nn.Module, *, arch: dict[str, Any] | None = None, meta: dict[s
     header_json = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
     header_bytes = zlib.compress(header_json, 9)
     return b"".join([
-        _PREAMBLE.pack(MAGIC, FORMAT_VERSION, 0, len(header_bytes), len(header_json)),
+        _PREAMBLE.pack(MAGIC, version, 0, len(header_bytes), len(header_json)),
         header_bytes,
         struct.pack("<I", zlib.crc32(header_bytes)),
         bytes(encoder.payload),
@@ -240,8 +303,8 @@ def read_header(data: bytes) -> tuple[dict[str, Any], memoryview]:
     magic, version, _reserved, header_len, json_len = _PREAMBLE.unpack_from(data)
     if magic != MAGIC:
         raise CorruptFileError("not a .sqz file (bad magic bytes)")
-    if version != FORMAT_VERSION:
-        raise CorruptFileError(f"unsupported .sqz version {version} (this reader knows {FORMAT_VERSION})")
+    if version not in _READABLE_VERSIONS:
+        raise CorruptFileError(f"unsupported .sqz version {version} (this reader knows {', '.join(map(str, _READABLE_VERSIONS))})")
     end = _PREAMBLE.size + header_len
     if header_len > _MAX_HEADER_BYTES or end + 4 > len(data):
         raise CorruptFileError(f"header length {header_len} runs past the end of the {len(data)}-byte file")
@@ -265,37 +328,77 @@ def read_header(data: bytes) -> tuple[dict[str, Any], memoryview]:
     if not isinstance(header, dict) or not isinstance(header.get("tensors"), list) or not isinstance(header.get("arch"), dict):
         raise CorruptFileError("header lacks 'arch' or 'tensors'")
     payload = memoryview(data)[end + 4 :]
+    if header.get("version") != version:
+        raise CorruptFileError(f"header says version {header.get('version')!r}, the preamble {version}")
     if header.get("payload_bytes") != len(payload):
         raise CorruptFileError(f"payload is {len(payload)} bytes, header declares {header.get('payload_bytes')}")
     return header, payload
 
 
-_ROLES = {"float": ["b0", "b1", "b2", "b3"], "shared": ["cb0", "cb1", "cb2", "cb3", "codes", "gaps"]}
+_ROLES = {
+    2: {"float": ["b0", "b1", "b2", "b3"], "shared": ["cb0", "cb1", "cb2", "cb3", "codes", "gaps"]},
+    3: {"float": ["b0", "b1", "b2", "b3"], "shared": ["codebook", "positions", "codes"]},
+}
 
 
-def _streams_of(entry: dict[str, Any], name: str) -> list[list[Any]]:
+def _streams_of(entry: dict[str, Any], name: str, version: int) -> list[list[Any]]:
     kind = entry.get("kind")
-    if kind not in _ROLES:
+    roles = _ROLES[version]
+    if kind not in roles:
         raise CorruptFileError(f"{name}: unknown tensor kind {kind!r}")
     streams = entry.get("streams")
-    if not isinstance(streams, list) or [s[0] if isinstance(s, list) and s else None for s in streams] != _ROLES[kind]:
-        raise CorruptFileError(f"{name}: streams are not {_ROLES[kind]}")
+    if not isinstance(streams, list) or [s[0] if isinstance(s, list) and s else None for s in streams] != roles[kind]:
+        raise CorruptFileError(f"{name}: streams are not {roles[kind]}")
     if not all(len(s) == 5 for s in streams):
         raise CorruptFileError(f"{name}: a stream description is not [role, coder, alphabet, count, bytes]")
+    coders = ("context",) if version == 3 and kind == "shared" else tuple(_CODERS)
     for role, coder, alphabet, count, size in streams:
-        if coder not in _CODERS or not all(isinstance(v, int) and v >= 0 for v in (alphabet, count, size)):
+        if coder not in coders or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (alphabet, count, size)):
             raise CorruptFileError(f"{name} {role}: malformed stream description")
         if not 1 <= alphabet <= _MAX_ALPHABET:
             raise CorruptFileError(f"{name} {role}: alphabet size {alphabet} out of range 1..{_MAX_ALPHABET}")
     return streams
 
 
-def _decode_tensor(entry: dict[str, Any], expected: torch.Tensor, data: bytes) -> torch.Tensor:
+def _decode_shared_v3(entry: dict[str, Any], expected: torch.Tensor, data: bytes, streams: list[list[Any]]) -> torch.Tensor:
+    name = entry.get("name")
+    shape = list(expected.shape)
+    numel = expected.numel()
+    (_, _, size, count, cb_bytes), (_, _, pos_alphabet, nonzero, pos_bytes), (_, _, code_alphabet, code_count, _) = streams
+    if not (1 <= size <= _MAX_SHARED_VALUES and count == size == code_alphabet):
+        raise CorruptFileError(f"{name}: codebook of {count} values does not match its code alphabet {code_alphabet}")
+    if not (pos_alphabet == numel and 0 < nonzero == code_count <= numel):
+        raise CorruptFileError(f"{name}: {nonzero} positions and {code_count} codes for {numel} weights")
+    position_model, code_model = entry.get("positions_model"), entry.get("codes_model")
+    if position_model not in context_coder.POSITION_MODELS:
+        raise CorruptFileError(f"{name}: unknown positions model {position_model!r}")
+    if not isinstance(code_model, int) or isinstance(code_model, bool) or not 0 <= code_model < context_coder.CODE_MODELS:
+        raise CorruptFileError(f"{name}: unknown codes model {code_model!r}")
+    codebook = context_coder.decode_codebook(data[:cb_bytes], size)
+    if codebook is None or not np.isfinite(codebook).all() or (codebook == 0).any() or (np.diff(codebook) <= 0).any():
+        raise CorruptFileError(f"{name}: codebook stream does not decode to distinct ascending non-zero values")
+    rows, kernel = _layout(shape)
+    flags = context_coder.decode_positions(data[cb_bytes : cb_bytes + pos_bytes], rows, numel // rows, kernel, nonzero,
+                                           context_coder.POSITION_MODELS.index(position_model))  # fmt: skip
+    if flags is None:
+        raise CorruptFileError(f"{name}: positions stream does not decode")
+    negatives = int(np.searchsorted(codebook, 0))
+    levels = context_coder.decode_codes(data[cb_bytes + pos_bytes :], flags, rows, kernel, negatives, size - negatives, code_model)
+    if levels is None:
+        raise CorruptFileError(f"{name}: codes stream does not decode")
+    index = np.where(levels < 0, levels + negatives, levels + negatives - 1)
+    values = np.where(flags != 0, codebook[np.clip(index, 0, size - 1)], np.float32(0)).astype(np.float32)
+    return torch.from_numpy(values).view(expected.shape)
+
+
+def _decode_tensor(entry: dict[str, Any], expected: torch.Tensor, data: bytes, version: int) -> torch.Tensor:
     name = entry.get("name")
     numel = expected.numel()
     if entry.get("shape") != list(expected.shape):
         raise CorruptFileError(f"{name}: shape {entry.get('shape')} does not match the architecture's {list(expected.shape)}")
-    streams = _streams_of(entry, name)
+    streams = _streams_of(entry, name, version)
+    if version == 3 and entry["kind"] == "shared":
+        return _decode_shared_v3(entry, expected, data, streams)
     decoded, offset = {}, 0
     for role, coder, alphabet, count, size in streams:
         if role.startswith(("b", "cb")) and alphabet != 256:
@@ -327,16 +430,16 @@ def _decode_tensor(entry: dict[str, Any], expected: torch.Tensor, data: bytes) -
     return torch.from_numpy(values).view(expected.shape)
 
 
-def _check_stream_sizes(header: dict[str, Any], expected: dict[str, torch.Tensor], payload_bytes: int) -> list[tuple[int, int]]:
+def _check_stream_sizes(header: dict[str, Any], expected: dict[str, torch.Tensor], payload_bytes: int, version: int) -> list[tuple[int, int]]:
     """Before decoding anything: each stream's declared symbol count must fit its tensor,
     and the sections must tile the payload exactly. Returns each tensor's byte range."""
     ranges, offset = [], 0
     for entry in header["tensors"]:
         name = entry.get("name")
-        streams = _streams_of(entry, name)
+        streams = _streams_of(entry, name, version)
         numel = expected[name].numel()
         for role, _coder, _alphabet, count, _size in streams:
-            limit = _MAX_SHARED_VALUES if role.startswith("cb") else numel
+            limit = _MAX_SHARED_VALUES if role.startswith("cb") or role == "codebook" else numel
             if count > limit:
                 raise CorruptFileError(f"{name} {role}: {count} symbols declared for a {limit}-entry tensor")
         size = sum(s[4] for s in streams)
@@ -362,13 +465,14 @@ def decode(data: bytes) -> nn.Module:
     if sorted(map(str, names)) != sorted(expected) or len(set(names)) != len(names):
         missing, extra = set(expected) - set(names), set(names) - set(expected)
         raise CorruptFileError(f"tensors do not match the architecture (missing {sorted(missing)[:3]}, extra {sorted(map(str, extra))[:3]})")
-    ranges = _check_stream_sizes(header, expected, len(payload))
+    version = header["version"]
+    ranges = _check_stream_sizes(header, expected, len(payload), version)
     state = {}
     for entry, (offset, size) in zip(header["tensors"], ranges):
         section = bytes(payload[offset : offset + size])
         if zlib.crc32(section) != entry.get("crc"):
             raise CorruptFileError(f"{entry['name']}: checksum mismatch")
-        state[entry["name"]] = _decode_tensor(entry, expected[entry["name"]], section)
+        state[entry["name"]] = _decode_tensor(entry, expected[entry["name"]], section, version)
     model.load_state_dict(state)
     model.eval()
     return model
@@ -379,30 +483,45 @@ def decode(data: bytes) -> nn.Module:
 
 def layer_sizes(data: bytes) -> list[dict[str, Any]]:
     """Per-tensor byte account of a .sqz file (the ``compressed_layers`` table's rows):
-    code and index bytes (entropy-coded streams, their tables included), overhead (the
-    codebook), and the zero-order entropy bound of the codes and gaps. The rows add up
-    to the payload; the rest of the file is the deflated header (``header_bytes``)."""
+    code and index (position) bytes, overhead (the codebook), the zero-order entropy
+    bound of the codes and gaps, and which model coded each stream (``codes_model``,
+    ``positions_model``, ``codebook_model``). The rows add up to the payload; the rest of
+    the file is the deflated header (``header_bytes``)."""
     header, _ = read_header(data)
+    version = header["version"]
     rows = []
     for entry in header["tensors"]:
         shape = entry["shape"]
         weights = int(np.prod(shape)) if shape else 1
         sizes = {s[0]: s[4] for s in entry["streams"]}
-        if entry["kind"] == "shared":
+        coders = {s[0]: s[1] for s in entry["streams"]}
+        common = dict(layer=entry["name"], shape="x".join(map(str, shape)), weights=weights, format_version=version)
+        if entry["kind"] == "shared" and version == 3:
+            codebook, positions, codes = entry["streams"]
+            rows.append(dict(
+                common, nonzero=codes[3], bits=_bit_width(codes[2]),
+                code_bytes=codes[4], index_bytes=positions[4], overhead_bytes=codebook[4],
+                entropy_bound_bytes=float(entry["entropy_bound_bytes"]),
+                codes_model=f"context {entry['codes_model']}", positions_model=f"context {entry['positions_model']}",
+                codebook_model="context deltas",
+            ))  # fmt: skip
+        elif entry["kind"] == "shared":
             alphabet = entry["streams"][4][2]
             rows.append(dict(
-                layer=entry["name"], shape="x".join(map(str, shape)), weights=weights,
-                nonzero=entry["streams"][4][3], bits=_bit_width(alphabet),
+                common, nonzero=entry["streams"][4][3], bits=_bit_width(alphabet),
                 code_bytes=sizes["codes"], index_bytes=sizes["gaps"],
                 overhead_bytes=sum(sizes[f"cb{i}"] for i in range(4)),
                 entropy_bound_bytes=float(entry["entropy_bound_bytes"]),
+                codes_model=f"order-0 {coders['codes']}", positions_model=f"order-0 {coders['gaps']} gaps",
+                codebook_model="byte planes",
             ))  # fmt: skip
         else:
             size = sum(sizes.values())
             rows.append(dict(
-                layer=entry["name"], shape="x".join(map(str, shape)), weights=weights,
-                nonzero=weights, bits=32, code_bytes=size, index_bytes=0, overhead_bytes=0,
+                common, nonzero=weights, bits=32, code_bytes=size, index_bytes=0, overhead_bytes=0,
                 entropy_bound_bytes=float(4 * weights),
+                codes_model="float32 byte planes, order-0 " + "/".join(coders[f"b{i}"] for i in range(4)),
+                positions_model="", codebook_model="",
             ))  # fmt: skip
     return rows
 

@@ -1,0 +1,501 @@
+"""Adaptive context-modelled coding of a weight-shared layer (.sqz format version 3).
+
+A binary arithmetic coder in the spirit of CABAC (the range coder of LZMA: 32-bit range,
+carry-propagating low) with adaptive binary contexts, compiled with numba. Every
+multi-valued symbol is binarised (a significance flag, a sign, a magnitude bit by bit
+down a binary tree, the length class and bits of a gap) and each binary decision has its
+own probability, chosen by a context and updated after every bit. So nothing but the
+bits themselves is stored: no frequency tables, and probabilities follow drift inside a
+layer. Each probability is the mean of a fast (1/16) and a slow (1/128) estimate, as in
+VVC's CABAC: the fast one learns a rare context in a few bits, the slow one settles
+on a precise value in the big layers.
+
+Why binary contexts rather than rANS with adaptive frequencies: measured on the released
+SqueezeNet, the gains come from conditioning (sign and magnitude on the previous weight
+of the same kernel, flags on the kernel position and the weight above), which multiplies
+the number of distributions. A 256-ary adaptive frequency table per context learns slowly
+(each of its 256 counts must be seen) and must be renormalised for rANS on every update;
+a binary tree of 8 adaptive bits learns the coarse shape (sign, magnitude class) within
+tens of symbols and costs one multiply per bit. Order-0 rANS is what format version 2
+does, and it stays the coder of the float tensors (biases).
+
+Streams of one layer (each its own arithmetic-coded byte string):
+- codebook: the used float32 values, ascending, as integer deltas of their order-preserving
+  bit patterns (Exp-Golomb binarisation, the length class conditioned on the previous one);
+- positions: either one significance flag per weight (context: position in the kernel,
+  the flag before it in the kernel, and in ``sig+col`` the same weight of the previous
+  output channel and the row's density so far) or the gap before each non-zero weight
+  (Exp-Golomb, length class conditioned on the previous gap's); the encoder codes both and
+  keeps the smaller (``POSITION_MODELS``);
+- codes: for each non-zero weight its signed level (0 = pruned; -r / +r = the r-th
+  codebook value below / above zero), a sign then a magnitude bit-tree; ``codes_model``
+  bits choose which contexts condition them (sign split, previous level in the kernel,
+  the output channel's running mean magnitude); the encoder tries all eight and keeps
+  the smallest.
+
+The decoder trusts nothing: every context index is bounded by construction, every decoded
+magnitude and gap is checked against its alphabet and the tensor before it is used, and
+reading past the end of a stream yields zero bytes (the symbol counts, checked against
+the architecture beforehand, bound every loop).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+__all__ = ["POSITION_MODELS", "CODE_MODELS", "encode_codebook", "decode_codebook", "encode_positions",
+           "decode_positions", "encode_codes", "decode_codes", "signed_levels"]  # fmt: skip
+
+POSITION_MODELS = ("gaps", "sig", "sig+col")
+CODE_MODELS = 8  # 3 flag bits: 1 = sign split, 2 = previous level in the kernel, 4 = row scale
+
+_PROB_BITS = 15
+_ONE = 1 << _PROB_BITS
+_HALF = _ONE >> 1
+_STATE_BITS = 22  # probabilities are kept more finely than they are coded
+_STATE_ONE = 1 << _STATE_BITS
+_COUNT_LIMIT = 1022
+_RECIPROCAL = np.array([(1 << 16) // (n + 2) for n in range(_COUNT_LIMIT + 1)], dtype=np.int64)
+_P_MIN, _P_MAX = 64, _ONE - 64
+_TOP = 1 << 24
+_MASK32 = 0xFFFFFFFF
+
+# Encoder state: low, range, cache, cache_size, write position, overflow flag.
+# Decoder state: code, range, read position.
+
+# ---------------------------------------------------------------- the binary range coder
+
+
+@njit(cache=True)
+def _new_probs(n):
+    """n adaptive contexts: [probability of a 0 bit (22 bits), bits seen so far]."""
+    probs = np.zeros((n, 2), dtype=np.int64)
+    probs[:, 0] = _STATE_ONE >> 1
+    return probs
+
+
+@njit(cache=True, inline="always")
+def _shift_low(st, out):
+    low = st[0]
+    if low < 0xFF000000 or low > _MASK32:
+        carry = low >> 32
+        temp = st[2]
+        while True:
+            if st[4] < out.size:
+                out[st[4]] = (temp + carry) & 0xFF
+            else:
+                st[5] = 1
+            st[4] += 1
+            temp = 0xFF
+            st[3] -= 1
+            if st[3] == 0:
+                break
+        st[2] = (low >> 24) & 0xFF
+    st[3] += 1
+    st[0] = (low & 0x00FFFFFF) << 8
+
+
+@njit(cache=True, inline="always")
+def _probability(probs, ctx):
+    p = probs[ctx, 0] >> (_STATE_BITS - _PROB_BITS)
+    if p < _P_MIN:
+        return _P_MIN
+    if p > _P_MAX:
+        return _P_MAX
+    return p
+
+
+@njit(cache=True, inline="always")
+def _update(probs, ctx, bit):
+    # p moves 1/(n+2) of the way to the bit seen: the running frequency (a
+    # Krichevsky-Trofimov estimate) for the first _COUNT_LIMIT bits, then an
+    # exponential forgetting at that rate.
+    n = probs[ctx, 1]
+    target = 0 if bit else _STATE_ONE
+    probs[ctx, 0] += ((target - probs[ctx, 0]) * _RECIPROCAL[n]) >> 16
+    if n < _COUNT_LIMIT:
+        probs[ctx, 1] = n + 1
+
+
+@njit(cache=True)
+def _enc_raw(st, out, p, bit):
+    bound = (st[1] >> _PROB_BITS) * p
+    if bit:
+        st[0] += bound
+        st[1] -= bound
+    else:
+        st[1] = bound
+    while st[1] < _TOP:
+        st[1] = (st[1] << 8) & _MASK32
+        _shift_low(st, out)
+
+
+@njit(cache=True, inline="always")
+def _next_byte(st, data):
+    pos = st[2]
+    st[2] = pos + 1
+    if pos < data.size:
+        return np.int64(data[pos])
+    return np.int64(0)
+
+
+@njit(cache=True)
+def _dec_raw(st, data, p):
+    bound = (st[1] >> _PROB_BITS) * p
+    if st[0] < bound:
+        st[1] = bound
+        bit = 0
+    else:
+        st[0] -= bound
+        st[1] -= bound
+        bit = 1
+    while st[1] < _TOP:
+        st[1] = (st[1] << 8) & _MASK32
+        st[0] = ((st[0] << 8) | _next_byte(st, data)) & _MASK32
+    return bit
+
+
+@njit(cache=True, inline="always")
+def _bit(dec, st, buf, probs, ctx, bit):
+    """One adaptive binary decision: encodes ``bit`` or (``dec``) decodes and returns it.
+    One body for both directions keeps encoder and decoder models identical."""
+    p = _probability(probs, ctx)
+    if dec:
+        bit = _dec_raw(st, buf, p)
+    else:
+        _enc_raw(st, buf, p, bit)
+    _update(probs, ctx, bit)
+    return bit
+
+
+@njit(cache=True, inline="always")
+def _bypass(dec, st, buf, bit):
+    if dec:
+        return _dec_raw(st, buf, _HALF)
+    _enc_raw(st, buf, _HALF, bit)
+    return bit
+
+
+def _new_state(dec: bool, data: np.ndarray | None) -> np.ndarray:
+    if dec:
+        st = np.zeros(3, dtype=np.int64)
+        st[1] = _MASK32
+        for _ in range(4):  # the encoder's first byte is always 0 and is not stored
+            st[0] = ((st[0] << 8) | (int(data[st[2]]) if st[2] < data.size else 0)) & _MASK32
+            st[2] += 1
+        return st
+    st = np.zeros(6, dtype=np.int64)
+    st[1] = _MASK32
+    st[3] = 1
+    return st
+
+
+@njit(cache=True)
+def _finish(st, out):
+    for _ in range(5):
+        _shift_low(st, out)
+
+
+def _run_encoder(kernel, capacity: int, *args) -> bytes:
+    """Run a coding kernel in encode mode, growing the output buffer until it fits."""
+    while True:
+        st = _new_state(False, None)
+        out = np.zeros(capacity, dtype=np.uint8)
+        status = kernel(False, st, out, *args)
+        if status != 0:
+            raise ValueError(f"context coder: encoder kernel failed with status {status}")
+        _finish(st, out)
+        if not st[5]:
+            return out[1 : st[4]].tobytes()
+        capacity *= 2
+
+
+def _bit_length(value: int) -> int:
+    return int(value).bit_length()
+
+
+# ---------------------------------------------------------------- Exp-Golomb with contexts
+
+
+@njit(cache=True, inline="always")
+def _eg_bits(dec, st, buf, probs, base, value, max_class):
+    """value >= 1: its length class (unary, one context per step under ``base``) then its
+    bits below the leading one (the top two with contexts per class, the rest bypassed).
+    Returns the value, or -1 if a decoded class exceeds ``max_class``."""
+    cls = 0
+    if not dec:
+        v = value
+        while v > 1:
+            v >>= 1
+            cls += 1
+    c = 0
+    while True:
+        more = 1 if (not dec and c < cls) else 0
+        more = _bit(dec, st, buf, probs, base + min(c, 31), more)
+        if not more:
+            break
+        c += 1
+        if c > max_class:
+            return -1
+    cls = c
+    result = 1
+    for j in range(cls - 1, -1, -1):
+        b = (value >> j) & 1 if not dec else 0
+        depth = cls - 1 - j
+        if depth < 2:
+            ctx = base + 32 + min(cls, 32) * 4 + depth * 2 + (result & 1)
+            b = _bit(dec, st, buf, probs, ctx, b)
+        else:
+            b = _bypass(dec, st, buf, b)
+        result = (result << 1) | b
+    return result
+
+
+_EG_CONTEXTS = 32 + 33 * 4  # unary steps + (class, depth, previous bit)
+
+
+# ---------------------------------------------------------------- codebook
+
+
+@njit(cache=True)
+def _code_codebook(dec, st, buf, keys, count):
+    """keys: strictly increasing order-preserving uint32 patterns, as int64."""
+    probs = _new_probs(32 + _EG_CONTEXTS)
+    if count == 0:
+        return 0
+    first = 0
+    for j in range(31, -1, -1):
+        b = (keys[0] >> j) & 1 if not dec else 0
+        b = _bit(dec, st, buf, probs, 31 - j, b)
+        first = (first << 1) | b
+    keys[0] = first
+    previous_class = 32
+    for i in range(1, count):
+        delta = keys[i] - keys[i - 1] if not dec else 1
+        base = 32  # one set: 255 deltas are too few to learn per-class statistics
+        delta = _eg_bits(dec, st, buf, probs, base, delta, 31)
+        if delta < 1:
+            return 1
+        keys[i] = keys[i - 1] + delta
+        if keys[i] > _MASK32:
+            return 2
+        cls = 0
+        v = delta
+        while v > 1:
+            v >>= 1
+            cls += 1
+        previous_class = cls
+    return 0
+
+
+def _float_keys(values: np.ndarray) -> np.ndarray:
+    bits = values.astype("<f4").view("<u4").astype(np.int64)
+    return np.where(bits >= 1 << 31, (~bits) & _MASK32, bits | (1 << 31))
+
+
+def _key_floats(keys: np.ndarray) -> np.ndarray:
+    bits = np.where(keys >= 1 << 31, keys & 0x7FFFFFFF, (~keys) & _MASK32)
+    return bits.astype("<u4").view("<f4")
+
+
+def encode_codebook(values: np.ndarray) -> bytes:
+    """``values``: ascending, distinct, finite, non-zero float32."""
+    keys = _float_keys(values)
+    if np.any(np.diff(keys) <= 0):
+        raise ValueError("codebook: values must be distinct and ascending")
+    return _run_encoder(_code_codebook, 64 + 8 * keys.size, keys.copy(), keys.size)
+
+
+def decode_codebook(data: bytes, count: int) -> np.ndarray | None:
+    """The float32 codebook, or None if the stream is inconsistent."""
+    buf = np.frombuffer(data, dtype=np.uint8).copy()  # writable: one kernel body encodes and decodes
+    keys = np.zeros(count, dtype=np.int64)
+    if _code_codebook(True, _new_state(True, buf), buf, keys, count) != 0:
+        return None
+    return _key_floats(keys)
+
+
+# ---------------------------------------------------------------- positions
+
+
+@njit(cache=True)
+def _code_positions(dec, st, buf, flags, rows, inner, kernel, nonzero, mode):
+    """flags: int8, one per weight (rows x inner), 1 where non-zero; filled when decoding.
+    mode 0: gaps; 1: significance flags; 2: flags with the column context."""
+    numel = rows * inner
+    if mode == 0:
+        probs = _new_probs(6 * _EG_CONTEXTS)
+        cursor = 0
+        previous_class = 0
+        i = 0
+        for n in range(nonzero):
+            gap = 0
+            if not dec:
+                while flags[cursor + gap] == 0:
+                    gap += 1
+            value = _eg_bits(dec, st, buf, probs, min(previous_class, 5) * _EG_CONTEXTS, gap + 1, 31)
+            if value < 1:
+                return 3
+            gap = value - 1
+            if cursor + gap > numel - (nonzero - n):
+                return 4  # the gap leaves no room for the remaining non-zero weights
+            for i in range(cursor, cursor + gap):
+                flags[i] = 0
+            flags[cursor + gap] = 1
+            cursor += gap + 1
+            cls = 0
+            v = value
+            while v > 1:
+                v >>= 1
+                cls += 1
+            previous_class = cls
+        for i in range(cursor, numel):
+            flags[i] = 0
+        return 0
+    kernel_classes = kernel if kernel <= 9 else 10
+    probs = _new_probs(kernel_classes * 3 * 2 * 5)
+    left_to_place = nonzero
+    for r in range(rows):
+        row_count = 0
+        for j in range(inner):
+            idx = r * inner + j
+            remaining = numel - idx
+            if left_to_place == 0:
+                flags[idx] = 0
+                continue
+            if left_to_place == remaining:
+                flags[idx] = 1
+                left_to_place -= 1
+                continue
+            k = j % kernel
+            kc = k if kernel <= 9 else (k * 10) // kernel
+            left = 0 if k == 0 else 1 + flags[idx - 1]
+            ctx = kc * 3 + left
+            if mode == 2:
+                above = flags[idx - inner] if r > 0 else 0
+                if j < 8:
+                    density = 0
+                else:
+                    density = 1 + min(3, (4 * row_count) // j)
+                ctx = (ctx * 2 + above) * 5 + density
+            else:
+                ctx = ctx * 10
+            bit = flags[idx] if not dec else 0
+            bit = _bit(dec, st, buf, probs, ctx, bit)
+            flags[idx] = bit
+            row_count += bit
+            left_to_place -= bit
+    return 0
+
+
+def encode_positions(flags: np.ndarray, rows: int, kernel: int, mode: int) -> bytes:
+    nonzero = int(flags.sum())
+    inner = flags.size // rows
+    capacity = 64 + (flags.size if mode else 8 * nonzero)
+    return _run_encoder(_code_positions, capacity, flags.astype(np.int8), rows, inner, kernel, nonzero, mode)
+
+
+def decode_positions(data: bytes, rows: int, inner: int, kernel: int, nonzero: int, mode: int) -> np.ndarray | None:
+    buf = np.frombuffer(data, dtype=np.uint8).copy()  # writable: one kernel body encodes and decodes
+    flags = np.zeros(rows * inner, dtype=np.int8)
+    if _code_positions(True, _new_state(True, buf), buf, flags, rows, inner, kernel, nonzero, mode) != 0:
+        return None
+    return flags
+
+
+# ---------------------------------------------------------------- codes (signed levels)
+
+
+@njit(cache=True)
+def _code_levels(dec, st, buf, levels, flags, rows, inner, kernel, negatives, positives, model):
+    """levels: int32 per weight, 0 where flags is 0, else -r / +r; filled when decoding."""
+    magnitude_max = max(negatives, positives)
+    depth = 0
+    while (1 << depth) < magnitude_max:
+        depth += 1
+    tree = 1 << depth
+    split_sign = model & 1
+    use_kernel = (model >> 1) & 1
+    use_row = (model >> 2) & 1
+    sets = 2 * 4 * 4
+    sign_probs = _new_probs(4 * 4)
+    mag_probs = _new_probs(sets * tree)
+    layer_sum = 0
+    layer_count = 0
+    for r in range(rows):
+        row_sum = 0
+        row_count = 0
+        previous = 0
+        in_kernel = 0
+        for j in range(inner):
+            idx = r * inner + j
+            if j % kernel == 0:
+                previous = 0
+                in_kernel = 0
+                for q in range(idx, idx + kernel):
+                    in_kernel += flags[q]
+            if flags[idx] == 0:
+                if dec:
+                    levels[idx] = 0
+                continue
+            value = levels[idx] if not dec else 0
+            kc = 0
+            if use_kernel and previous != 0:
+                m = previous if previous > 0 else -previous
+                kc = 1 + min(2, (3 * (m - 1)) // magnitude_max)
+            rc = 0
+            if use_row and kernel > 1:
+                # positions are decoded first, so the kernel's whole count is known here
+                rc = min(3, ((in_kernel - 1) * 4) // kernel)
+            elif use_row and row_count > 0:
+                a = row_sum * layer_count
+                b = layer_sum * row_count
+                rc = 1 if 4 * a < 3 * b else (3 if 3 * a > 4 * b else 2)
+            ps = 0 if previous == 0 else (1 if previous < 0 else 2)
+            if not use_kernel:
+                ps = 0
+            negative = 1 if value < 0 else 0
+            negative = _bit(dec, st, buf, sign_probs, ps * 4 + rc, negative)
+            limit = negatives if negative else positives
+            if limit == 0:
+                return 5  # a sign with no codebook value on that side
+            m = (-value if value < 0 else value) - 1 if not dec else 0
+            s = (negative if split_sign else 0) * 16 + kc * 4 + rc
+            node = 1
+            for d in range(depth - 1, -1, -1):
+                b = (m >> d) & 1 if not dec else 0
+                b = _bit(dec, st, buf, mag_probs, s * tree + node, b)
+                node = (node << 1) | b
+            m = node - tree
+            if m >= limit:
+                return 6
+            magnitude = m + 1
+            value = -magnitude if negative else magnitude
+            levels[idx] = value
+            previous = value
+            row_sum += magnitude
+            row_count += 1
+            layer_sum += magnitude
+            layer_count += 1
+    return 0
+
+
+def signed_levels(codes: np.ndarray, negatives: int) -> np.ndarray:
+    """Codebook index (ascending values, ``negatives`` of them below zero) -> signed level."""
+    return np.where(codes < negatives, codes - negatives, codes - negatives + 1).astype(np.int32)
+
+
+def encode_codes(levels: np.ndarray, flags: np.ndarray, rows: int, kernel: int, negatives: int, positives: int, model: int) -> bytes:
+    inner = levels.size // rows
+    capacity = 64 + 2 * int(flags.sum())
+    return _run_encoder(_code_levels, capacity, levels.astype(np.int32), flags.astype(np.int8), rows, inner, kernel,
+                        negatives, positives, model)  # fmt: skip
+
+
+def decode_codes(data: bytes, flags: np.ndarray, rows: int, kernel: int, negatives: int, positives: int, model: int) -> np.ndarray | None:
+    buf = np.frombuffer(data, dtype=np.uint8).copy()  # writable: one kernel body encodes and decodes
+    inner = flags.size // rows
+    levels = np.zeros(flags.size, dtype=np.int32)
+    status = _code_levels(True, _new_state(True, buf), buf, levels, flags, rows, inner, kernel, negatives, positives, model)
+    return None if status else levels
