@@ -252,14 +252,15 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
     data = storage.read_bytes(args.file)
     rows = layer_sizes(data)
-    print(f"{'layer':32} {'shape':>16} {'weights':>9} {'nonzero':>9} {'bits':>4} {'codes':>8} {'indices':>8} {'other':>6} {'entropy':>9}")
+    print(f"{'layer':32} {'shape':>16} {'weights':>9} {'nonzero':>9} {'bits':>4} {'codes':>8} {'indices':>8} {'other':>6} {'entropy':>9}  model (codes | positions | codebook)")
     for r in rows:
+        models = " | ".join(m for m in (r["codes_model"], r["positions_model"], r["codebook_model"]) if m)
         print(f"{r['layer']:32} {r['shape']:>16} {r['weights']:>9,} {r['nonzero']:>9,} {r['bits']:>4} "
-              f"{r['code_bytes']:>8,} {r['index_bytes']:>8,} {r['overhead_bytes']:>6,} {r['entropy_bound_bytes']:>9,.0f}")  # fmt: skip
+              f"{r['code_bytes']:>8,} {r['index_bytes']:>8,} {r['overhead_bytes']:>6,} {r['entropy_bound_bytes']:>9,.0f}  {models}")  # fmt: skip
     print(f"{'total':32} {'':>16} {sum(r['weights'] for r in rows):>9,} {sum(r['nonzero'] for r in rows):>9,} {'':>4} "
           f"{sum(r['code_bytes'] for r in rows):>8,} {sum(r['index_bytes'] for r in rows):>8,} "
           f"{sum(r['overhead_bytes'] for r in rows):>6,} {sum(r['entropy_bound_bytes'] for r in rows):>9,.0f}")  # fmt: skip
-    print(f"header {header_bytes(data):,} bytes; file: {len(data):,} bytes")
+    print(f"format version {rows[0]['format_version'] if rows else '?'}; header {header_bytes(data):,} bytes; file: {len(data):,} bytes")
     return 0
 
 

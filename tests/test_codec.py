@@ -1,3 +1,4 @@
+import hashlib
 import json
 import os
 import struct
@@ -9,10 +10,14 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sqz.compress import CorruptFileError, decode, encode, layer_sizes, load, prune_, quantize_, save
-from sqz.compress.codec import read_header
+from sqz.compress import CorruptFileError, context_coder, decode, encode, layer_sizes, load, prune_, quantize_, save
+from sqz.compress.codec import FORMAT_VERSION, read_header
 from sqz.config import PruneConfig, QuantConfig
-from sqz.models import build_model
+from sqz.models import build_model, list_models
+
+V1_FIXTURE = os.path.join(os.path.dirname(__file__), "data", "v1_squeezenet_small.sqz")
+RELEASED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "models",
+                        "squeezenet-deep-compression", "compressed_SqueezeNet.net")  # fmt: skip
 
 
 def _compressed(bits=5, amount=0.8, num_classes=10, seed=0):
@@ -100,7 +105,8 @@ def _repack(header: dict, payload: bytes) -> bytes:
     header = dict(header, payload_bytes=len(payload))
     raw = json.dumps(header).encode()
     packed = zlib.compress(raw)
-    return struct.pack("<4sHHII", b"SQZ\0", 2, 0, len(packed), len(raw)) + packed + struct.pack("<I", zlib.crc32(packed)) + payload
+    version = header["version"] if header.get("version") in (2, 3) else FORMAT_VERSION
+    return struct.pack("<4sHHII", b"SQZ\0", version, 0, len(packed), len(raw)) + packed + struct.pack("<I", zlib.crc32(packed)) + payload
 
 
 @settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -120,12 +126,17 @@ def test_fuzzed_files_fail_cleanly(data):
     assert candidate == _SMALL or all(np.isfinite(p.detach().numpy()).all() for p in model.parameters())
 
 
+with open(V1_FIXTURE, "rb") as _f:
+    _V1 = _f.read()
+
+
 @settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.data())
-def test_hostile_files_with_valid_checksums_fail_cleanly(data):
+@given(st.data(), st.sampled_from(["v3", "v2"]))
+def test_hostile_files_with_valid_checksums_fail_cleanly(data, which):
     """Past the checksums: lying stream descriptions and garbage streams whose CRCs were
     recomputed must still end in CorruptFileError (or a valid model), never a crash."""
-    header, payload = read_header(_SMALL)
+    original = _SMALL if which == "v3" else _V1
+    header, payload = read_header(original)
     header = json.loads(json.dumps(header))
     payload = bytearray(payload)
     entry = data.draw(st.sampled_from(header["tensors"]))
@@ -135,11 +146,14 @@ def test_hostile_files_with_valid_checksums_fail_cleanly(data):
             break
         start += sum(s[4] for s in e["streams"])
     size = sum(s[4] for s in entry["streams"])
-    what = data.draw(st.sampled_from(["stream field", "payload bytes", "kind", "shape"]))
+    what = data.draw(st.sampled_from(["stream field", "payload bytes", "kind", "shape", "model"]))
     if what == "stream field":
         stream = data.draw(st.sampled_from(entry["streams"]))
         field = data.draw(st.integers(1, 4))
-        stream[field] = data.draw(st.one_of(st.integers(0, 2**40), st.sampled_from(["ans", "packed", "zip", -1, None, 1.5])))
+        stream[field] = data.draw(st.one_of(st.integers(0, 2**40), st.sampled_from(["ans", "packed", "context", "zip", -1, None, 1.5])))
+    elif what == "model" and "codes_model" in entry:
+        key = data.draw(st.sampled_from(["codes_model", "positions_model"]))
+        entry[key] = data.draw(st.one_of(st.integers(-2, 9), st.sampled_from(["gaps", "sig", "sig+col", "zip", None, True])))
     elif what == "payload bytes" and size:
         for _ in range(data.draw(st.integers(1, 6))):
             payload[start + data.draw(st.integers(0, size - 1))] = data.draw(st.integers(0, 255))
@@ -153,4 +167,130 @@ def test_hostile_files_with_valid_checksums_fail_cleanly(data):
         model = decode(candidate)
     except CorruptFileError:
         return
-    assert all(p.shape == q.shape for p, q in zip(model.parameters(), decode(_SMALL).parameters()))
+    assert all(p.shape == q.shape for p, q in zip(model.parameters(), decode(original).parameters()))
+
+
+def _digest(state: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for name, tensor in state.items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().float().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def test_v1_file_written_before_v2_still_decodes_bit_exact():
+    """tests/data/v1_squeezenet_small.sqz was written by the order-0 codec (header version
+    2) before the context coder existed; the digest is of the model it was written from."""
+    assert read_header(_V1)[0]["version"] == 2
+    model = decode(_V1)
+    assert _digest(model.state_dict()) == "b99e4a037e5a939cea8b891d0cd7c79fdb5b0bec9e31d523a2d7562c66a902d5"
+    # and re-encoding it gives both formats back, each decoding to the same weights
+    for version in (2, 3):
+        data = encode(model, version=version)
+        assert read_header(data)[0]["version"] == version
+        assert _digest(decode(data).state_dict()) == _digest(model.state_dict())
+    assert read_header(encode(model))[0]["version"] == FORMAT_VERSION == 3
+    with pytest.raises(ValueError, match="version"):
+        encode(model, version=1)
+
+
+def _weight_shapes() -> list[tuple[int, ...]]:
+    shapes = set()
+    for name in list_models():
+        for tensor in build_model(name).state_dict().values():
+            if tensor.dim() > 1:
+                shapes.add(tuple(tensor.shape))
+    return sorted(shapes)
+
+
+def _random_layer(rng, shape, bits, density):
+    numel = int(np.prod(shape))
+    codebook = np.unique(rng.standard_normal(1 << bits).astype(np.float32))
+    codebook = codebook[codebook != 0]
+    weights = np.zeros(numel, dtype=np.float32)
+    mask = rng.random(numel) < density
+    weights[mask] = codebook[rng.integers(0, codebook.size, int(mask.sum()))]
+    return weights
+
+
+def _roundtrip_layer(weights, shape):
+    """The v3 streams of one layer, straight through the context coder."""
+    rows = shape[0]
+    kernel = int(np.prod(shape[2:])) if len(shape) > 2 else 1
+    positions = np.flatnonzero(weights)
+    distinct = np.unique(weights[positions])
+    flags = np.zeros(weights.size, dtype=np.int8)
+    flags[positions] = 1
+    negatives = int(np.searchsorted(distinct, 0))
+    levels = np.zeros(weights.size, dtype=np.int32)
+    levels[positions] = context_coder.signed_levels(np.searchsorted(distinct, weights[positions]), negatives)
+    codebook = context_coder.decode_codebook(context_coder.encode_codebook(distinct), distinct.size)
+    assert np.array_equal(codebook.view(np.uint32), distinct.view(np.uint32))
+    for mode in range(len(context_coder.POSITION_MODELS)):
+        blob = context_coder.encode_positions(flags, rows, kernel, mode)
+        assert np.array_equal(context_coder.decode_positions(blob, rows, weights.size // rows, kernel, positions.size, mode), flags)
+    for model in range(context_coder.CODE_MODELS):
+        blob = context_coder.encode_codes(levels, flags, rows, kernel, negatives, distinct.size - negatives, model)
+        assert np.array_equal(context_coder.decode_codes(blob, flags, rows, kernel, negatives, distinct.size - negatives, model), levels)
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+def test_every_model_shape_roundtrips_at_every_bit_width(bits):
+    rng = np.random.default_rng(bits)
+    for shape in _weight_shapes():
+        density = rng.choice([0.02, 0.3, 0.9, 1.0])
+        if int(np.prod(shape)) > 200_000:
+            density = 0.05  # the largest layers: keep the test fast
+        _roundtrip_layer(_random_layer(rng, shape, bits, density), shape)
+
+
+def test_edge_layers_roundtrip_through_the_file():
+    """An empty layer, a layer with one non-zero weight (first, last), one value on one
+    side of zero only, and a -0.0 (kept raw) all come back bit for bit."""
+    torch.manual_seed(0)
+    model = build_model("squeezenet_small", num_classes=2)
+    weights = [p for p in model.parameters() if p.dim() > 1]
+    with torch.no_grad():
+        for p in weights:
+            p.zero_()
+        weights[1].view(-1)[0] = 0.5
+        weights[2].view(-1)[-1] = -1.25
+        weights[3].view(-1)[::7] = 3.0
+        weights[4].view(-1)[::3] = -2.0
+        weights[4].view(-1)[1::3] = -1.0
+        weights[5].view(-1)[5] = -0.0
+        weights[5].view(-1)[6] = 1.0
+    data = encode(model)
+    decoded = decode(data)
+    for (name, a), b in zip(model.state_dict().items(), decoded.state_dict().values()):
+        assert torch.equal(a, b) and torch.equal(torch.signbit(a), torch.signbit(b)), name
+    rows = {r["layer"]: r for r in layer_sizes(data)}
+    assert rows[f"{_name_of(model, weights[1])}"]["nonzero"] == 1
+
+
+def _name_of(model, parameter):
+    return next(name for name, p in model.named_parameters() if p is parameter)
+
+
+def test_layer_sizes_name_each_streams_model():
+    rows = layer_sizes(encode(_compressed(bits=4)))
+    shared = [r for r in rows if r["bits"] <= 8]
+    assert shared and all(r["format_version"] == 3 for r in rows)
+    assert all(r["codes_model"].startswith("context ") and r["positions_model"].split()[-1] in context_coder.POSITION_MODELS for r in shared)
+    v1_rows = layer_sizes(_V1)
+    assert all(r["format_version"] == 2 for r in v1_rows)
+    assert {r["codes_model"] for r in v1_rows if r["bits"] <= 8} <= {"order-0 ans", "order-0 packed"}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists(RELEASED), reason="../shared/models/squeezenet-deep-compression is absent")
+def test_released_model_roundtrips_and_v3_is_smaller_than_v2():
+    from sqz.compress.dcnet import load_dcnet
+
+    with open(RELEASED, "rb") as f:
+        model = load_dcnet(f.read())
+    v2, v3 = encode(model, version=2), encode(model)
+    assert len(v3) < len(v2)
+    for data in (v2, v3):
+        decoded = decode(data)
+        assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), decoded.state_dict().values()))
