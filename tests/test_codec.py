@@ -130,7 +130,11 @@ with open(V1_FIXTURE, "rb") as _f:
     _V1 = _f.read()
 
 
-@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+_SHAPES = [p.shape for p in decode(_SMALL).parameters()]
+
+
+# Each example decodes a whole model (~0.1 s): 400 keep the test near 40 s.
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data(), st.sampled_from(["v3", "v2"]))
 def test_hostile_files_with_valid_checksums_fail_cleanly(data, which):
     """Past the checksums: lying stream descriptions and garbage streams whose CRCs were
@@ -167,7 +171,7 @@ def test_hostile_files_with_valid_checksums_fail_cleanly(data, which):
         model = decode(candidate)
     except CorruptFileError:
         return
-    assert all(p.shape == q.shape for p, q in zip(model.parameters(), decode(original).parameters()))
+    assert [p.shape for p in model.parameters()] == _SHAPES
 
 
 def _digest(state: dict[str, torch.Tensor]) -> str:

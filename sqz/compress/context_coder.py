@@ -48,7 +48,7 @@ __all__ = ["POSITION_MODELS", "CODE_MODELS", "encode_codebook", "decode_codebook
            "decode_positions", "encode_codes", "decode_codes", "signed_levels"]  # fmt: skip
 
 POSITION_MODELS = ("gaps", "sig", "sig+col")
-CODE_MODELS = 8  # 3 flag bits: 1 = sign split, 2 = previous level in the kernel, 4 = row scale
+CODE_MODELS = 16  # flag bits: 1 = sign split, 2 = previous level in the kernel, 4 = kernel count / row scale, 8 = contexts on the top tree levels only
 
 _PROB_BITS = 15
 _ONE = 1 << _PROB_BITS
@@ -418,6 +418,7 @@ def _code_levels(dec, st, buf, levels, flags, rows, inner, kernel, negatives, po
     split_sign = model & 1
     use_kernel = (model >> 1) & 1
     use_row = (model >> 2) & 1
+    top_only = (model >> 3) & 1
     sets = 2 * 4 * 4
     sign_probs = _new_probs(4 * 4)
     mag_probs = _new_probs(sets * tree)
@@ -463,9 +464,13 @@ def _code_levels(dec, st, buf, levels, flags, rows, inner, kernel, negatives, po
             m = (-value if value < 0 else value) - 1 if not dec else 0
             s = (negative if split_sign else 0) * 16 + kc * 4 + rc
             node = 1
+            shared_set = (negative if split_sign else 0) * 16
             for d in range(depth - 1, -1, -1):
                 b = (m >> d) & 1 if not dec else 0
-                b = _bit(dec, st, buf, mag_probs, s * tree + node, b)
+                # with ``top_only`` the contexts split only the first 3 levels of the tree
+                # (the coarse magnitude); the finer bits share one set and learn faster
+                level_set = s if (not top_only or depth - 1 - d < 3) else shared_set
+                b = _bit(dec, st, buf, mag_probs, level_set * tree + node, b)
                 node = (node << 1) | b
             m = node - tree
             if m >= limit:

@@ -1,0 +1,126 @@
+""".sqz format versions 2 (order-0 rANS) and 3 (context-modelled) on the released Deep
+Compression SqueezeNet, lossless at 8 bits and re-clustered at 6 bits. Figures only.
+
+    .venv/bin/python bench/bench_codec.py [--net PATH] [--repeat 3]
+
+Per layer: bytes of the layer's streams in version 2 (issue 13's "v1") and version 3
+(its "v2"): codebook + positions + codes, or the float32 planes of a bias; the order-0
+entropy bound of the codes and gaps (what version 2 approaches, table excluded); and the
+seconds to encode and decode that layer's streams (best of --repeat, one core). The
+total row adds the file header; "whole file" times encode()/decode() end to end,
+building the model included.
+"""
+
+from __future__ import annotations
+
+import os
+
+for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    os.environ.setdefault(variable, "1")
+
+import argparse  # noqa: E402
+import time  # noqa: E402
+
+import torch  # noqa: E402
+
+RELEASED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "models", "squeezenet-deep-compression", "compressed_SqueezeNet.net")
+
+
+def _best(fn, repeat):
+    best, result = float("inf"), None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - start)
+    return result, best
+
+
+def _layer_times(data: bytes, repeat: int) -> dict[str, tuple[float, float]]:
+    """Per tensor: (encode s, decode s) of its version-3 streams."""
+    from sqz.compress import codec
+
+    header, payload = codec.read_header(data)
+    model = codec.decode(data)
+    state = model.state_dict()
+    times, offset = {}, 0
+    for entry in header["tensors"]:
+        name = entry["name"]
+        size = sum(s[4] for s in entry["streams"])
+        section = bytes(payload[offset : offset + size])
+        offset += size
+        tensor = state[name]
+
+        def encode_one():
+            single = codec._Encoder()
+            values = tensor.numpy().ravel()
+            if entry["kind"] == "shared":
+                import numpy as np
+
+                positions = np.flatnonzero(values)
+                distinct = np.unique(values[positions])
+                codec._shared_streams_v3(single, name, list(tensor.shape), distinct, np.searchsorted(distinct, values[positions]), positions, 0.0)
+            else:
+                single.add(name, list(tensor.shape), "float", [(f"b{i}", p, 256) for i, p in enumerate(codec._byte_planes(values))])
+
+        _, encode_s = _best(encode_one, repeat)
+        _, decode_s = _best(lambda: codec._decode_tensor(entry, tensor, section, 3), repeat)
+        times[name] = (encode_s, decode_s)
+    return times
+
+
+def _table(label: str, model: torch.nn.Module, repeat: int) -> None:
+    from sqz.compress import codec
+
+    v2 = codec.encode(model, version=2)
+    v3, encode_s = _best(lambda: codec.encode(model), repeat)
+    decoded, decode_s = _best(lambda: codec.decode(v3), repeat)
+    exact = all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), decoded.state_dict().values()))
+    rows2 = {r["layer"]: r for r in codec.layer_sizes(v2)}
+    rows3 = codec.layer_sizes(v3)
+    times = _layer_times(v3, repeat)
+    print(f"\n{label}")
+    print(f"| layer | v1 (ver 2) B | v2 (ver 3) B | v2/v1 | order-0 bound B | v2 models (codes / positions) | encode s | decode s |")
+    print("| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: |")
+    total2 = total3 = bound = enc = dec = 0.0
+    for r in rows3:
+        old = rows2[r["layer"]]
+        b2 = old["code_bytes"] + old["index_bytes"] + old["overhead_bytes"]
+        b3 = r["code_bytes"] + r["index_bytes"] + r["overhead_bytes"]
+        shared = r["bits"] <= 8
+        layer_bound = r["entropy_bound_bytes"] if shared else None
+        models = f"{r['codes_model'].split()[-1]} / {r['positions_model'].split()[-1]}" if shared else "float32 planes"
+        e, d = times[r["layer"]]
+        total2, total3, enc, dec = total2 + b2, total3 + b3, enc + e, dec + d
+        bound += layer_bound or 0
+        bound_text = f"{layer_bound:,.0f}" if shared else "-"
+        print(f"| {r['layer']} | {b2:,} | {b3:,} | {b3 / b2:.3f} | {bound_text} | {models} | {e:.4f} | {d:.4f} |")
+    h2, h3 = codec.header_bytes(v2), codec.header_bytes(v3)
+    print(f"| header | {h2:,} | {h3:,} | {h3 / h2:.3f} | - | - | - | - |")
+    print(f"| **total** | **{len(v2):,}** | **{len(v3):,}** | {len(v3) / len(v2):.3f} | {bound:,.0f} (codes+gaps only) | - | {enc:.3f} | {dec:.3f} |")
+    print(f"whole file, one core: encode() {encode_s:.3f} s, decode() {decode_s:.3f} s (model built and loaded included); bit-exact: {exact}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--net", default=RELEASED, help="compressed_SqueezeNet.net")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    if not os.path.exists(args.net):
+        raise SystemExit(f"--net: {args.net} does not exist")
+    torch.set_num_threads(1)
+
+    from sqz.compress import codec
+    from sqz.compress.dcnet import load_dcnet
+    from sqz.compress.kmeans import quantize_
+    from sqz.config import QuantConfig
+
+    with open(args.net, "rb") as f:
+        released = load_dcnet(f.read())
+    codec.decode(codec.encode(released))  # numba compiles (cached on disk after the first run)
+    _table("released model, 8-bit codes, lossless", released, args.repeat)
+    quantize_(released, QuantConfig(bits=6, method="exact"))  # as `sqz import-dc --bits 6`
+    _table("released model re-clustered at 6 bits (exact k-means, same sparsity)", released, args.repeat)
+
+
+if __name__ == "__main__":
+    main()
