@@ -475,7 +475,7 @@ def decode(data: bytes) -> nn.Module:
         if zlib.crc32(section) != entry.get("crc"):
             raise CorruptFileError(f"{entry['name']}: checksum mismatch")
         state[entry["name"]] = _decode_tensor(entry, expected[entry["name"]], section, version)
-    model.load_state_dict(state)
+    model.load_state_dict(state, assign=True)  # the decoded arrays become the tensors: no copy
     model.eval()
     return model
 

@@ -67,7 +67,7 @@ _MASK32 = 0xFFFFFFFF
 # ---------------------------------------------------------------- the binary range coder
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _new_probs(n):
     """n adaptive contexts: [probability of a 0 bit (22 bits), bits seen so far]."""
     probs = np.zeros((n, 2), dtype=np.int64)
@@ -75,7 +75,7 @@ def _new_probs(n):
     return probs
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", error_model="numpy")
 def _shift_low(st, out):
     low = st[0]
     if low < 0xFF000000 or low > _MASK32:
@@ -96,7 +96,7 @@ def _shift_low(st, out):
     st[0] = (low & 0x00FFFFFF) << 8
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", error_model="numpy")
 def _probability(probs, ctx):
     p = probs[ctx, 0] >> (_STATE_BITS - _PROB_BITS)
     if p < _P_MIN:
@@ -106,7 +106,7 @@ def _probability(probs, ctx):
     return p
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", error_model="numpy")
 def _update(probs, ctx, bit):
     # p moves 1/(n+2) of the way to the bit seen: the running frequency (a
     # Krichevsky-Trofimov estimate) for the first _COUNT_LIMIT bits, then an
@@ -118,7 +118,7 @@ def _update(probs, ctx, bit):
         probs[ctx, 1] = n + 1
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always", error_model="numpy")
 def _enc_raw(st, out, p, bit):
     bound = (st[1] >> _PROB_BITS) * p
     if bit:
@@ -131,7 +131,7 @@ def _enc_raw(st, out, p, bit):
         _shift_low(st, out)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", error_model="numpy")
 def _next_byte(st, data):
     pos = st[2]
     st[2] = pos + 1
@@ -140,7 +140,7 @@ def _next_byte(st, data):
     return np.int64(0)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always", error_model="numpy")
 def _dec_raw(st, data, p):
     bound = (st[1] >> _PROB_BITS) * p
     if st[0] < bound:
@@ -156,7 +156,7 @@ def _dec_raw(st, data, p):
     return bit
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", error_model="numpy")
 def _bit(dec, st, buf, probs, ctx, bit):
     """One adaptive binary decision: encodes ``bit`` or (``dec``) decodes and returns it.
     One body for both directions keeps encoder and decoder models identical."""
@@ -169,7 +169,7 @@ def _bit(dec, st, buf, probs, ctx, bit):
     return bit
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", error_model="numpy")
 def _bypass(dec, st, buf, bit):
     if dec:
         return _dec_raw(st, buf, _HALF)
@@ -191,7 +191,7 @@ def _new_state(dec: bool, data: np.ndarray | None) -> np.ndarray:
     return st
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _finish(st, out):
     for _ in range(5):
         _shift_low(st, out)
@@ -218,7 +218,7 @@ def _bit_length(value: int) -> int:
 # ---------------------------------------------------------------- Exp-Golomb with contexts
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", error_model="numpy")
 def _eg_bits(dec, st, buf, probs, base, value, max_class):
     """value >= 1: its length class (unary, one context per step under ``base``) then its
     bits below the leading one (the top two with contexts per class, the rest bypassed).
@@ -258,7 +258,7 @@ _EG_CONTEXTS = 32 + 33 * 4  # unary steps + (class, depth, previous bit)
 # ---------------------------------------------------------------- codebook
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _code_codebook(dec, st, buf, keys, count):
     """keys: strictly increasing order-preserving uint32 patterns, as int64."""
     probs = _new_probs(32 + _EG_CONTEXTS)
@@ -319,7 +319,7 @@ def decode_codebook(data: bytes, count: int) -> np.ndarray | None:
 # ---------------------------------------------------------------- positions
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _code_positions(dec, st, buf, flags, rows, inner, kernel, nonzero, mode):
     """flags: int8, one per weight (rows x inner), 1 where non-zero; filled when decoding.
     mode 0: gaps; 1: significance flags; 2: flags with the column context."""
@@ -407,7 +407,7 @@ def decode_positions(data: bytes, rows: int, inner: int, kernel: int, nonzero: i
 # ---------------------------------------------------------------- codes (signed levels)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _code_levels(dec, st, buf, levels, flags, rows, inner, kernel, negatives, positives, model):
     """levels: int32 per weight, 0 where flags is 0, else -r / +r; filled when decoding."""
     magnitude_max = max(negatives, positives)
