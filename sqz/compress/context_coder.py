@@ -76,24 +76,25 @@ def _new_probs(n):
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _shift_low(st, out):
-    low = st[0]
+def _shift_low(low, cache, pending, pos, out):
+    """LZMA's carry handling: a byte is held back (with ``pending`` 0xFF bytes) until
+    no carry can reach it. Writes past ``out`` are counted, not made: the caller grows
+    the buffer and codes again."""
     if low < 0xFF000000 or low > _MASK32:
         carry = low >> 32
-        temp = st[2]
+        temp = cache
         while True:
-            if st[4] < out.size:
-                out[st[4]] = (temp + carry) & 0xFF
-            else:
-                st[5] = 1
-            st[4] += 1
+            if pos < out.size:
+                out[pos] = (temp + carry) & 0xFF
+            pos += 1
             temp = 0xFF
-            st[3] -= 1
-            if st[3] == 0:
+            pending -= 1
+            if pending == 0:
                 break
-        st[2] = (low >> 24) & 0xFF
-    st[3] += 1
-    st[0] = (low & 0x00FFFFFF) << 8
+        cache = (low >> 24) & 0xFF
+    pending += 1
+    low = (low & 0x00FFFFFF) << 8
+    return low, cache, pending, pos
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -118,83 +119,82 @@ def _update(probs, ctx, bit):
         probs[ctx, 1] = n + 1
 
 
-@njit(cache=True, inline="always", error_model="numpy")
-def _enc_raw(st, out, p, bit):
-    bound = (st[1] >> _PROB_BITS) * p
-    if bit:
-        st[0] += bound
-        st[1] -= bound
-    else:
-        st[1] = bound
-    while st[1] < _TOP:
-        st[1] = (st[1] << 8) & _MASK32
-        _shift_low(st, out)
+# The coder's state travels as a tuple (a, range, cache, pending, position): a is ``low``
+# when encoding and ``code`` when decoding (cache and pending are the encoder's). Passed
+# by value through inlined functions, it stays in registers.
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _next_byte(st, data):
-    pos = st[2]
-    st[2] = pos + 1
-    if pos < data.size:
-        return np.int64(data[pos])
-    return np.int64(0)
-
-
-@njit(cache=True, inline="always", error_model="numpy")
-def _dec_raw(st, data, p):
-    bound = (st[1] >> _PROB_BITS) * p
-    if st[0] < bound:
-        st[1] = bound
-        bit = 0
-    else:
-        st[0] -= bound
-        st[1] -= bound
-        bit = 1
-    while st[1] < _TOP:
-        st[1] = (st[1] << 8) & _MASK32
-        st[0] = ((st[0] << 8) | _next_byte(st, data)) & _MASK32
-    return bit
-
-
-@njit(cache=True, inline="always", error_model="numpy")
-def _bit(dec, st, buf, probs, ctx, bit):
-    """One adaptive binary decision: encodes ``bit`` or (``dec``) decodes and returns it.
-    One body for both directions keeps encoder and decoder models identical."""
-    p = _probability(probs, ctx)
+def _code_raw(dec, s, buf, p, bit):
+    a, rng, cache, pending, pos = s
+    bound = (rng >> _PROB_BITS) * p
     if dec:
-        bit = _dec_raw(st, buf, p)
+        if a < bound:
+            rng = bound
+            bit = 0
+        else:
+            a -= bound
+            rng -= bound
+            bit = 1
+        while rng < _TOP:
+            rng = (rng << 8) & _MASK32
+            byte = np.int64(buf[pos]) if pos < buf.size else np.int64(0)  # zeros past the end
+            pos += 1
+            a = ((a << 8) | byte) & _MASK32
     else:
-        _enc_raw(st, buf, p, bit)
+        if bit:
+            a += bound
+            rng -= bound
+        else:
+            rng = bound
+        while rng < _TOP:
+            rng = (rng << 8) & _MASK32
+            a, cache, pending, pos = _shift_low(a, cache, pending, pos, buf)
+    return (a, rng, cache, pending, pos), np.int64(bit)
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _bit(dec, s, buf, probs, ctx, bit):
+    """One adaptive binary decision: encodes ``bit`` or (``dec``) decodes it; returns the
+    new state and the bit. One body for both directions keeps the models identical."""
+    s, bit = _code_raw(dec, s, buf, _probability(probs, ctx), bit)
     _update(probs, ctx, bit)
-    return bit
+    return s, bit
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _bypass(dec, st, buf, bit):
-    if dec:
-        return _dec_raw(st, buf, _HALF)
-    _enc_raw(st, buf, _HALF, bit)
-    return bit
+def _bypass(dec, s, buf, bit):
+    return _code_raw(dec, s, buf, _HALF, bit)
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _load(st):
+    return (st[0], st[1], st[2], st[3], st[4])
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _store(st, s):
+    st[0], st[1], st[2], st[3], st[4] = s
 
 
 def _new_state(dec: bool, data: np.ndarray | None) -> np.ndarray:
-    if dec:
-        st = np.zeros(3, dtype=np.int64)
-        st[1] = _MASK32
-        for _ in range(4):  # the encoder's first byte is always 0 and is not stored
-            st[0] = ((st[0] << 8) | (int(data[st[2]]) if st[2] < data.size else 0)) & _MASK32
-            st[2] += 1
-        return st
-    st = np.zeros(6, dtype=np.int64)
+    st = np.zeros(5, dtype=np.int64)
     st[1] = _MASK32
-    st[3] = 1
+    if dec:
+        for _ in range(4):  # the encoder's first byte is always 0 and is not stored
+            st[0] = ((st[0] << 8) | (int(data[st[4]]) if st[4] < data.size else 0)) & _MASK32
+            st[4] += 1
+    else:
+        st[3] = 1
     return st
 
 
 @njit(cache=True, error_model="numpy")
 def _finish(st, out):
+    low, cache, pending, pos = st[0], st[2], st[3], st[4]
     for _ in range(5):
-        _shift_low(st, out)
+        low, cache, pending, pos = _shift_low(low, cache, pending, pos, out)
+    st[4] = pos
 
 
 def _run_encoder(kernel, capacity: int, *args) -> bytes:
@@ -206,9 +206,9 @@ def _run_encoder(kernel, capacity: int, *args) -> bytes:
         if status != 0:
             raise ValueError(f"context coder: encoder kernel failed with status {status}")
         _finish(st, out)
-        if not st[5]:
+        if st[4] <= out.size:
             return out[1 : st[4]].tobytes()
-        capacity *= 2
+        capacity = 2 * int(st[4])
 
 
 def _bit_length(value: int) -> int:
@@ -219,7 +219,7 @@ def _bit_length(value: int) -> int:
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _eg_bits(dec, st, buf, probs, base, value, max_class):
+def _eg_bits(dec, s, buf, probs, base, value, max_class):
     """value >= 1: its length class (unary, one context per step under ``base``) then its
     bits below the leading one (the top two with contexts per class, the rest bypassed).
     Returns the value, or -1 if a decoded class exceeds ``max_class``."""
@@ -232,12 +232,12 @@ def _eg_bits(dec, st, buf, probs, base, value, max_class):
     c = 0
     while True:
         more = 1 if (not dec and c < cls) else 0
-        more = _bit(dec, st, buf, probs, base + min(c, 31), more)
+        s, more = _bit(dec, s, buf, probs, base + min(c, 31), more)
         if not more:
             break
         c += 1
         if c > max_class:
-            return -1
+            return s, np.int64(-1)
     cls = c
     result = 1
     for j in range(cls - 1, -1, -1):
@@ -245,11 +245,11 @@ def _eg_bits(dec, st, buf, probs, base, value, max_class):
         depth = cls - 1 - j
         if depth < 2:
             ctx = base + 32 + min(cls, 32) * 4 + depth * 2 + (result & 1)
-            b = _bit(dec, st, buf, probs, ctx, b)
+            s, b = _bit(dec, s, buf, probs, ctx, b)
         else:
-            b = _bypass(dec, st, buf, b)
+            s, b = _bypass(dec, s, buf, b)
         result = (result << 1) | b
-    return result
+    return s, result
 
 
 _EG_CONTEXTS = 32 + 33 * 4  # unary steps + (class, depth, previous bit)
@@ -261,31 +261,27 @@ _EG_CONTEXTS = 32 + 33 * 4  # unary steps + (class, depth, previous bit)
 @njit(cache=True, error_model="numpy")
 def _code_codebook(dec, st, buf, keys, count):
     """keys: strictly increasing order-preserving uint32 patterns, as int64."""
+    s = _load(st)
     probs = _new_probs(32 + _EG_CONTEXTS)
     if count == 0:
+        _store(st, s)
         return 0
     first = 0
     for j in range(31, -1, -1):
         b = (keys[0] >> j) & 1 if not dec else 0
-        b = _bit(dec, st, buf, probs, 31 - j, b)
+        s, b = _bit(dec, s, buf, probs, 31 - j, b)
         first = (first << 1) | b
     keys[0] = first
-    previous_class = 32
     for i in range(1, count):
         delta = keys[i] - keys[i - 1] if not dec else 1
-        base = 32  # one set: 255 deltas are too few to learn per-class statistics
-        delta = _eg_bits(dec, st, buf, probs, base, delta, 31)
+        # one context set: 255 deltas are too few to learn statistics per previous class
+        s, delta = _eg_bits(dec, s, buf, probs, 32, delta, 31)
         if delta < 1:
             return 1
         keys[i] = keys[i - 1] + delta
         if keys[i] > _MASK32:
             return 2
-        cls = 0
-        v = delta
-        while v > 1:
-            v >>= 1
-            cls += 1
-        previous_class = cls
+    _store(st, s)
     return 0
 
 
@@ -323,6 +319,7 @@ def decode_codebook(data: bytes, count: int) -> np.ndarray | None:
 def _code_positions(dec, st, buf, flags, rows, inner, kernel, nonzero, mode):
     """flags: int8, one per weight (rows x inner), 1 where non-zero; filled when decoding.
     mode 0: gaps; 1: significance flags; 2: flags with the column context."""
+    s = _load(st)
     numel = rows * inner
     if mode == 0:
         probs = _new_probs(6 * _EG_CONTEXTS)
@@ -334,7 +331,7 @@ def _code_positions(dec, st, buf, flags, rows, inner, kernel, nonzero, mode):
             if not dec:
                 while flags[cursor + gap] == 0:
                     gap += 1
-            value = _eg_bits(dec, st, buf, probs, min(previous_class, 5) * _EG_CONTEXTS, gap + 1, 31)
+            s, value = _eg_bits(dec, s, buf, probs, min(previous_class, 5) * _EG_CONTEXTS, gap + 1, 31)
             if value < 1:
                 return 3
             gap = value - 1
@@ -352,6 +349,7 @@ def _code_positions(dec, st, buf, flags, rows, inner, kernel, nonzero, mode):
             previous_class = cls
         for i in range(cursor, numel):
             flags[i] = 0
+        _store(st, s)
         return 0
     kernel_classes = kernel if kernel <= 9 else 10
     probs = _new_probs(kernel_classes * 3 * 2 * 5)
@@ -382,10 +380,11 @@ def _code_positions(dec, st, buf, flags, rows, inner, kernel, nonzero, mode):
             else:
                 ctx = ctx * 10
             bit = flags[idx] if not dec else 0
-            bit = _bit(dec, st, buf, probs, ctx, bit)
+            s, bit = _bit(dec, s, buf, probs, ctx, bit)
             flags[idx] = bit
             row_count += bit
             left_to_place -= bit
+    _store(st, s)
     return 0
 
 
@@ -410,6 +409,7 @@ def decode_positions(data: bytes, rows: int, inner: int, kernel: int, nonzero: i
 @njit(cache=True, error_model="numpy")
 def _code_levels(dec, st, buf, levels, flags, rows, inner, kernel, negatives, positives, model):
     """levels: int32 per weight, 0 where flags is 0, else -r / +r; filled when decoding."""
+    s = _load(st)
     magnitude_max = max(negatives, positives)
     depth = 0
     while (1 << depth) < magnitude_max:
@@ -457,20 +457,20 @@ def _code_levels(dec, st, buf, levels, flags, rows, inner, kernel, negatives, po
             if not use_kernel:
                 ps = 0
             negative = 1 if value < 0 else 0
-            negative = _bit(dec, st, buf, sign_probs, ps * 4 + rc, negative)
+            s, negative = _bit(dec, s, buf, sign_probs, ps * 4 + rc, negative)
             limit = negatives if negative else positives
             if limit == 0:
                 return 5  # a sign with no codebook value on that side
             m = (-value if value < 0 else value) - 1 if not dec else 0
-            s = (negative if split_sign else 0) * 16 + kc * 4 + rc
+            context_set = (negative if split_sign else 0) * 16 + kc * 4 + rc
             node = 1
             shared_set = (negative if split_sign else 0) * 16
             for d in range(depth - 1, -1, -1):
                 b = (m >> d) & 1 if not dec else 0
                 # with ``top_only`` the contexts split only the first 3 levels of the tree
                 # (the coarse magnitude); the finer bits share one set and learn faster
-                level_set = s if (not top_only or depth - 1 - d < 3) else shared_set
-                b = _bit(dec, st, buf, mag_probs, level_set * tree + node, b)
+                level_set = context_set if (not top_only or depth - 1 - d < 3) else shared_set
+                s, b = _bit(dec, s, buf, mag_probs, level_set * tree + node, b)
                 node = (node << 1) | b
             m = node - tree
             if m >= limit:
@@ -483,6 +483,7 @@ def _code_levels(dec, st, buf, levels, flags, rows, inner, kernel, negatives, po
             row_count += 1
             layer_sum += magnitude
             layer_count += 1
+    _store(st, s)
     return 0
 
 
