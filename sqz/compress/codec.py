@@ -7,16 +7,27 @@ Layout (little-endian)::
     u32 CRC-32 of the (deflated) header
     payload: each tensor's streams back to back, in header order; one CRC-32 per tensor
 
-Every tensor is a list of *streams* of small integers, each ``[role, coder, alphabet,
-count, bytes]`` in the header. A weight-shared tensor (pruned and clustered: at most 256
-distinct non-zero values) has
+Every tensor is a list of *streams*, each ``[role, coder, alphabet, count, bytes]`` in
+the header. Two versions are read; ``encode`` writes 3 unless told ``version=2``.
+
+Version 3 (issue 13's "format v2"): a weight-shared tensor (pruned and clustered: at
+most 256 distinct non-zero values) is three streams, each coded by the adaptive binary
+context coder of :mod:`sqz.compress.context_coder`:
+- ``codebook``: the used values, ascending, as integer deltas of their float32 bit patterns;
+- ``positions``: significance flags or gaps, whichever model (``positions_model`` in the
+  entry) the encoder measured smaller for this layer;
+- ``codes``: each non-zero weight's signed level (-r / +r: the r-th value below / above
+  zero), under the context model ``codes_model`` the encoder measured smallest.
+
+Version 2 (issue 13's "v1"): a weight-shared tensor has
 - ``cb0..cb3``: the used distinct values (float32, ascending), as four byte planes;
 - ``codes``: one symbol per non-zero weight, its codebook index;
 - ``gaps``: one symbol per non-zero weight, the count of zeros skipped before it
   (Deep Compression's relative indices, without its 4-bit cap and filler entries).
-Any other tensor (biases, dense weights) is ``b0..b3``: its float32 values as byte planes.
 
-Each stream is stored with whichever coder is smaller for it:
+In both, any other tensor (biases, dense weights) is ``b0..b3``: its float32 values as
+byte planes, and each of those streams (and each version-2 stream) is stored with
+whichever coder is smaller for it:
 - ``ans``: rANS (the ``constriction`` library, within a fraction of a percent of the
   zero-order entropy) under an order-0 model whose table travels *inside* the same rANS
   stream: each symbol's count is rounded to a third of an octave (2^(q/3)) and the

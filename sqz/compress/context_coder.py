@@ -6,18 +6,22 @@ multi-valued symbol is binarised (a significance flag, a sign, a magnitude bit b
 down a binary tree, the length class and bits of a gap) and each binary decision has its
 own probability, chosen by a context and updated after every bit. So nothing but the
 bits themselves is stored: no frequency tables, and probabilities follow drift inside a
-layer. Each probability is the mean of a fast (1/16) and a slow (1/128) estimate, as in
-VVC's CABAC: the fast one learns a rare context in a few bits, the slow one settles
-on a precise value in the big layers.
+layer. A probability moves 1/(n+2) of the way towards each bit it sees (n = bits seen
+so far, capped at 1022): the running frequency at first, so a rare context learns in a
+few bits, then a slow exponential forgetting that settles on a precise value in the big
+layers. (A CABAC-style mean of a 1/16 and a 1/128 estimate measured ~1% larger on the
+released model: the fast half is noisy on near-uniform magnitude bits.)
 
 Why binary contexts rather than rANS with adaptive frequencies: measured on the released
 SqueezeNet, the gains come from conditioning (sign and magnitude on the previous weight
-of the same kernel, flags on the kernel position and the weight above), which multiplies
-the number of distributions. A 256-ary adaptive frequency table per context learns slowly
-(each of its 256 counts must be seen) and must be renormalised for rANS on every update;
-a binary tree of 8 adaptive bits learns the coarse shape (sign, magnitude class) within
-tens of symbols and costs one multiply per bit. Order-0 rANS is what format version 2
-does, and it stays the coder of the float tensors (biases).
+of the same kernel and the kernel's non-zero count, flags on the kernel position, the
+flag before and the weight above), which multiplies the number of distributions. A
+256-ary adaptive frequency table per context learns slowly (each of its 256 counts must
+be seen) and must be renormalised for rANS on every update; a binary tree of 8 adaptive
+bits learns the coarse shape (sign, magnitude class) within tens of symbols, costs one
+multiply per bit, and lets the contexts split only the top of the tree (code model bit
+8). Order-0 rANS is what format version 2 does, and it stays the coder of the float
+tensors (biases), whose byte planes have no context to exploit.
 
 Streams of one layer (each its own arithmetic-coded byte string):
 - codebook: the used float32 values, ascending, as integer deltas of their order-preserving
@@ -29,9 +33,10 @@ Streams of one layer (each its own arithmetic-coded byte string):
   keeps the smaller (``POSITION_MODELS``);
 - codes: for each non-zero weight its signed level (0 = pruned; -r / +r = the r-th
   codebook value below / above zero), a sign then a magnitude bit-tree; ``codes_model``
-  bits choose which contexts condition them (sign split, previous level in the kernel,
-  the output channel's running mean magnitude); the encoder tries all eight and keeps
-  the smallest.
+  bits choose which contexts condition them (1: sign split, 2: previous level in the
+  kernel, 4: the kernel's non-zero count, or for 1x1 kernels the output channel's running
+  mean magnitude, 8: contexts on the top three tree levels only); the encoder tries the
+  models in ``codec._CODE_MODELS_TRIED`` and keeps the smallest.
 
 The decoder trusts nothing: every context index is bounded by construction, every decoded
 magnitude and gap is checked against its alphabet and the tensor before it is used, and
