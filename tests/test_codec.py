@@ -298,3 +298,25 @@ def test_released_model_roundtrips_and_v3_is_smaller_than_v2():
     for data in (v2, v3):
         decoded = decode(data)
         assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), decoded.state_dict().values()))
+
+
+def test_context_decoders_on_random_bytes_keep_their_invariants():
+    """Garbage into each numba decoder: None (a clear error upstream) or output that
+    respects what the header promised (count of non-zeros, magnitudes within the codebook)."""
+    rng = np.random.default_rng(1)
+    for _ in range(400):
+        data = rng.integers(0, 256, int(rng.integers(0, 300)), dtype=np.uint8).tobytes()
+        rows, kernel = int(rng.integers(1, 50)), int(rng.choice([1, 9, 49]))
+        inner = kernel * int(rng.integers(1, 20))
+        nonzero = int(rng.integers(1, rows * inner + 1))
+        codebook = context_coder.decode_codebook(data, int(rng.integers(1, 257)))
+        assert codebook is None or (codebook.dtype == np.float32 and codebook.size >= 1)
+        flags = context_coder.decode_positions(data, rows, inner, kernel, nonzero, int(rng.integers(0, 3)))
+        if flags is None:
+            continue
+        assert flags.size == rows * inner and int(flags.sum()) == nonzero
+        negatives = int(rng.integers(0, 256))
+        positives = max(1, int(rng.integers(0, 257 - negatives)))
+        levels = context_coder.decode_codes(data, flags, rows, kernel, negatives, positives, int(rng.integers(0, 16)))
+        if levels is not None:
+            assert np.array_equal(levels != 0, flags != 0) and levels.min() >= -negatives and levels.max() <= positives
