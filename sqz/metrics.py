@@ -57,6 +57,10 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("run_id", pa.string()), ("model", pa.string()), ("layer", pa.string()), ("shape", pa.string()),
         ("weights", pa.int64()), ("nonzero", pa.int64()), ("bits", pa.int32()), ("code_bytes", pa.int64()),
         ("index_bytes", pa.int64()), ("overhead_bytes", pa.int64()), ("entropy_bound_bytes", pa.float64()),
+        # which .sqz version and which coder models wrote the layer's streams (null in
+        # tables written before they were recorded)
+        ("format_version", pa.int32()), ("codes_model", pa.string()), ("positions_model", pa.string()),
+        ("codebook_model", pa.string()),
     ]),
     "evaluations": pa.schema([
         ("run_id", pa.string()), ("model", pa.string()), ("dataset", pa.string()), ("split", pa.string()),

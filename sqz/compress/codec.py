@@ -485,7 +485,8 @@ def decode(data: bytes) -> nn.Module:
         section = bytes(payload[offset : offset + size])
         if zlib.crc32(section) != entry.get("crc"):
             raise CorruptFileError(f"{entry['name']}: checksum mismatch")
-        state[entry["name"]] = _decode_tensor(entry, expected[entry["name"]], section, version)
+        # assign=True below keeps the decoded dtype: cast to the model's (an int buffer stays int)
+        state[entry["name"]] = _decode_tensor(entry, expected[entry["name"]], section, version).to(expected[entry["name"]].dtype)
     model.load_state_dict(state, assign=True)  # the decoded arrays become the tensors: no copy
     model.eval()
     return model
