@@ -251,10 +251,12 @@ def _shared_streams_v3(encoder: _Encoder, name: str, shape: list[int], distinct:
 
 # Code models tried per layer (bit 1 = sign-split magnitudes, 2 = previous level in the
 # kernel, 4 = the kernel's non-zero count / the row's scale, 8 = those contexts on the
-# top three levels of the magnitude tree only). These five were the only winners on the
-# released model's 26 layers among the 16; without the sign split the magnitudes of both
-# signs share one tree, which measured worse on every layer.
-_CODE_MODELS_TRIED = (1, 3, 11, 13, 15)
+# top three levels of the magnitude tree only, 16 = the left and upper neighbours in the
+# kernel instead of the previous level). These four were the only winners on the
+# released model's 26 layers at 8 bits among those measured: 1 on most 1x1 layers, 27
+# or 31 on the 3x3 and 7x7 ones. Without the sign split the magnitudes of both signs
+# share one tree, which measured worse on every layer.
+_CODE_MODELS_TRIED = (1, 13, 27, 31)
 
 
 def _layout(shape: list[int]) -> tuple[int, int]:

@@ -35,7 +35,8 @@ Streams of one layer (each its own arithmetic-coded byte string):
   codebook value below / above zero), a sign then a magnitude bit-tree; ``codes_model``
   bits choose which contexts condition them (1: sign split, 2: previous level in the
   kernel, 4: the kernel's non-zero count, or for 1x1 kernels the output channel's running
-  mean magnitude, 8: contexts on the top three tree levels only); the encoder tries the
+  mean magnitude, 8: contexts on the top three tree levels only, 16: the left and upper
+  neighbours in the kernel in place of the previous level); the encoder tries the
   models in ``codec._CODE_MODELS_TRIED`` and keeps the smallest.
 
 The decoder trusts nothing: every context index is bounded by construction, every decoded
@@ -53,7 +54,7 @@ __all__ = ["POSITION_MODELS", "CODE_MODELS", "encode_codebook", "decode_codebook
            "decode_positions", "encode_codes", "decode_codes", "signed_levels"]  # fmt: skip
 
 POSITION_MODELS = ("gaps", "sig", "sig+col")
-CODE_MODELS = 16  # flag bits: 1 = sign split, 2 = previous level in the kernel, 4 = kernel count / row scale, 8 = contexts on the top tree levels only
+CODE_MODELS = 32  # flag bits: 16 = left + upper neighbours in the kernel instead of the previous, 1 = sign split, 2 = previous level in the kernel, 4 = kernel count / row scale, 8 = contexts on the top tree levels only
 
 _PROB_BITS = 15
 _ONE = 1 << _PROB_BITS
@@ -424,6 +425,10 @@ def _code_levels(dec, st, buf, levels, flags, rows, inner, kernel, negatives, po
     use_kernel = (model >> 1) & 1
     use_row = (model >> 2) & 1
     top_only = (model >> 3) & 1
+    use_neighbours = (model >> 4) & 1 and kernel > 1
+    width = 1
+    while (width + 1) * (width + 1) <= kernel:
+        width += 1  # square kernels: the weight above is ``width`` back in the scan
     sets = 2 * 4 * 4
     sign_probs = _new_probs(4 * 4)
     mag_probs = _new_probs(sets * tree)
@@ -446,6 +451,14 @@ def _code_levels(dec, st, buf, levels, flags, rows, inner, kernel, negatives, po
                     levels[idx] = 0
                 continue
             value = levels[idx] if not dec else 0
+            if use_neighbours:
+                # the left and upper neighbours in the kernel (already coded), summed:
+                # their sign and mean magnitude predict this weight's
+                k = j % kernel
+                left = levels[idx - 1] if k % width != 0 else 0
+                up = levels[idx - width] if k >= width else 0
+                both = (1 if left != 0 else 0) + (1 if up != 0 else 0)
+                previous = (left + up) // both if both > 1 else left + up
             kc = 0
             if use_kernel and previous != 0:
                 m = previous if previous > 0 else -previous
