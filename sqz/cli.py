@@ -4,6 +4,7 @@ so ``sqz --help`` and input errors answer without loading Ray or Prefect."""
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from typing import Any, Callable, Sequence
@@ -55,6 +56,65 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+# The retraining defaults of `sqz run` and `sqz sweep`: the best method measured on the
+# digits (bench/bench_digits.py; README "Pruning schedules"): gradual pruning over a step
+# budget. A step budget means the same work whatever the dataset's size.
+DEFAULT_RETRAIN_STEPS = 300
+DEFAULT_PRUNE_SCHEDULE = "gradual"
+DEFAULT_RETRAIN_LR_SCHEDULE = "constant"
+
+
+def add_retrain_options(parser: argparse.ArgumentParser) -> None:
+    """The prune-schedule and retrain-budget options shared by `sqz run` and `sqz sweep`."""
+    parser.add_argument("--prune-schedule", choices=["gradual", "oneshot"], default=DEFAULT_PRUNE_SCHEDULE,
+                        help="gradual: Zhu & Gupta's cubic schedule tightens the masks during retraining; oneshot: "
+                        f"cut everything first, then retrain (Deep Compression's) (default: {DEFAULT_PRUNE_SCHEDULE})")  # fmt: skip
+    parser.add_argument("--retrain-steps", type=_non_negative_int, default=None,
+                        help=f"retrain budget per trial in optimizer steps (default: {DEFAULT_RETRAIN_STEPS}, "
+                        "unless --retrain-epochs is given)")  # fmt: skip
+    parser.add_argument("--retrain-epochs", type=_non_negative_int, default=None,
+                        help="retrain budget per trial in epochs instead of --retrain-steps")  # fmt: skip
+    parser.add_argument("--retrain-lr", type=float, default=None, help="retraining learning rate (default: 1e-4, AdamW)")
+    parser.add_argument("--lr-rewind", action=argparse.BooleanOptionalAction, default=DEFAULT_RETRAIN_LR_SCHEDULE == "rewind",
+                        help="retrain on the last --retrain-steps of the original training's lr schedule (learning-rate "
+                        "rewinding) instead of the constant --retrain-lr; needs a `sqz run` baseline")  # fmt: skip
+    parser.add_argument("--prune-frequency", type=_positive_int, default=10,
+                        help="gradual: optimizer steps between mask updates (default: 10)")  # fmt: skip
+    parser.add_argument("--prune-ramp", type=_share, default=0.5,
+                        help="gradual: share of the retrain budget over which sparsity ramps up to its target; the "
+                        "rest retrains at the final masks (default: 0.5)")  # fmt: skip
+
+
+def retrain_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """SweepConfig fields from :func:`add_retrain_options`' options."""
+    if args.retrain_steps is not None and args.retrain_epochs is not None:
+        raise ValueError("--retrain-steps/--retrain-epochs: give one retrain budget, not both")
+    if args.retrain_lr is not None and not (math.isfinite(args.retrain_lr) and args.retrain_lr > 0):
+        raise ValueError(f"--retrain-lr: must be positive, got {args.retrain_lr}")
+    steps = args.retrain_steps if args.retrain_epochs is None else None
+    if steps is None and args.retrain_epochs is None:
+        steps = DEFAULT_RETRAIN_STEPS
+    settings: dict[str, Any] = {
+        "retrain_steps": steps, "prune_schedule": args.prune_schedule, "prune_frequency": args.prune_frequency,
+        "prune_ramp": args.prune_ramp, "retrain_lr_schedule": "rewind" if args.lr_rewind else "constant",
+    }  # fmt: skip
+    if args.retrain_epochs is not None:
+        settings["retrain_epochs"] = args.retrain_epochs
+    if args.retrain_lr is not None:
+        settings["retrain_lr"] = args.retrain_lr
+    return settings
+
+
 def _build_parser() -> argparse.ArgumentParser:
     from sqz import cli_sweep  # its commands; imports neither Ray nor Prefect until they run
 
@@ -85,7 +145,7 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="how thresholds are read: q x layer std, absolute |w|, or kept density (default: std)")  # fmt: skip
     run.add_argument("--bits", type=_list_of(int, "--bits", lambda v: None if 1 <= v <= 8 else "must be in 1..8"),
                      default=(8, 5), help="bit widths, comma-separated, each in 1..8 (default: 8,5)")  # fmt: skip
-    run.add_argument("--retrain-epochs", type=_non_negative_int, default=2, help="masked retraining epochs per trial (default: 2)")
+    add_retrain_options(run)
     run.add_argument("--finetune-epochs", type=_non_negative_int, default=1, help="centroid fine-tuning epochs per trial (default: 1)")
     run.add_argument("--max-concurrent", type=_positive_int, default=2, help="sweep trials at once (default: 2)")
     run.add_argument("--max-drop", type=float, default=1.0, help="top-1 points the chosen variant may lose (default: 1.0)")
@@ -190,7 +250,7 @@ def _pipeline_config(args: argparse.Namespace):
         train=TrainConfig(model=args.model, num_classes=num_classes_of(data),
                           epochs=args.epochs, optimizer=args.optimizer, lr=lr, workers=args.workers),
         sweep=SweepConfig(thresholds=args.thresholds, bits=args.bits, prune_mode=args.prune_mode,
-                          retrain_epochs=args.retrain_epochs, max_concurrent=args.max_concurrent,
+                          **retrain_settings(args), max_concurrent=args.max_concurrent,
                           max_top1_drop=args.max_drop, quant=QuantConfig(finetune_epochs=args.finetune_epochs)),
         storage_url=args.storage,
     )  # fmt: skip

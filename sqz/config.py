@@ -33,6 +33,8 @@ __all__ = [
 PruneMode = Literal["std", "absolute", "density"]
 KMeansMethod = Literal["auto", "exact", "lloyd"]
 TrialScheduler = Literal["fifo", "asha"]
+PruneSchedule = Literal["oneshot", "gradual"]
+RetrainLrSchedule = Literal["constant", "rewind"]
 
 
 @dataclass(frozen=True)
@@ -253,6 +255,21 @@ class SweepConfig:
     max_drops: tuple[float, ...] = ()
     size_budgets: tuple[int, ...] = ()
     sensitivity_images: int = 512  # fixed validation subset the sensitivity curves use
+    # How a trial reaches its pruning target (the same per-layer densities either way):
+    # "gradual" tightens the masks by Zhu & Gupta's cubic schedule every prune_frequency
+    # optimizer steps over the first prune_ramp share of the retrain budget, then recovers
+    # at the final masks; "oneshot" cuts everything before retraining (Deep Compression's).
+    # With no retraining both are one-shot.
+    prune_schedule: PruneSchedule = "gradual"
+    prune_frequency: int = 10
+    prune_ramp: float = 0.5
+    # Retrain budget in optimizer steps (tiny datasets make "N epochs" meaningless); None:
+    # retrain_epochs passes over the training split instead.
+    retrain_steps: int | None = None
+    # "constant": retrain_lr throughout; "rewind": the original training's lr schedule over
+    # its last retrain steps (Renda et al. 2020: learning-rate rewinding), which needs the
+    # run's training config (a `sqz run` folder).
+    retrain_lr_schedule: RetrainLrSchedule = "constant"
 
     def __post_init__(self) -> None:
         if not self.thresholds:
@@ -282,8 +299,8 @@ class SweepConfig:
             raise ValueError(f"gpus_per_trial: above 1 it must be a whole number, got {self.gpus_per_trial}")
         if self.scheduler not in ("fifo", "asha"):
             raise ValueError(f"scheduler: must be fifo or asha, got {self.scheduler!r}")
-        if self.scheduler == "asha" and self.retrain_epochs < 1:
-            raise ValueError("scheduler: asha needs retrain_epochs >= 1 (it stops trials between retrain epochs)")
+        if self.scheduler == "asha" and not (self.retrain_steps if self.retrain_steps is not None else self.retrain_epochs):
+            raise ValueError("scheduler: asha needs a retrain budget (it stops trials between retrain rounds)")
         for drop in self.max_drops:
             if not (math.isfinite(drop) and drop >= 0):
                 raise ValueError(f"max_drops: must be >= 0, got {drop}")
@@ -296,6 +313,21 @@ class SweepConfig:
             raise ValueError("max_drops/size_budgets: targets are only used with per_layer")
         if self.sensitivity_images < 1:
             raise ValueError(f"sensitivity_images: must be at least 1, got {self.sensitivity_images}")
+        if self.prune_schedule not in ("oneshot", "gradual"):
+            raise ValueError(f"prune_schedule: must be oneshot or gradual, got {self.prune_schedule!r}")
+        if not (isinstance(self.prune_frequency, int) and self.prune_frequency >= 1):
+            raise ValueError(f"prune_frequency: must be a positive number of steps, got {self.prune_frequency!r}")
+        if not (math.isfinite(self.prune_ramp) and 0.0 < self.prune_ramp <= 1.0):
+            raise ValueError(f"prune_ramp: must be in (0, 1] (a share of the retrain budget), got {self.prune_ramp}")
+        if self.retrain_steps is not None:
+            if not isinstance(self.retrain_steps, int) or self.retrain_steps < 0:
+                raise ValueError(f"retrain_steps: must be a whole number >= 0, got {self.retrain_steps!r}")
+            ramp = max(1, round(self.prune_ramp * self.retrain_steps))
+            if self.prune_schedule == "gradual" and self.retrain_steps and self.prune_frequency > ramp:
+                raise ValueError(f"prune_frequency: {self.prune_frequency} steps is longer than the pruning ramp "
+                                 f"({ramp} of {self.retrain_steps} retrain steps)")  # fmt: skip
+        if self.retrain_lr_schedule not in ("constant", "rewind"):
+            raise ValueError(f"retrain_lr_schedule: must be constant or rewind, got {self.retrain_lr_schedule!r}")
 
 
 @dataclass(frozen=True)
