@@ -104,6 +104,10 @@ def retrain_settings(args: argparse.Namespace) -> dict[str, Any]:
     steps = args.retrain_steps if args.retrain_epochs is None else None
     if steps is None and args.retrain_epochs is None:
         steps = DEFAULT_RETRAIN_STEPS
+    ramp = max(1, round(args.prune_ramp * steps)) if steps else 0
+    if args.prune_schedule == "gradual" and steps and args.prune_frequency > ramp:
+        raise ValueError(f"--prune-frequency: {args.prune_frequency} steps is longer than the pruning ramp "
+                         f"({ramp} of --retrain-steps {steps}); lower it or raise --retrain-steps/--prune-ramp")  # fmt: skip
     settings: dict[str, Any] = {
         "retrain_steps": steps, "prune_schedule": args.prune_schedule, "prune_frequency": args.prune_frequency,
         "prune_ramp": args.prune_ramp, "retrain_lr_schedule": "rewind" if args.lr_rewind else "constant",

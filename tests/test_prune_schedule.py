@@ -105,3 +105,39 @@ def test_bad_targets_are_refused_before_any_change():
     with pytest.raises(ValueError, match="final_densities"):
         GradualSchedule({"0.weight": 0.0}, ramp_steps=10, frequency=2)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        # 1 epoch of digits is 45 steps, a ramp of 22: a mask update every 100 never comes.
+        ({"retrain_epochs": 1, "prune_frequency": 100}, "prune_frequency"),
+        # Rewinding 400 steps of an 8-epoch (360-step) training goes past its start.
+        ({"retrain_steps": 400, "lr_rewind": (1e-3, 8, 1.0)}, "rewind"),
+    ],
+)
+def test_trial_refuses_options_that_do_not_fit_its_budget_before_any_work(tmp_path, fields, message):
+    from safetensors.torch import save
+
+    from sqz.config import DataConfig, PruneConfig, QuantConfig
+    from sqz.models import build_model
+    from sqz.trial import TrialSpec, compress_and_evaluate
+
+    spec = TrialSpec(**{"prune": PruneConfig(mode="density", amount=0.5), "quant": QuantConfig(finetune_epochs=0),
+                        "retrain_epochs": 0, "retrain_lr": 1e-4, "prune_schedule": "gradual", **fields})  # fmt: skip
+    out = tmp_path / "t.sqz"
+    with pytest.raises(ValueError, match=message) as info:
+        compress_and_evaluate(baseline=save(build_model("squeezenet_small", num_classes=10).state_dict()),
+                              arch={"name": "squeezenet_small", "kwargs": {"num_classes": 10}}, data=DataConfig(),
+                              spec=spec, model_url=str(out), run_id="r")  # fmt: skip
+    assert "\n" not in str(info.value) and not out.exists()
+
+
+@pytest.mark.parametrize("fields", [{"retrain_steps": -1}, {"prune_schedule": "cubic"}, {"prune_ramp": 0.0},
+                                    {"prune_frequency": 0}, {"lr_rewind": (0.0, 8, 1.0)}])  # fmt: skip
+def test_bad_trial_specs_are_refused(fields):
+    from sqz.config import PruneConfig, QuantConfig
+    from sqz.trial import TrialSpec
+
+    with pytest.raises(ValueError, match=next(iter(fields))):
+        TrialSpec(prune=PruneConfig(), quant=QuantConfig(), retrain_epochs=1, retrain_lr=1e-4, **fields)
