@@ -140,7 +140,7 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--s3-endpoint", default=None, help="S3-compatible endpoint, e.g. http://127.0.0.1:9000 (default: AWS_ENDPOINT_URL or AWS)")
     run.add_argument("--model", default="squeezenet_small", help="model name from `sqz models` (default: squeezenet_small)")
     run.add_argument("--workers", type=_positive_int, default=2, help="Ray Train workers (default: 2)")
-    run.add_argument("--epochs", type=_positive_int, default=8, help="training epochs (default: 8)")
+    run.add_argument("--epochs", type=_positive_int, default=None, help="training epochs (default: the digits recipe's)")
     run.add_argument("--lr", type=float, default=None, help="training learning rate (default: the optimizer's)")
     run.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw", help="training optimizer (default: adamw)")
     run.add_argument("--thresholds", type=_list_of(float, "--thresholds", lambda v: "must be >= 0" if not v >= 0 else None),
@@ -235,7 +235,7 @@ def _add_eval_parser(sub: Any) -> None:
 
 
 def _pipeline_config(args: argparse.Namespace):
-    from sqz.config import DataConfig, PipelineConfig, QuantConfig, SweepConfig, TrainConfig
+    from sqz.config import TRAIN_RECIPES, DataConfig, PipelineConfig, QuantConfig, SweepConfig, TrainConfig
     from sqz.data import check_data_url, num_classes_of
     from sqz.models import list_models
     from sqz.storage import check_url
@@ -246,13 +246,22 @@ def _pipeline_config(args: argparse.Namespace):
         raise ValueError(f"--model: unknown model {args.model!r}; choose one of {', '.join(list_models())}")
     if args.run_id is not None and not args.run_id.replace("-", "").replace("_", "").isalnum():
         raise ValueError(f"--run-id: {args.run_id!r} must be letters, digits, '-' or '_'")
-    lr = args.lr if args.lr is not None else (1e-3 if args.optimizer == "adamw" else 0.04)
+    # `sqz run` trains with the digits recipe (TRAIN_RECIPES) on any data; SGD without --lr
+    # gets the ImageNet recipe's 0.04.
+    recipe = TRAIN_RECIPES["digits"]
+    lr = args.lr if args.lr is not None else (recipe["train"].get("lr", 1e-3) if args.optimizer == "adamw" else 0.04)
+    epochs = args.epochs or recipe["train"].get("epochs", TrainConfig().epochs)
+    train_values = {**recipe["train"], "epochs": epochs, "optimizer": args.optimizer, "lr": lr}
+    if train_values.get("warmup_epochs", 0.0) >= epochs:
+        train_values["warmup_epochs"] = epochs / 8  # the recipe's warm-up would fill a short run: an eighth of it
     image_size = args.image_size or (32 if args.data in ("digits", "synthetic") else 224)
-    data = DataConfig(url=args.data, image_size=image_size, normalization=args.normalize)
+    data_values = dict(recipe["data"])
+    if args.data not in ("digits", "synthetic"):
+        data_values.pop("shift_augment", None)  # the in-memory datasets' augmentation
+    data = DataConfig(**data_values, url=args.data, image_size=image_size, normalization=args.normalize)
     return PipelineConfig(
         data=data,
-        train=TrainConfig(model=args.model, num_classes=num_classes_of(data),
-                          epochs=args.epochs, optimizer=args.optimizer, lr=lr, workers=args.workers),
+        train=TrainConfig(**train_values, model=args.model, num_classes=num_classes_of(data), workers=args.workers),
         sweep=SweepConfig(thresholds=args.thresholds, bits=args.bits, prune_mode=args.prune_mode,
                           **retrain_settings(args), max_concurrent=args.max_concurrent,
                           max_top1_drop=args.max_drop, quant=QuantConfig(finetune_epochs=args.finetune_epochs)),
