@@ -141,3 +141,28 @@ def test_bad_trial_specs_are_refused(fields):
 
     with pytest.raises(ValueError, match=next(iter(fields))):
         TrialSpec(prune=PruneConfig(), quant=QuantConfig(), retrain_epochs=1, retrain_lr=1e-4, **fields)
+
+
+def test_gradual_and_one_shot_trials_end_at_the_same_per_layer_density(tmp_path):
+    # The gradual schedule takes one-shot's per-layer densities as its targets: same
+    # sparsity, reached differently; the decoded .sqz file keeps exactly those zeros.
+    from safetensors.torch import save
+
+    from sqz.compress import decode
+    from sqz.config import DataConfig, PruneConfig, QuantConfig
+    from sqz.models import build_model
+    from sqz.trial import TrialSpec, compress_and_evaluate
+
+    torch.manual_seed(0)
+    baseline = save(build_model("squeezenet_small", num_classes=10).state_dict())
+    kept = {}
+    for schedule in ("oneshot", "gradual"):
+        spec = TrialSpec(prune=PruneConfig(mode="std", amount=0.8), quant=QuantConfig(bits=8, finetune_epochs=0),
+                         retrain_epochs=0, retrain_lr=1e-4, retrain_steps=4, prune_schedule=schedule,
+                         prune_frequency=1)  # fmt: skip
+        url = str(tmp_path / f"{schedule}.sqz")
+        compress_and_evaluate(baseline=baseline, arch={"name": "squeezenet_small", "kwargs": {"num_classes": 10}},
+                              data=DataConfig(val_fraction=0.05), spec=spec, model_url=url, run_id="r")  # fmt: skip
+        model = decode(open(url, "rb").read())
+        kept[schedule] = {name: int(torch.count_nonzero(p)) for name, p in prunable_parameters(model).items()}
+    assert kept["gradual"] == kept["oneshot"]
