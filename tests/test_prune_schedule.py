@@ -143,6 +143,7 @@ def test_bad_trial_specs_are_refused(fields):
         TrialSpec(prune=PruneConfig(), quant=QuantConfig(), retrain_epochs=1, retrain_lr=1e-4, **fields)
 
 
+@pytest.mark.slow
 def test_gradual_and_one_shot_trials_end_at_the_same_per_layer_density(tmp_path):
     # The gradual schedule takes one-shot's per-layer densities as its targets: same
     # sparsity, reached differently; the decoded .sqz file keeps exactly those zeros.
