@@ -98,7 +98,7 @@ def add_parsers(sub: Any) -> None:
     sweep.add_argument("--size-budgets", type=_ints("--size-budgets", lambda v: None if v >= 1 else "must be >= 1"), default=None,
                        help="per-layer targets: file-size budgets in bytes, comma-separated")  # fmt: skip
     sweep.add_argument("--sensitivity-images", type=_positive_int, default=512, help="validation images for the sensitivity curves (default: 512)")
-    sweep.add_argument("--max-drop", type=_non_negative_float, default=1.0, help="top-1 points the named smallest model may lose (default: 1.0)")
+    sweep.add_argument("--max-drop", type=_non_negative_float, default=0.5, help="top-1 points the named smallest model may lose (default: 0.5)")
 
     sens = sub.add_parser("sensitivity", help="per-layer accuracy vs pruning threshold and vs bits, in parallel on Ray",
                           description="For each conv/linear layer alone: top-1 on a fixed validation subset with the "
