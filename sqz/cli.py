@@ -69,7 +69,7 @@ def _share(text: str) -> float:
 # The retraining defaults of `sqz run` and `sqz sweep`: the best method measured on the
 # digits (bench/bench_digits.py; README "Pruning schedules"): gradual pruning over a step
 # budget. A step budget means the same work whatever the dataset's size.
-DEFAULT_RETRAIN_STEPS = 300
+DEFAULT_RETRAIN_STEPS = 600
 DEFAULT_PRUNE_SCHEDULE = "gradual"
 DEFAULT_RETRAIN_LR_SCHEDULE = "constant"
 # 1e-4 (the old default) recovers too slowly from pruning to 25-33% in a few hundred steps.
