@@ -65,6 +65,16 @@ def test_gradual_pruning_hits_each_layer_target_and_keeps_zeros(optimizer_name):
     pruner.remove()
 
 
+def test_a_layer_can_be_pruned_away_entirely():
+    # One-shot at a high threshold can empty a layer; its density 0 is a valid target.
+    model = _tiny()
+    name = next(iter(prunable_parameters(model)))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    pruner = GradualPruner(model, optimizer, GradualSchedule({name: 0.0}, ramp_steps=4, frequency=2))
+    _steps(model, optimizer, 5)
+    assert int(torch.count_nonzero(prunable_parameters(model)[name])) == 0 and pruner.finished
+
+
 def test_gradual_pruning_is_gradual_not_one_shot():
     model = _tiny()
     name = next(iter(prunable_parameters(model)))
@@ -103,7 +113,7 @@ def test_bad_targets_are_refused_before_any_change():
     with pytest.raises(ValueError, match="final_densities"):
         GradualPruner(model, optimizer, GradualSchedule({"nope.weight": 0.5}, ramp_steps=10, frequency=2))
     with pytest.raises(ValueError, match="final_densities"):
-        GradualSchedule({"0.weight": 0.0}, ramp_steps=10, frequency=2)
+        GradualSchedule({"0.weight": 1.5}, ramp_steps=10, frequency=2)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 

@@ -160,7 +160,7 @@ def cubic_sparsity(step: int, *, final: float, initial: float, begin_step: int, 
 class GradualSchedule:
     """When and how far ``GradualPruner`` tightens the masks.
 
-    ``final_densities``: kept share per parameter name at the end of the ramp (per-layer
+    ``final_densities``: kept share (0..1) per parameter name at the end of the ramp (per-layer
     targets, e.g. from the sensitivity table or from one-shot masks). Masks are recomputed
     every ``frequency`` optimizer steps from ``begin_step`` until ``begin_step +
     ramp_steps``; after that they stay fixed (recovery at the final sparsity).
@@ -176,8 +176,10 @@ class GradualSchedule:
         if not self.final_densities:
             raise ValueError("final_densities: no layer to prune")
         for name, kept in self.final_densities.items():
-            if not (math.isfinite(kept) and 0.0 < kept <= 1.0):
-                raise ValueError(f"final_densities: {name} must be in (0, 1], got {kept}")
+            # 0 is allowed: one-shot masks at a high threshold can empty a layer, and gradual
+            # takes their densities as targets.
+            if not (math.isfinite(kept) and 0.0 <= kept <= 1.0):
+                raise ValueError(f"final_densities: {name} must be in [0, 1], got {kept}")
         if not (isinstance(self.frequency, int) and self.frequency >= 1):
             raise ValueError(f"prune_frequency: must be a positive number of steps, got {self.frequency!r}")
         if not (isinstance(self.ramp_steps, int) and self.ramp_steps >= 1):
@@ -217,7 +219,7 @@ class GradualPruner:
     exactly zero again, as with ``attach_masks_``; on the schedule's update steps the
     masks are first tightened to that step's density: each layer keeps its largest
     magnitudes among the weights it still has, so a pruned weight never comes back and
-    every layer holds exactly round(density x size) weights (at least one).
+    every layer holds exactly round(density x size) weights.
 
         pruner = GradualPruner(model, optimizer, GradualSchedule(targets, ramp_steps=200, frequency=10))
         ...train...; pruner.remove()   # pruner.masks: the final masks
@@ -246,7 +248,7 @@ class GradualPruner:
         for name, kept_share in self.schedule.densities_at(step).items():
             weight, mask = self._params[name], self.masks[name]
             # Never more than the layer still has: masks only shrink.
-            keep = min(max(1, round(kept_share * weight.numel())), int(mask.sum().item()))
+            keep = min(round(kept_share * weight.numel()), int(mask.sum().item()))
             if keep == int(mask.sum().item()):
                 continue
             scores = weight.detach().abs().flatten().masked_fill(~mask.flatten(), -1.0)
