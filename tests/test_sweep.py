@@ -34,7 +34,7 @@ DATA = DataConfig(url="digits")
 
 @pytest.fixture(scope="module")
 def baseline_bytes():
-    """A digits model trained in-process with the digits recipe (warm-up, lr 1e-3, batch
+    """A digits model trained in-process with the digits recipe (warm-up, lr 5e-4, batch
     16, shifts, label smoothing) cut to 4 epochs: well above chance, so a badly pruned
     trial is distinguishable from a good one."""
     recipe = TRAIN_RECIPES["digits"]
