@@ -31,21 +31,26 @@ def record_trial(run_url: str, row: dict[str, Any]) -> str:
 @flow(name="compress_model")
 def compress_model(run_url: str, arch: dict[str, Any], data_config: dict[str, Any], prune: dict[str, Any],
                    quant: dict[str, Any], retrain_epochs: int = 0, retrain_lr: float = 1e-4,
-                   retrain_optimizer: str = "adamw", checkpoint_url: str | None = None) -> dict[str, Any]:  # fmt: skip
+                   retrain_optimizer: str = "adamw", checkpoint_url: str | None = None,
+                   retrain_steps: int | None = None, prune_schedule: str = "gradual", prune_frequency: int = 10,
+                   prune_ramp: float = 0.5) -> dict[str, Any]:  # fmt: skip
     """Prune, retrain, quantize and encode one checkpoint (default: the run's baseline)
     into ``<run>/models/<trial>.sqz``, evaluate the decoded file, and add its row to the
-    run's sweep_trials table (a grid point of a sweep is the same trial, same file)."""
+    run's sweep_trials table (a grid point of a sweep is the same trial, same file).
+    The retrain budget is ``retrain_steps`` optimizer steps (else ``retrain_epochs``);
+    ``prune_schedule`` "gradual" reaches the pruning target by the cubic schedule during
+    it, "oneshot" cuts first (see ``sqz.trial.TrialSpec``)."""
     storage.check_url(run_url, option="run_url")
     run_url = storage.absolute(run_url)
     layout = RunLayout(run_url)
     prune_cfg, quant_cfg = config_from_dict(PruneConfig, prune), config_from_dict(QuantConfig, quant)  # bad input fails here
     config_from_dict(DataConfig, data_config)
-    if retrain_epochs < 0:
-        raise ValueError(f"retrain_epochs: must be >= 0, got {retrain_epochs}")
     checkpoint_url = storage.absolute(checkpoint_url) if checkpoint_url else layout.baseline_url
     name = trial_id(prune_cfg, quant_cfg.bits)
     spec = {"prune": prune, "quant": quant, "retrain_epochs": retrain_epochs, "retrain_lr": retrain_lr,
-            "retrain_optimizer": retrain_optimizer}  # fmt: skip
+            "retrain_optimizer": retrain_optimizer, "retrain_steps": retrain_steps, "prune_schedule": prune_schedule,
+            "prune_frequency": prune_frequency, "prune_ramp": prune_ramp}  # fmt: skip
+    TrialSpec(**{**spec, "prune": prune_cfg, "quant": quant_cfg})  # every bad option fails here, before any work
     row = in_run(compress_checkpoint, run_url)(checkpoint_url, layout.model_url(name), layout.run_id, arch, data_config, spec)
     record_trial(run_url, row)
     create_table_artifact([row], key=artifact_key(layout.run_id, name, "evaluation"),

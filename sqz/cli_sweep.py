@@ -19,7 +19,7 @@ import platform
 import sys
 from typing import Any, Callable
 
-from sqz.cli import _list_of, _non_negative_int, _positive_int
+from sqz.cli import _list_of, _non_negative_int, _positive_int, add_retrain_options, retrain_settings
 
 __all__ = ["add_parsers", "add_report_options", "cmd_sweep", "cmd_sensitivity", "cmd_report"]
 
@@ -85,8 +85,7 @@ def add_parsers(sub: Any) -> None:
                        help="pruning thresholds, comma-separated (q x layer std by default; default: 0.3,0.6,0.9,1.2)")  # fmt: skip
     sweep.add_argument("--bits", type=_ints("--bits", _bits_check), default=(8, 6),
                        help="bit widths, comma-separated, each in 1..8 (default: 8,6)")  # fmt: skip
-    sweep.add_argument("--retrain-epochs", type=_non_negative_int, default=3, help="masked retraining epochs per trial (default: 3, as in the paper)")
-    sweep.add_argument("--retrain-lr", type=_positive_float, default=1e-4, help="retraining learning rate (default: 1e-4, AdamW)")
+    add_retrain_options(sweep)
     sweep.add_argument("--finetune-epochs", type=_non_negative_int, default=1, help="centroid fine-tuning epochs per trial (default: 1)")
     sweep.add_argument("--cpus-per-trial", type=_positive_float, default=1.0, help="CPUs per trial; its torch threads (default: 1)")
     sweep.add_argument("--gpus-per-trial", type=_non_negative_float, default=0.0, help="GPU share per trial, e.g. 0.5 (default: 0, CPU)")
@@ -99,7 +98,7 @@ def add_parsers(sub: Any) -> None:
     sweep.add_argument("--size-budgets", type=_ints("--size-budgets", lambda v: None if v >= 1 else "must be >= 1"), default=None,
                        help="per-layer targets: file-size budgets in bytes, comma-separated")  # fmt: skip
     sweep.add_argument("--sensitivity-images", type=_positive_int, default=512, help="validation images for the sensitivity curves (default: 512)")
-    sweep.add_argument("--max-drop", type=_non_negative_float, default=1.0, help="top-1 points the named smallest model may lose (default: 1.0)")
+    sweep.add_argument("--max-drop", type=_non_negative_float, default=0.5, help="top-1 points the named smallest model may lose (default: 0.5)")
 
     sens = sub.add_parser("sensitivity", help="per-layer accuracy vs pruning threshold and vs bits, in parallel on Ray",
                           description="For each conv/linear layer alone: top-1 on a fixed validation subset with the "
@@ -187,6 +186,8 @@ def _prepare(args: argparse.Namespace) -> tuple[Any, dict[str, Any], Any, bytes,
 
     manifest.update(run_id=run_id, kind="sweep", sqz_version=__version__, python=platform.python_version(),
                     checkpoint_url=checkpoint_url, checkpoint_sha256=digest, arch=arch, data=config_to_dict(data))  # fmt: skip
+    if source_config.get("train") or source.get("train"):  # the baseline's training: what lr rewinding replays
+        manifest["train"] = source_config.get("train") or source.get("train")
     return layout, arch, data, baseline, manifest
 
 
@@ -237,6 +238,11 @@ def _one_line(exc: BaseException) -> str:
 # ------------------------------------------------------------------ commands
 
 
+# The settings that shape a trial's result under one grid-point name.
+_TRIAL_SETTINGS = ("retrain_epochs", "retrain_lr", "retrain_optimizer", "quant", "retrain_steps", "prune_schedule",
+                   "prune_frequency", "prune_ramp", "retrain_lr_schedule")  # fmt: skip
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from sqz.config import QuantConfig, SweepConfig, config_to_dict
 
@@ -244,8 +250,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if not args.per_layer and (args.max_drops or args.size_budgets):
         raise ValueError("--max-drops/--size-budgets: targets are only used with --per-layer")
     sweep_cfg = SweepConfig(
-        thresholds=args.thresholds, bits=args.bits, prune_mode=args.prune_mode, retrain_epochs=args.retrain_epochs,
-        retrain_lr=args.retrain_lr, max_concurrent=args.max_concurrent, max_top1_drop=args.max_drop,
+        thresholds=args.thresholds, bits=args.bits, prune_mode=args.prune_mode, **retrain_settings(args),
+        max_concurrent=args.max_concurrent, max_top1_drop=args.max_drop,
         quant=QuantConfig(finetune_epochs=args.finetune_epochs), cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial, scheduler="asha" if args.asha else "fifo", per_layer=args.per_layer,
         max_drops=max_drops, size_budgets=args.size_budgets or (), sensitivity_images=args.sensitivity_images,
@@ -254,12 +260,20 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     # Trials of one run share a row table keyed by grid point, so the settings that shape a
     # trial's result must not change under them: a different retrain needs another run.
     settings = {k: v for k, v in config_to_dict(sweep_cfg).items()
-                if k in ("retrain_epochs", "retrain_lr", "retrain_optimizer", "quant")}  # fmt: skip
+                if k in _TRIAL_SETTINGS}  # fmt: skip
     earlier = manifest.get("trial_settings")
-    if earlier is not None and earlier != settings:
-        changed = ", ".join(f"{k}={earlier.get(k)!r}" for k in settings if earlier.get(k) != settings[k])
-        raise ValueError(f"--retrain-epochs/--retrain-lr/--finetune-epochs: run {layout.run_id} was swept with "
+    # A run swept before a setting existed had its default then: compare only what it recorded.
+    if earlier is not None and any(k in earlier and earlier[k] != settings[k] for k in settings):
+        changed = ", ".join(f"{k}={earlier.get(k)!r}" for k in settings if k in earlier and earlier[k] != settings[k])
+        raise ValueError(f"--retrain-*/--prune-*/--finetune-epochs: run {layout.run_id} was swept with "
                          f"{changed}; keep them or choose a new --run-id")  # fmt: skip
+    if sweep_cfg.retrain_lr_schedule == "rewind":
+        from sqz.config import config_from_dict, TrainConfig
+
+        source_train = manifest.get("train")
+        if not source_train:
+            raise ValueError("--lr-rewind: needs the baseline's training schedule; give a `sqz run` folder as --checkpoint")
+        config_from_dict(TrainConfig, source_train)
     manifest["trial_settings"] = settings
     _write_manifest(layout, manifest)
     _evaluate_baseline(layout, arch, data, baseline)

@@ -593,6 +593,23 @@ def _digits_tensors(image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return images, torch.from_numpy(digits.target.astype(np.int64))
 
 
+class ShiftedTensors(TensorDataset):
+    """In-memory images, each shifted by a random offset in [-shift, shift] pixels per
+    axis every time it is read, the uncovered border filled with the image's minimum (the
+    background). Uses torch's global generator, so a seeded run repeats itself."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, shift: int) -> None:
+        super().__init__(images, labels)
+        self.shift = shift
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, label = super().__getitem__(index)
+        s = self.shift
+        dy, dx = (int(v) for v in torch.randint(0, 2 * s + 1, (2,)))
+        padded = F.pad(image, (s, s, s, s), value=float(image.min()))
+        return padded[:, dy : dy + image.shape[1], dx : dx + image.shape[2]], label
+
+
 def _synthetic_tensors(image_size: int, seed: int, num_classes: int = 10, per_class: int = 60) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     templates = torch.randn(num_classes, 3, image_size, image_size, generator=generator)
@@ -660,6 +677,8 @@ def load_split(config: DataConfig, split: Split, *, rank: int = 0, world_size: i
             images, labels = _synthetic_tensors(config.image_size, config.seed)
         train_idx, val_idx = _stratified_split(labels.numpy(), config.val_fraction, config.seed)
         idx = torch.from_numpy(train_idx if split == "train" else val_idx)
+        if split == "train" and config.shift_augment:
+            return ShiftedTensors(images[idx], labels[idx], config.shift_augment)
         return TensorDataset(images[idx], labels[idx])
     if not storage.is_local(config.url) or is_prepared(config.url):
         return ParquetImages(config.url, split, _transform(config, split), shuffle=split == "train",

@@ -11,6 +11,7 @@ per-layer choice (``TrialSpec.layer_amounts`` / ``layer_bits``, picked by
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import time
@@ -24,13 +25,18 @@ from torch import nn
 from sqz import engine, storage
 from sqz.compress import codec
 from sqz.compress.kmeans import CodebookSGD, SharedWeights, quantize_
-from sqz.compress.prune import attach_masks_, density, prunable_parameters, prune_
+from sqz.compress.prune import (GradualPruner, GradualSchedule, apply_masks_, attach_masks_, compute_masks, density,
+                                mask_densities, prunable_parameters, prune_)  # fmt: skip
 from sqz.config import DataConfig, PruneConfig, QuantConfig
 from sqz.data import load_split, make_loader
 from sqz.models import build_model
 from sqz.report import ALEXNET_FLOAT32_BYTES
 
-__all__ = ["TrialSpec", "trial_id", "compress_and_evaluate", "layer_module", "prune_per_layer_", "quantize_per_layer_"]
+__all__ = ["TrialSpec", "trial_id", "compress_and_evaluate", "layer_module", "prune_per_layer_", "quantize_per_layer_",
+           "retrain_rounds", "target_masks", "RETRAIN_ROUNDS"]
+
+# A step budget is retrained (and, under ASHA, reported) in this many equal rounds.
+RETRAIN_ROUNDS = 4
 
 
 @dataclass(frozen=True)
@@ -44,10 +50,64 @@ class TrialSpec:
     # uses ``prune.amount`` / ``quant.bits``.
     layer_amounts: Mapping[str, float] | None = None
     layer_bits: Mapping[str, int] | None = None
+    # How the pruning target is reached: "oneshot" cuts everything before retraining;
+    # "gradual" reaches the same per-layer densities by Zhu & Gupta's cubic schedule, the
+    # masks tightened every ``prune_frequency`` steps over the first ``prune_ramp`` share
+    # of the retrain budget (the rest recovers at the final masks). No retraining: one-shot.
+    prune_schedule: str = "oneshot"
+    prune_frequency: int = 10
+    prune_ramp: float = 0.5
+    # Retrain budget in optimizer steps; None: ``retrain_epochs`` passes over the data.
+    retrain_steps: int | None = None
+    # Learning-rate rewinding (Renda et al. 2020): instead of the constant ``retrain_lr``,
+    # retrain on the last steps of the original training's schedule, given as (base lr,
+    # epochs, poly power); its total steps are epochs x this trial's batches per epoch.
+    lr_rewind: tuple[float, int, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.prune_schedule not in ("oneshot", "gradual"):
+            raise ValueError(f"prune_schedule: must be oneshot or gradual, got {self.prune_schedule!r}")
+        if self.retrain_steps is not None and self.retrain_steps < 0:
+            raise ValueError(f"retrain_steps: must be >= 0, got {self.retrain_steps}")
+        if self.retrain_epochs < 0:
+            raise ValueError(f"retrain_epochs: must be >= 0, got {self.retrain_epochs}")
+        if self.prune_frequency < 1:
+            raise ValueError(f"prune_frequency: must be at least 1 step, got {self.prune_frequency}")
+        if not 0.0 < self.prune_ramp <= 1.0:
+            raise ValueError(f"prune_ramp: must be in (0, 1], got {self.prune_ramp}")
+        if self.lr_rewind is not None:
+            lr, epochs, power = self.lr_rewind
+            if not (lr > 0 and int(epochs) >= 1 and power > 0):
+                raise ValueError(f"lr_rewind: (base lr > 0, epochs >= 1, power > 0), got {self.lr_rewind!r}")
 
     @property
     def per_layer(self) -> bool:
         return bool(self.layer_amounts or self.layer_bits)
+
+    def total_retrain_steps(self, batches_per_epoch: int) -> int:
+        return self.retrain_steps if self.retrain_steps is not None else self.retrain_epochs * batches_per_epoch
+
+    def ramp_steps(self, batches_per_epoch: int) -> int:
+        """Steps over which a gradual schedule tightens the masks."""
+        return max(1, round(self.prune_ramp * self.total_retrain_steps(batches_per_epoch)))
+
+    def check_budget(self, batches_per_epoch: int) -> None:
+        """Options that only make sense against the budget, refused before any work."""
+        total = self.total_retrain_steps(batches_per_epoch)
+        if self.prune_schedule == "gradual" and total and self.prune_frequency > self.ramp_steps(batches_per_epoch):
+            raise ValueError(f"prune_frequency: {self.prune_frequency} steps is longer than the pruning ramp "
+                             f"({self.ramp_steps(batches_per_epoch)} of {total} retrain steps)")  # fmt: skip
+        if self.lr_rewind is not None and total > int(self.lr_rewind[1]) * batches_per_epoch:
+            raise ValueError(f"retrain_steps: rewinding {total} steps goes past the start of the original "
+                             f"{int(self.lr_rewind[1]) * batches_per_epoch}-step training")  # fmt: skip
+
+
+def retrain_rounds(spec: TrialSpec) -> int:
+    """How many times a trial reports its retraining progress (``on_retrain_epoch``):
+    once per epoch for an epoch budget, ``RETRAIN_ROUNDS`` for a step budget."""
+    if spec.retrain_steps is None:
+        return spec.retrain_epochs
+    return min(RETRAIN_ROUNDS, spec.retrain_steps)
 
 
 def trial_id(prune: PruneConfig, bits: int) -> str:
@@ -96,6 +156,67 @@ def quantize_per_layer_(model: nn.Module, default: QuantConfig, bits: Mapping[st
     return shared
 
 
+def target_masks(model: nn.Module, spec: TrialSpec) -> dict[str, torch.Tensor]:
+    """The masks one-shot pruning at ``spec``'s settings would apply, without applying
+    them: one-shot applies them at once; gradual takes their per-layer densities as its
+    targets, so both schedules end at the same sparsity."""
+    if not spec.per_layer:
+        return compute_masks(model, spec.prune)
+    _check_layers(model, spec.layer_amounts, "layer_amounts")
+    masks = {}
+    for name in prunable_parameters(model):
+        config = PruneConfig(mode=spec.prune.mode, amount=(spec.layer_amounts or {}).get(name, spec.prune.amount))
+        (masks[name],) = compute_masks(_alone(layer_module(model, name)), config).values()
+    return masks
+
+
+def _batches_forever(loader: Iterable) -> Iterable:
+    """The loader's batches epoch after epoch (each pass reshuffles), for step budgets."""
+    while True:
+        yield from loader
+
+
+def _retrain(model: nn.Module, spec: TrialSpec, masks: dict[str, torch.Tensor], train_loader: Any, val_loader: Any,
+             device: torch.device | str, on_round: Callable[[int, engine.EvalResult], None] | None) -> None:  # fmt: skip
+    """Masked retraining for the spec's budget: one-shot masks held by ``attach_masks_``,
+    or gradual masks tightened by ``GradualPruner``; constant or rewound lr."""
+    per_epoch = len(train_loader)
+    total = spec.total_retrain_steps(per_epoch)
+    gradual = spec.prune_schedule == "gradual" and total > 0
+    if not gradual:
+        apply_masks_(model, masks)
+    if not total:
+        return
+    optimizer = engine.make_optimizer(model.parameters(), spec.retrain_optimizer, lr=spec.retrain_lr)
+    if gradual:
+        schedule = GradualSchedule(mask_densities(masks), ramp_steps=spec.ramp_steps(per_epoch), frequency=spec.prune_frequency)
+        hook = GradualPruner(model, optimizer, schedule)
+    else:
+        hook = attach_masks_(model, optimizer, masks)
+    lr_at_step = None
+    if spec.lr_rewind is not None:
+        base_lr, epochs, power = spec.lr_rewind
+        original = int(epochs) * per_epoch
+        step = original - total  # the original schedule's last ``total`` steps
+
+        def lr_at_step() -> float:
+            nonlocal step
+            step += 1
+            return engine.scheduled_lr(base_lr, step - 1, original, power=power)
+
+    rounds = retrain_rounds(spec)
+    stream = _batches_forever(train_loader)
+    done = 0
+    for index in range(rounds):
+        take = per_epoch if spec.retrain_steps is None else (total * (index + 1)) // rounds - done
+        engine.train_one_epoch(model, itertools.islice(stream, take), optimizer, device=device, lr_at_step=lr_at_step)
+        done += take
+        if on_round is not None:
+            on_round(index, engine.evaluate(model, val_loader, device=device))
+    hook.remove()
+    apply_masks_(model, hook.masks if gradual else masks)
+
+
 def _loaders(data: DataConfig) -> tuple[Iterable, Iterable]:
     generator = torch.Generator().manual_seed(data.seed)
     train = make_loader(load_split(data, "train"), batch_size=data.batch_size, shuffle=True, generator=generator,
@@ -133,17 +254,8 @@ def compress_and_evaluate(
     model.to(device)
     train_loader, val_loader = _loaders(data)
 
-    if spec.per_layer:
-        masks = prune_per_layer_(model, spec.prune, spec.layer_amounts)
-    else:
-        masks = prune_(model, spec.prune)
-    if spec.retrain_epochs:
-        optimizer = engine.make_optimizer(model.parameters(), spec.retrain_optimizer, lr=spec.retrain_lr)
-        attach_masks_(model, optimizer, masks)
-        for epoch in range(spec.retrain_epochs):
-            engine.train_one_epoch(model, train_loader, optimizer, device=device)
-            if on_retrain_epoch is not None:
-                on_retrain_epoch(epoch, engine.evaluate(model, val_loader, device=device))
+    spec.check_budget(len(train_loader))
+    _retrain(model, spec, target_masks(model, spec), train_loader, val_loader, device, on_retrain_epoch)
 
     if spec.per_layer:
         shared = quantize_per_layer_(model, spec.quant, spec.layer_bits)

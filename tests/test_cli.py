@@ -18,6 +18,13 @@ from sqz.cli import main
         (["--workers", "0"], "--workers"),
         (["--epochs", "-1"], "--epochs"),
         (["--model", "resnet50"], "--model"),
+        (["--retrain-steps", "-3"], "--retrain-steps"),
+        (["--retrain-steps", "20", "--retrain-epochs", "1"], "--retrain-steps"),
+        (["--retrain-steps", "20", "--prune-frequency", "50"], "--prune-frequency"),
+        (["--prune-frequency", "0"], "--prune-frequency"),
+        (["--prune-ramp", "1.5"], "--prune-ramp"),
+        (["--prune-schedule", "cubic"], "--prune-schedule"),
+        (["--retrain-lr", "-1"], "--retrain-lr"),
     ],
 )
 def test_bad_input_is_one_line_naming_the_option(args, option):

@@ -29,6 +29,13 @@ def test_run_id_same_config_same_id_storage_excluded():
         (lambda: TrainConfig(workers=0), "workers"),
         (lambda: DataConfig(val_fraction=1.0), "val_fraction"),
         (lambda: config_from_dict(TrainConfig, {"epochz": 3}), "unknown keys"),
+        (lambda: SweepConfig(retrain_steps=-1), "retrain_steps"),
+        (lambda: SweepConfig(retrain_steps=20, prune_frequency=11), "prune_frequency"),
+        (lambda: SweepConfig(prune_frequency=0), "prune_frequency"),
+        (lambda: SweepConfig(prune_ramp=0.0), "prune_ramp"),
+        (lambda: SweepConfig(prune_schedule="cubic"), "prune_schedule"),
+        (lambda: SweepConfig(retrain_lr_schedule="cosine"), "retrain_lr_schedule"),
+        (lambda: SweepConfig(scheduler="asha", retrain_steps=0), "asha"),
     ],
 )
 def test_invalid_values_name_the_field(build, message):

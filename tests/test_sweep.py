@@ -22,7 +22,7 @@ from sqz import engine, metrics, sensitivity, storage
 from sqz.cli import main
 from sqz.compress import decode
 from sqz.compress.prune import prunable_parameters, prune_
-from sqz.config import DataConfig, PruneConfig, QuantConfig, SensitivityConfig, SweepConfig
+from sqz.config import TRAIN_RECIPES, DataConfig, PruneConfig, QuantConfig, SensitivityConfig, SweepConfig, TrainConfig
 from sqz.data import load_split
 from sqz.models import build_model
 from sqz.runs import RunLayout
@@ -34,15 +34,30 @@ DATA = DataConfig(url="digits")
 
 @pytest.fixture(scope="module")
 def baseline_bytes():
-    """A digits model trained for 4 epochs in-process (~10 s): well above chance, so a
-    badly pruned trial is distinguishable from a good one. lr 5e-4: at 1e-3 some seeds
-    of the v1.1-fire small model stay at chance for epochs."""
+    """A digits model trained in-process with the digits recipe (warm-up, lr 5e-4, batch
+    16, shifts, label smoothing) cut to 4 epochs: well above chance, so a badly pruned
+    trial is distinguishable from a good one."""
+    recipe = TRAIN_RECIPES["digits"]
+    train_cfg = TrainConfig(**{**recipe["train"], "epochs": 4})
+    data_cfg = DataConfig(**recipe["data"])
     torch.manual_seed(0)
     model = build_model(ARCH["name"], **ARCH["kwargs"])
-    loader = DataLoader(load_split(DATA, "train"), batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0))
-    optimizer = engine.make_optimizer(model.parameters(), "adamw", lr=5e-4, weight_decay=2e-4)
-    for _ in range(4):
-        engine.train_one_epoch(model, loader, optimizer)
+    loader = DataLoader(load_split(data_cfg, "train"), batch_size=data_cfg.batch_size, shuffle=True,
+                        generator=torch.Generator().manual_seed(0))  # fmt: skip
+    optimizer = engine.make_optimizer(model.parameters(), train_cfg.optimizer, lr=train_cfg.lr,
+                                      weight_decay=train_cfg.weight_decay)  # fmt: skip
+    total, warmup, step = train_cfg.epochs * len(loader), round(train_cfg.warmup_epochs * len(loader)), 0
+
+    def lr_at_step() -> float:
+        nonlocal step
+        step += 1
+        return engine.scheduled_lr(train_cfg.lr, step - 1, total, warmup_steps=warmup)
+
+    def loss_fn(logits, targets):
+        return torch.nn.functional.cross_entropy(logits, targets, label_smoothing=train_cfg.label_smoothing)
+
+    for _ in range(train_cfg.epochs):
+        engine.train_one_epoch(model, loader, optimizer, lr_at_step=lr_at_step, loss_fn=loss_fn)
     top1 = engine.evaluate(model, DataLoader(load_split(DATA, "val"), batch_size=256)).top1
     assert top1 > 80, f"the sweep tests' baseline trained to only {top1:.1f}% top-1"
     return save(model.state_dict())

@@ -258,13 +258,18 @@ def test_recipes_and_retraining_defaults():
 
     parse = _build_parser().parse_args
     data, train = train_configs(parse(["train"]))
-    assert (train.optimizer, train.lr, train.epochs, data.batch_size) == ("adamw", 1e-3, 8, 32)
+    assert (train.optimizer, train.lr, train.epochs, data.batch_size) == ("adamw", 5e-4, 12, 16)
+    assert (train.warmup_epochs, train.weight_decay, train.label_smoothing, data.shift_augment) == (1.0, 0.05, 0.1, 2)
+    _, short = train_configs(parse(["train", "--epochs", "1"]))
+    assert short.warmup_epochs == pytest.approx(1 / 8)  # the recipe's warm-up would fill the whole run
     data, train = train_configs(parse(["train", "--recipe", "imagenet"]))
     assert (train.model, train.optimizer, train.lr, train.momentum, train.weight_decay, train.lr_power) == (
         "squeezenet1_0", "sgd", 0.04, 0.9, 2e-4, 1.0)  # fmt: skip
     assert (train.epochs, train.weight_init, data.batch_size, data.image_size) == (68, "caffe_xavier", 512, 227)
     _, retrain = train_configs(parse(["train", "--recipe", "imagenet", "--masks-from", "/x/pruned.sqz"]))
     assert retrain.lr == pytest.approx(0.04 / 100) and retrain.masks_url == retrain.init_url == "/x/pruned.sqz"
+    _, digits_retrain = train_configs(parse(["train", "--masks-from", "/x/p.sqz"]))
+    assert digits_retrain.warmup_epochs == 0.0 and digits_retrain.lr == pytest.approx(5e-4 / 100)
     _, told = train_configs(parse(["train", "--masks-from", "/x/p.sqz", "--lr", "0.003", "--epochs", "5"]))
     assert (told.lr, told.epochs) == (0.003, 5)
 

@@ -2,11 +2,13 @@
 
 from sqz.compress.codec import CorruptFileError, decode, encode, layer_sizes, load, save
 from sqz.compress.kmeans import CodebookSGD, kmeans_1d, quantize_
-from sqz.compress.prune import attach_masks_, compute_masks, density, prune_
+from sqz.compress.prune import GradualPruner, GradualSchedule, attach_masks_, compute_masks, density, prune_
 
 __all__ = [
     "CodebookSGD",
     "CorruptFileError",
+    "GradualPruner",
+    "GradualSchedule",
     "attach_masks_",
     "compute_masks",
     "decode",

@@ -4,18 +4,37 @@ Like torch.nn.utils.prune, the mask travels with the weight rather than with the
 ``attach_masks_`` hooks the optimizer so that after every step pruned weights, and their
 momentum, are exactly zero again. Unlike torch.nn.utils.prune it keeps the plain
 ``weight`` parameter, so state_dict keys stay torchvision-compatible.
+
+Two ways to reach a target: one-shot (``prune_`` then ``attach_masks_``: everything is cut
+before retraining starts) or gradual (``GradualPruner``: Zhu & Gupta's cubic schedule, the
+masks tightened every few optimizer steps while the network trains, so it adapts to each
+small cut instead of recovering from one large one).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
 
 import torch
 from torch import nn
 
 from sqz.config import PruneConfig
 
-__all__ = ["prunable_parameters", "layer_thresholds", "compute_masks", "prune_", "apply_masks_", "attach_masks_", "density"]
+__all__ = [
+    "prunable_parameters",
+    "layer_thresholds",
+    "compute_masks",
+    "prune_",
+    "apply_masks_",
+    "attach_masks_",
+    "density",
+    "mask_densities",
+    "cubic_sparsity",
+    "GradualSchedule",
+    "GradualPruner",
+]
 
 Masks = dict[str, torch.Tensor]  # parameter name -> bool tensor, True = kept
 
@@ -93,16 +112,22 @@ def attach_masks_(model: nn.Module, optimizer: torch.optim.Optimizer, masks: Mas
     masked = [(params[name], mask) for name, mask in masks.items()]
     apply_masks_(model, masks)
 
-    @torch.no_grad()
     def _reapply(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        for param, mask in masked:
-            keep = mask.to(param.dtype)
-            param.mul_(keep)
-            for buffer in opt.state.get(param, {}).values():
-                if torch.is_tensor(buffer) and buffer.shape == param.shape:
-                    buffer.mul_(keep)
+        _zero_pruned_(opt, masked)
 
     return optimizer.register_step_post_hook(_reapply)
+
+
+@torch.no_grad()
+def _zero_pruned_(optimizer: torch.optim.Optimizer, masked: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Pruned weights and their per-parameter optimizer buffers (momentum, Adam moments)
+    back to exactly zero, so neither the gradient nor momentum revives a weight."""
+    for param, mask in masked:
+        keep = mask.to(param.dtype)
+        param.mul_(keep)
+        for buffer in optimizer.state.get(param, {}).values():
+            if torch.is_tensor(buffer) and buffer.shape == param.shape:
+                buffer.mul_(keep)
 
 
 def density(model: nn.Module) -> float:
@@ -111,3 +136,136 @@ def density(model: nn.Module) -> float:
     total = sum(w.numel() for w in weights)
     nonzero = sum(int(torch.count_nonzero(w).item()) for w in weights)
     return nonzero / total if total else 1.0
+
+
+def mask_densities(masks: Masks) -> dict[str, float]:
+    """Kept share of each masked tensor: what one-shot masks leave, as gradual targets."""
+    return {name: float(mask.float().mean().item()) for name, mask in masks.items()}
+
+
+def cubic_sparsity(step: int, *, final: float, initial: float, begin_step: int, ramp_steps: int, frequency: int) -> float:
+    """Zhu & Gupta (2017, "To prune, or not to prune"), eq. 1:
+    s_t = s_f + (s_i - s_f) (1 - (t - t0) / (n dt))^3, evaluated at the last mask update
+    t0 + k dt <= ``step``; ``n dt`` is ``ramp_steps`` rounded down to whole updates, so the
+    final update lands inside the ramp and reaches ``final`` exactly. Fast cuts early,
+    while the network is redundant; small ones near the target."""
+    updates = max(1, ramp_steps // frequency)  # n
+    if step < begin_step:
+        return 0.0  # the schedule has not started
+    k = min((step - begin_step) // frequency, updates)
+    return final + (initial - final) * (1.0 - k / updates) ** 3
+
+
+@dataclass(frozen=True)
+class GradualSchedule:
+    """When and how far ``GradualPruner`` tightens the masks.
+
+    ``final_densities``: kept share (0..1) per parameter name at the end of the ramp (per-layer
+    targets, e.g. from the sensitivity table or from one-shot masks). Masks are recomputed
+    every ``frequency`` optimizer steps from ``begin_step`` until ``begin_step +
+    ramp_steps``; after that they stay fixed (recovery at the final sparsity).
+    """
+
+    final_densities: Mapping[str, float]
+    ramp_steps: int
+    frequency: int
+    begin_step: int = 0
+    initial_sparsity: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.final_densities:
+            raise ValueError("final_densities: no layer to prune")
+        for name, kept in self.final_densities.items():
+            # 0 is allowed: one-shot masks at a high threshold can empty a layer, and gradual
+            # takes their densities as targets.
+            if not (math.isfinite(kept) and 0.0 <= kept <= 1.0):
+                raise ValueError(f"final_densities: {name} must be in [0, 1], got {kept}")
+        if not (isinstance(self.frequency, int) and self.frequency >= 1):
+            raise ValueError(f"prune_frequency: must be a positive number of steps, got {self.frequency!r}")
+        if not (isinstance(self.ramp_steps, int) and self.ramp_steps >= 1):
+            raise ValueError(f"ramp_steps: must be a positive number of steps, got {self.ramp_steps!r}")
+        if self.frequency > self.ramp_steps:
+            raise ValueError(f"prune_frequency: {self.frequency} steps is longer than the {self.ramp_steps}-step ramp "
+                             "(no mask update would happen before its end)")  # fmt: skip
+        if self.begin_step < 0:
+            raise ValueError(f"begin_step: must be >= 0, got {self.begin_step}")
+        if not 0.0 <= self.initial_sparsity < 1.0:
+            raise ValueError(f"initial_sparsity: must be in [0, 1), got {self.initial_sparsity}")
+
+    @property
+    def end_step(self) -> int:
+        """The step of the last mask update (the target is reached there)."""
+        return self.begin_step + max(1, self.ramp_steps // self.frequency) * self.frequency
+
+    def updates_at(self, step: int) -> bool:
+        return self.begin_step <= step <= self.end_step and (step - self.begin_step) % self.frequency == 0
+
+    def densities_at(self, step: int) -> dict[str, float]:
+        """Each layer's kept share after the mask update at or before ``step``. A layer
+        whose target is above 1 - initial_sparsity is never pruned below its target."""
+        densities = {}
+        for name, kept in self.final_densities.items():
+            initial = min(self.initial_sparsity, 1.0 - kept)
+            sparsity = cubic_sparsity(step, final=1.0 - kept, initial=initial, begin_step=self.begin_step,
+                                      ramp_steps=self.ramp_steps, frequency=self.frequency)  # fmt: skip
+            densities[name] = 1.0 - sparsity
+        return densities
+
+
+class GradualPruner:
+    """Gradual magnitude pruning as an optimizer hook (Zhu & Gupta's cubic schedule).
+
+    After every ``optimizer.step()`` the pruned weights (and their optimizer buffers) are
+    exactly zero again, as with ``attach_masks_``; on the schedule's update steps the
+    masks are first tightened to that step's density: each layer keeps its largest
+    magnitudes among the weights it still has, so a pruned weight never comes back and
+    every layer holds exactly round(density x size) weights.
+
+        pruner = GradualPruner(model, optimizer, GradualSchedule(targets, ramp_steps=200, frequency=10))
+        ...train...; pruner.remove()   # pruner.masks: the final masks
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: GradualSchedule) -> None:
+        params = prunable_parameters(model)
+        unknown = sorted(set(schedule.final_densities) - set(params))
+        if unknown:
+            raise ValueError(f"final_densities: unknown layer(s) {', '.join(unknown[:3])}")
+        self.schedule = schedule
+        self.step = 0
+        self._params = {name: params[name] for name in schedule.final_densities}
+        self.masks: Masks = {name: torch.ones_like(p, dtype=torch.bool) for name, p in self._params.items()}
+        self._optimizer = optimizer
+        if schedule.updates_at(0):
+            self._tighten(0)
+        _zero_pruned_(optimizer, self._masked())
+        self._handle = optimizer.register_step_post_hook(self._after_step)
+
+    def _masked(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [(self._params[name], mask) for name, mask in self.masks.items()]
+
+    @torch.no_grad()
+    def _tighten(self, step: int) -> None:
+        for name, kept_share in self.schedule.densities_at(step).items():
+            weight, mask = self._params[name], self.masks[name]
+            # Never more than the layer still has: masks only shrink.
+            keep = min(round(kept_share * weight.numel()), int(mask.sum().item()))
+            if keep == int(mask.sum().item()):
+                continue
+            scores = weight.detach().abs().flatten().masked_fill(~mask.flatten(), -1.0)
+            new = torch.zeros(weight.numel(), dtype=torch.bool, device=weight.device)
+            new[torch.topk(scores, keep, sorted=False).indices] = True
+            self.masks[name] = new.view_as(mask)
+
+    def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self.step += 1
+        if self.schedule.updates_at(self.step):
+            self._tighten(self.step)
+        _zero_pruned_(optimizer, self._masked())
+
+    @property
+    def finished(self) -> bool:
+        """True once the final mask update has happened."""
+        return self.step >= self.schedule.end_step
+
+    def remove(self) -> None:
+        self._handle.remove()

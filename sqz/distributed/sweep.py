@@ -16,6 +16,7 @@ keeps every finished trial and raises, naming how many are left; the rerun does 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from typing import Any, Callable
 
@@ -28,9 +29,9 @@ from sqz import metrics, sensitivity, storage
 from sqz.compress import codec
 from sqz.config import DataConfig, PruneConfig, SensitivityConfig, SweepConfig, config_from_dict, config_to_dict
 from sqz.runs import RunLayout
-from sqz.trial import TrialSpec, compress_and_evaluate, trial_id
+from sqz.trial import TrialSpec, compress_and_evaluate, retrain_rounds, trial_id
 
-__all__ = ["sweep", "grid_points", "per_layer_points", "sensitivity_config_of"]
+__all__ = ["sweep", "grid_points", "per_layer_points", "sensitivity_config_of", "trial_spec", "training_schedule"]
 
 # Ray Tune copies AWS_* credentials from the driver's environment into every trial's
 # runtime_env, and Ray writes runtime envs in clear text to runtime_env_agent.log. Trials
@@ -106,23 +107,44 @@ def _device(sweep_cfg: SweepConfig) -> str:
     return "cuda"  # Ray sets CUDA_VISIBLE_DEVICES to the trial's GPU
 
 
+def trial_spec(sweep_cfg: SweepConfig, point: dict[str, Any], lr_rewind: tuple[float, int, float] | None = None) -> TrialSpec:
+    """The TrialSpec of one grid (or per-layer) point under ``sweep_cfg``."""
+    per_layer = "layer_amounts" in point
+    amount = sensitivity.no_prune_level(sweep_cfg.prune_mode) if per_layer else point["threshold"]
+    prune = PruneConfig(mode=sweep_cfg.prune_mode, amount=amount)
+    quant = dataclasses.replace(sweep_cfg.quant, bits=point["bits"])
+    return TrialSpec(prune=prune, quant=quant, retrain_epochs=sweep_cfg.retrain_epochs,
+                     retrain_lr=sweep_cfg.retrain_lr, retrain_optimizer=sweep_cfg.retrain_optimizer,
+                     layer_amounts=point.get("layer_amounts"), layer_bits=point.get("layer_bits"),
+                     prune_schedule=sweep_cfg.prune_schedule, prune_frequency=sweep_cfg.prune_frequency,
+                     prune_ramp=sweep_cfg.prune_ramp, retrain_steps=sweep_cfg.retrain_steps,
+                     lr_rewind=lr_rewind if sweep_cfg.retrain_lr_schedule == "rewind" else None)  # fmt: skip
+
+
+def training_schedule(layout: RunLayout) -> tuple[float, int, float]:
+    """(base lr, epochs, poly power) of the training that made the run's baseline, from
+    its manifest (a `sqz run` folder, or a sweep of one): what lr rewinding replays."""
+    manifest = json.loads(storage.read_bytes(layout.manifest_url)) if storage.exists(layout.manifest_url) else {}
+    train = manifest.get("config", {}).get("train") or manifest.get("train")
+    if not train:
+        raise ValueError("retrain_lr_schedule: rewind needs the baseline's training schedule; sweep a `sqz run` "
+                         "folder (its manifest has it), or use the constant retrain lr")  # fmt: skip
+    return float(train["lr"]), int(train["epochs"]), float(train.get("lr_power", 1.0))
+
+
 def _trial(config: dict[str, Any], *, baseline: bytes, points: dict[str, dict[str, Any]], context: dict[str, Any]) -> None:
     point = points[config["trial_id"]]
     sweep_cfg: SweepConfig = config_from_dict(SweepConfig, context["sweep"])
     # Ray sets OMP_NUM_THREADS from the trial's CPUs; say it to torch too, whatever ran first.
     torch.set_num_threads(max(1, int(sweep_cfg.cpus_per_trial)))
-    per_layer = "layer_amounts" in point
-    amount = sensitivity.no_prune_level(sweep_cfg.prune_mode) if per_layer else point["threshold"]
-    prune = PruneConfig(mode=sweep_cfg.prune_mode, amount=amount)
-    quant = dataclasses.replace(sweep_cfg.quant, bits=point["bits"])
-    spec = TrialSpec(prune=prune, quant=quant, retrain_epochs=sweep_cfg.retrain_epochs,
-                     retrain_lr=sweep_cfg.retrain_lr, retrain_optimizer=sweep_cfg.retrain_optimizer,
-                     layer_amounts=point.get("layer_amounts"), layer_bits=point.get("layer_bits"))  # fmt: skip
+    rewind = context.get("lr_rewind")
+    spec = trial_spec(sweep_cfg, point, tuple(rewind) if rewind else None)
     layout = RunLayout(context["run_url"])
     name = config["trial_id"]
 
     def report_epoch(epoch: int, result: Any) -> None:
-        # One report per retrain epoch: what ASHA compares trials on.
+        # One report per retrain round (an epoch, or a share of a step budget): what ASHA
+        # compares trials on.
         tune.report({"top1": result.top1, "top5": result.top5, "retrain_epoch": epoch + 1})
 
     row = compress_and_evaluate(
@@ -137,7 +159,7 @@ def _trial(config: dict[str, Any], *, baseline: bytes, points: dict[str, dict[st
                        writer_id=name)  # fmt: skip
     metrics.write_rows(layout.run_url, "sweep_trials", [row], writer_id=name)
     numbers = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    tune.report({**numbers, "retrain_epoch": sweep_cfg.retrain_epochs + 1})
+    tune.report({**numbers, "retrain_epoch": retrain_rounds(spec) + 1})
 
 
 def _finished_ids(layout: RunLayout) -> tuple[set[str], set[str]]:
@@ -166,10 +188,11 @@ class _StopRecordingASHA(ASHAScheduler):
 def _scheduler(sweep_cfg: SweepConfig) -> _StopRecordingASHA | None:
     if sweep_cfg.scheduler != "asha":
         return None
-    # Rungs after retrain epochs 1, 2, 4, ...; the final report (the decoded file's top-1)
-    # comes at retrain_epochs + 1 = max_t, where ASHA only lets the finished trial end.
+    # Rungs after retrain rounds 1, 2, 4, ...; the final report (the decoded file's top-1)
+    # comes at rounds + 1 = max_t, where ASHA only lets the finished trial end.
+    rounds = retrain_rounds(trial_spec(sweep_cfg, {"threshold": sweep_cfg.thresholds[0], "bits": sweep_cfg.bits[0]}))
     return _StopRecordingASHA(time_attr="retrain_epoch", metric="top1", mode="max",
-                              max_t=sweep_cfg.retrain_epochs + 1, grace_period=1, reduction_factor=2)  # fmt: skip
+                              max_t=rounds + 1, grace_period=1, reduction_factor=2)  # fmt: skip
 
 
 class _Progress(tune.Callback):
@@ -189,6 +212,7 @@ def sweep(layout: RunLayout, sweep_cfg: SweepConfig, data_cfg: DataConfig, arch:
     With ``sweep_cfg.per_layer`` the sensitivity table is completed first (on Ray) and the
     grid is one per-layer trial per target. ``on_progress(finished, total)``, if given, is
     called at the start (trials already done count as finished) and as each trial ends."""
+    lr_rewind = training_schedule(layout) if sweep_cfg.retrain_lr_schedule == "rewind" else None
     if sweep_cfg.per_layer:
         from sqz.distributed.sensitivity import run_sensitivity
 
@@ -208,7 +232,7 @@ def sweep(layout: RunLayout, sweep_cfg: SweepConfig, data_cfg: DataConfig, arch:
         baseline = storage.read_bytes(layout.baseline_url)
         context = {
             "sweep": config_to_dict(sweep_cfg), "data": config_to_dict(data_cfg),
-            "arch": arch, "run_url": layout.run_url,
+            "arch": arch, "run_url": layout.run_url, "lr_rewind": lr_rewind,
         }  # fmt: skip
         resources = {"cpu": sweep_cfg.cpus_per_trial, "gpu": sweep_cfg.gpus_per_trial}
         trainable = tune.with_resources(
