@@ -277,7 +277,7 @@ def distill_codebooks_(model: nn.Module, shared: Mapping[str, SharedWeights], in
         loss = kl_divergence(teacher_logits[pick].to(device) / temperature, student).mean() * temperature**2
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     optimizer.zero_grad()
     model.train(was_training)
     return losses
