@@ -52,7 +52,9 @@ def main() -> int:
     parser.add_argument("--distill-steps", type=int, default=48)
     parser.add_argument("--distill-batch", type=int, default=16)
     parser.add_argument("--distill-lr", type=float, default=1e-4)
-    parser.add_argument("--distill", default="all", help="which targets get distilled rows: all, or a list like 6,b430000")
+    parser.add_argument("--distill", default="6:none,6:fisher,5:fisher,b430000:fisher,b372000:fisher",
+                        help="which rows also get a distilled row: all, or TARGET[:WEIGHTING] items, e.g. 6,b430000:fisher "
+                        "(a distilled row costs minutes on CPU)")  # fmt: skip
     parser.add_argument("--weightings", default="none,fisher")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -106,7 +108,8 @@ def main() -> int:
                 shared = quantize_with_bits_(model, quant, layer_bits, weights)
             else:
                 shared = quantize_(model, QuantConfig(bits=bits, method="exact"), importance=weights)
-            steps_list = [0] + ([args.distill_steps] if args.distill_steps and (distill_all or key in distill_for) else [])
+            wanted = distill_all or key in distill_for or f"{key}:{weighting}" in distill_for
+            steps_list = [0] + ([args.distill_steps] if args.distill_steps and wanted else [])
             for steps in steps_list:
                 if steps:
                     distill_codebooks_(model, shared, calibration, calibration_logits, steps=steps, lr=args.distill_lr,
