@@ -337,8 +337,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_import_dc(args: argparse.Namespace) -> int:
-    from sqz import storage
-    from sqz.import_dc import ImportOptions, import_released
+    from sqz.import_dc import ImportOptions, import_to
 
     if args.calibrate is None and (args.weighting is not None or args.distill_steps is not None):
         raise ValueError("--weighting/--distill-steps: need --calibrate (the images they are computed on)")
@@ -347,39 +346,25 @@ def _cmd_import_dc(args: argparse.Namespace) -> int:
                             weighting=args.weighting or defaults.weighting, distill_lr=args.distill_lr,
                             distill_steps=defaults.distill_steps if args.distill_steps is None else args.distill_steps,
                             calibration_images=args.calibration_images)  # fmt: skip  # every bad value fails here
-    source = storage.read_bytes(args.file)
-    result = import_released(source, options, log=lambda line: print(line, flush=True))
-    data = result["data"]
-    if options.bits is not None or options.size_budget is not None:
+    summary = import_to(args.file, args.out, options, run_url=args.run, log=lambda line: print(line, flush=True))
+    reclustered = options.bits is not None or options.size_budget is not None
+    if reclustered:
         how = (f"{options.weighting}-weighted" if options.calibrate else "weight-MSE") + f" {options.method} k-means"
         if options.uses_distillation:
             how += f", centroids distilled {options.distill_steps} steps"
-        widths = (f"per-layer bits {dict(sorted(_count(result['layer_bits']).items()))} (bits: layers)"
-                  if result["layer_bits"] else f"{options.bits} bits")  # fmt: skip
-        print(f"re-clustered at {widths} ({how}): weight error {100 * result['weight_error']:.2f}% "
+        widths = (f"per-layer bits {dict(sorted(_count(summary['layer_bits']).items()))} (bits: layers)"
+                  if summary["layer_bits"] else f"{options.bits} bits")  # fmt: skip
+        print(f"re-clustered at {widths} ({how}): weight error {100 * summary['weight_error']:.2f}% "
               "(relative RMS over all weights)")  # fmt: skip
-    storage.write_bytes(args.out, data)
-    exact = result["bit_exact"]
-    what = "the re-clustered weights" if options.bits is not None or options.size_budget else "the released weights"
-    print(f"{args.file}: {len(source):,} bytes -> {args.out}: {len(data):,} bytes "
-          f"({100 * len(data) / len(source):.1f}%), decodes to {what} bit-exact: {exact}")  # fmt: skip
-    fid = result["fidelity"]
+    what = "the re-clustered weights" if reclustered else "the released weights"
+    print(f"{args.file}: {summary['source_bytes']:,} bytes -> {args.out}: {summary['size_bytes']:,} bytes "
+          f"({100 * summary['size_bytes'] / summary['source_bytes']:.1f}%), decodes to {what} bit-exact: {summary['bit_exact']}")  # fmt: skip
+    fid = summary["fidelity"]
     if fid is not None:
-        from sqz import metrics
-        from sqz.evaluation import default_run_url
-
-        run_url = args.run or default_run_url(args.out)
-        row = {"run_id": run_url.rstrip("/").rsplit("/", 1)[-1], "model": storage.absolute(args.out),
-               "reference": storage.absolute(args.file), "images": fid["images"],
-               "top1_agreement": fid["top1_agreement"], "top5_overlap": fid["top5_overlap"], "kl": fid["kl"]}  # fmt: skip
-        import hashlib
-
-        writer = "import-dc-" + hashlib.sha256(data).hexdigest()[:16]
-        url = metrics.write_rows(run_url, "fidelity", [row], writer_id=writer)
         print(f"fidelity vs the dense model on {fid['images']} held-out images ({args.calibrate}): top-1 agreement "
               f"{fid['top1_agreement']:.1f}%, top-5 overlap {fid['top5_overlap']:.1f}%, mean KL {fid['kl']:.4f}")  # fmt: skip
-        print(f"row: {url}")
-    return 0 if exact else 1
+        print(f"row: {summary['row_url']}")
+    return 0 if summary["bit_exact"] else 1
 
 
 def _count(layer_bits: dict[str, int]) -> dict[int, int]:

@@ -27,7 +27,7 @@ from sqz.data import normalize_batch
 from sqz.fidelity import (allocate_bits, calibration_sets, check_calibration_source, fidelity, fisher_importance,
                           layer_bit_options, logits_of, quantize_with_bits_, smallest_file, subsample)  # fmt: skip
 
-__all__ = ["ImportOptions", "import_released", "BUDGET_BITS", "RELEASED_INPUT"]
+__all__ = ["ImportOptions", "import_released", "import_to", "BUDGET_BITS", "RELEASED_INPUT"]
 
 RELEASED_INPUT = {"image_size": 227, "normalization": "caffe"}  # Caffe's convention, recorded in the file
 BUDGET_BITS = (3, 4, 5, 6, 7, 8)  # the widths a byte budget chooses among, per layer
@@ -164,3 +164,31 @@ def _finish(out: dict[str, Any], model: torch.nn.Module, data: bytes) -> dict[st
     out["data"], out["model"] = data, decoded
     out["bit_exact"] = all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), decoded.state_dict().values()))
     return out
+
+
+def import_to(file_url: str, out_url: str, options: ImportOptions, *, run_url: str | None = None,
+              log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:  # fmt: skip
+    """Read the released file, write the .sqz per ``options`` to ``out_url``, and with
+    calibration add the held-out fidelity row to ``run_url``'s ``fidelity`` table (default:
+    the output's run, else ./sqz-runs/evaluations). Returns a JSON-ready summary."""
+    import hashlib
+
+    from sqz import metrics, storage
+    from sqz.evaluation import default_run_url
+
+    storage.check_url(out_url, option="OUT")
+    source = storage.read_bytes(file_url)
+    result = import_released(source, options, log=log)
+    data = result["data"]
+    storage.write_bytes(out_url, data)
+    summary = {key: result.get(key) for key in ("fidelity", "layer_bits", "weight_error", "bit_exact", "seconds")}
+    summary.update(source_bytes=len(source), size_bytes=len(data), model_url=storage.absolute(out_url), row_url=None)
+    fid = result["fidelity"]
+    if fid is not None:
+        run_url = run_url or default_run_url(out_url)
+        row = {"run_id": run_url.rstrip("/").rsplit("/", 1)[-1], "model": storage.absolute(out_url),
+               "reference": storage.absolute(file_url), "images": fid["images"],
+               "top1_agreement": fid["top1_agreement"], "top5_overlap": fid["top5_overlap"], "kl": fid["kl"]}  # fmt: skip
+        # One file per output's bytes: importing the same result again replaces its row.
+        summary["row_url"] = metrics.write_rows(run_url, "fidelity", [row], writer_id="import-dc-" + hashlib.sha256(data).hexdigest()[:16])
+    return summary
