@@ -42,6 +42,21 @@ def prepare(images: torch.Tensor) -> torch.Tensor:
     return normalize_batch(images, "caffe")
 
 
+def _cached(folder: str | None, name: str) -> dict[str, torch.Tensor] | None:
+    from safetensors.torch import load_file
+
+    path = os.path.join(folder, name + ".safetensors") if folder else None
+    return load_file(path) if path and os.path.exists(path) else None
+
+
+def _store(folder: str | None, name: str, tensors: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save_file
+
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(folder, name + ".safetensors"))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--net", default=RELEASED if os.path.exists(RELEASED) else "/work/shared/models/squeezenet-deep-compression/compressed_SqueezeNet.net")
@@ -56,6 +71,8 @@ def main() -> int:
                         help="which rows also get a distilled row: all, or TARGET[:WEIGHTING] items, e.g. 6,b430000:fisher "
                         "(a distilled row costs minutes on CPU)")  # fmt: skip
     parser.add_argument("--weightings", default="none,fisher")
+    parser.add_argument("--cache", default=None, help="folder keeping the teacher logits and the Fisher importance "
+                        "(safetensors) between runs with the same settings")  # fmt: skip
     args = parser.parse_args()
     torch.manual_seed(0)
     bit_widths = [int(b) for b in args.bits.split(",") if b]
@@ -67,15 +84,23 @@ def main() -> int:
     start = time.perf_counter()
     sets = calibration_sets("photos")
     calibration = subsample(sets.calibration, args.calibration_images)
-    held_logits = logits_of(dense, sets.held_out)
-    calibration_logits = logits_of(dense, calibration)
+    cached = _cached(args.cache, f"teacher-{args.calibration_images}")
+    if cached is None:
+        cached = {"held": logits_of(dense, sets.held_out), "calibration": logits_of(dense, calibration)}
+        _store(args.cache, f"teacher-{args.calibration_images}", cached)
+    held_logits, calibration_logits = cached["held"], cached["calibration"]
     print(f"photos: {len(sets.calibration)} calibration crops ({len(calibration)} used), {len(sets.held_out)} held-out "
           f"crops of other scenes; teacher logits {time.perf_counter() - start:.0f} s", flush=True)  # fmt: skip
 
     start = time.perf_counter()
     fisher_set = subsample(calibration, args.fisher_images, 1)
-    importance = fisher_importance(copy.deepcopy(dense), (prepare(fisher_set[i : i + 32]) for i in range(0, len(fisher_set), 32)))
-    print(f"Fisher pass (gradients of {len(fisher_set)} crops, micro-batches of 4): {time.perf_counter() - start:.1f} s", flush=True)
+    importance = _cached(args.cache, f"fisher-{args.calibration_images}-{args.fisher_images}")
+    if importance is None:
+        importance = fisher_importance(copy.deepcopy(dense), (prepare(fisher_set[i : i + 32]) for i in range(0, len(fisher_set), 32)))
+        _store(args.cache, f"fisher-{args.calibration_images}-{args.fisher_images}", importance)
+        print(f"Fisher pass (gradients of {len(fisher_set)} crops, micro-batches of 4): {time.perf_counter() - start:.1f} s", flush=True)
+    else:
+        print("Fisher importance: from the cache", flush=True)
 
     # k-means timing, gradient pass excluded: whole model, k = 256, best of 3 (after a warm-up).
     for label, weights in (("unweighted", None), ("fisher-weighted", importance)):
@@ -97,32 +122,42 @@ def main() -> int:
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|", flush=True)
     rows = []
     quant = QuantConfig(bits=8, method="exact")
+
+    def clustered(bits, budget, weights):
+        model = copy.deepcopy(dense)
+        if budget is not None:
+            options, rest = layer_bit_options(dense, quant, BUDGET_BITS, weights)
+            layer_bits = allocate_bits(options, rest, budget)
+            return model, quantize_with_bits_(model, quant, layer_bits, weights), layer_bits
+        return model, quantize_(model, QuantConfig(bits=bits, method="exact"), importance=weights), None
+
+    def report(label, weighting, steps, model, start):
+        data = codec.encode(model)
+        fid = fidelity(logits_of(codec.decode(data), sets.held_out), held_logits)
+        row = (label, weighting, steps, len(data), fid, time.perf_counter() - start)
+        rows.append(row)
+        print(f"| {label:<14} | {weighting:<9} | {steps:>7} | {len(data):>9,} | {fid['top1_agreement']:>13.1f} | "
+              f"{fid['top5_overlap']:>15.1f} | {fid['kl']:>6.3f} | {row[5]:>5.0f} |", flush=True)  # fmt: skip
+
+    # Plain rows first (seconds each), then the distilled ones (minutes each on CPU).
+    distilled = []
     for label, bits, budget, key in targets:
         for weighting in weightings:
             weights = importance if weighting == "fisher" else None
             start = time.perf_counter()
-            model = copy.deepcopy(dense)
-            if budget is not None:
-                options, rest = layer_bit_options(dense, quant, BUDGET_BITS, weights)
-                layer_bits = allocate_bits(options, rest, budget)
-                shared = quantize_with_bits_(model, quant, layer_bits, weights)
-            else:
-                shared = quantize_(model, QuantConfig(bits=bits, method="exact"), importance=weights)
-            wanted = distill_all or key in distill_for or f"{key}:{weighting}" in distill_for
-            steps_list = [0] + ([args.distill_steps] if args.distill_steps and wanted else [])
-            for steps in steps_list:
-                if steps:
-                    distill_codebooks_(model, shared, calibration, calibration_logits, steps=steps, lr=args.distill_lr,
-                                       batch_size=args.distill_batch, prepare=prepare)  # fmt: skip
-                data = codec.encode(model)
-                fid = fidelity(logits_of(codec.decode(data), sets.held_out), held_logits)
-                row = (label, weighting, steps, len(data), fid, time.perf_counter() - start)
-                rows.append(row)
-                print(f"| {label:<14} | {weighting:<9} | {steps:>7} | {len(data):>9,} | {fid['top1_agreement']:>13.1f} | "
-                      f"{fid['top5_overlap']:>15.1f} | {fid['kl']:>6.3f} | {row[5]:>5.0f} |", flush=True)  # fmt: skip
-            if budget is not None:
+            model, shared, layer_bits = clustered(bits, budget, weights)
+            report(label, weighting, 0, model, start)
+            if layer_bits is not None:
                 counts = {b: sum(1 for v in layer_bits.values() if v == b) for b in sorted(set(layer_bits.values()))}
-                print(f"|   layers at bits ({weighting}): {counts}", flush=True)
+                print(f"|   {weighting} layers per bit width: {counts}", flush=True)
+            if args.distill_steps and (distill_all or key in distill_for or f"{key}:{weighting}" in distill_for):
+                distilled.append((label, bits, budget, weighting))
+    for label, bits, budget, weighting in distilled:
+        start = time.perf_counter()
+        model, shared, _ = clustered(bits, budget, importance if weighting == "fisher" else None)
+        distill_codebooks_(model, shared, calibration, calibration_logits, steps=args.distill_steps, lr=args.distill_lr,
+                           batch_size=args.distill_batch, prepare=prepare)  # fmt: skip
+        report(label, weighting, args.distill_steps, model, start)
 
     print()
     for budget, need_top1, need_top5 in ((430_000, 95.0, 97.0), (372_000, 90.0, None)):

@@ -230,3 +230,29 @@ def test_import_dc_calibrated_writes_fidelity(tmp_path, capsys):
     assert "top-1 agreement" in printed
     (row,) = metrics.read_table(str(run), "fidelity").to_pylist()
     assert row["images"] > 100 and 0 < row["top1_agreement"] <= 100 and row["kl"] > 0
+
+
+@pytest.mark.slow
+def test_trial_with_fisher_weighting_and_distillation(tmp_path):
+    from safetensors.torch import save
+
+    from sqz.compress.codec import decode
+    from sqz.config import DataConfig
+    from sqz.models import build_model
+    from sqz.trial import TrialSpec, compress_and_evaluate
+
+    torch.manual_seed(0)
+    model = build_model("squeezenet_small", num_classes=10)
+    baseline = save({k: v.contiguous() for k, v in model.state_dict().items()})
+    quant = QuantConfig(bits=3, weighting="fisher", distill_steps=3, calibration_batches=2, finetune_epochs=0)
+    spec = TrialSpec(prune=PruneConfig(mode="std", amount=0.8), quant=quant, retrain_epochs=0, retrain_lr=1e-4)
+    url = str(tmp_path / "t.sqz")
+    row = compress_and_evaluate(baseline=baseline, arch={"name": "squeezenet_small", "kwargs": {"num_classes": 10}},
+                                data=DataConfig(url="digits"), spec=spec, model_url=url, run_id="r")  # fmt: skip
+    assert row["size_bytes"] == os.path.getsize(url) and 0 <= row["top1"] <= 100
+    original = dict(model.named_parameters())
+    for name, weight in decode(open(url, "rb").read()).named_parameters():
+        if weight.dim() > 1:
+            kept = original[name].abs() > 0.8 * original[name].std()  # pruned at q x std, zeros kept through distillation
+            assert torch.equal(weight != 0, kept), name
+            assert torch.unique(weight[weight != 0]).numel() <= 8, name
