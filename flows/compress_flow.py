@@ -57,3 +57,34 @@ def compress_model(run_url: str, arch: dict[str, Any], data_config: dict[str, An
                           description=f"{name}: the decoded .sqz file evaluated on {data_config.get('url', 'digits')}")  # fmt: skip
     publish_outputs(run_url, include=lambda kind, url: url in (row["model_url"],) or url.endswith(f"/sweep_trials/{name}.parquet"))
     return row
+
+
+@task(name="import-released", **RETRYING, **NOT_CACHED)
+def import_released_task(file_url: str, out_url: str, options: dict[str, Any], run_url: str | None) -> dict[str, Any]:
+    from sqz.import_dc import ImportOptions, import_to
+
+    return import_to(file_url, out_url, ImportOptions(**options), run_url=run_url)
+
+
+@flow(name="import_released")
+def import_released(file_url: str, out_url: str, bits: int | None = None, method: str = "exact",
+                    calibrate: str | None = None, size_budget: int | None = None, weighting: str = "fisher",
+                    distill_steps: int = 32, distill_lr: float = 1e-4, calibration_images: int = 384,
+                    run_url: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """`sqz import-dc` as a flow: the released Deep Compression SqueezeNet -> .sqz,
+    re-clustered at ``bits`` or per layer under ``size_budget`` bytes, calibrated on
+    ``calibrate`` (photos | a folder | a prepared dataset) with Fisher-weighted k-means and
+    centroid distillation; the held-out fidelity goes to the ``fidelity`` table and an
+    artifact."""
+    from sqz.import_dc import ImportOptions
+
+    options = {"bits": bits, "method": method, "calibrate": calibrate, "size_budget": size_budget, "weighting": weighting,
+               "distill_steps": distill_steps, "distill_lr": distill_lr, "calibration_images": calibration_images}  # fmt: skip
+    ImportOptions(**options)  # bad input fails here, before the task (and its retries)
+    storage.check_url(out_url, option="out_url")
+    summary = import_released_task(file_url, out_url, options, run_url)
+    if summary["fidelity"] is not None:
+        create_table_artifact([{"model": summary["model_url"], "size_bytes": summary["size_bytes"], **summary["fidelity"]}],
+                              key=artifact_key("import-dc", f"b{bits}-s{size_budget}", "fidelity"),
+                              description=f"fidelity vs the dense released model on held-out {calibrate} images")  # fmt: skip
+    return summary

@@ -161,7 +161,9 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--bits", type=_list_of(int, "--bits", lambda v: None if 1 <= v <= 8 else "must be in 1..8"),
                      default=DEMO_BITS, help=f"bit widths, comma-separated, each in 1..8 (default: {','.join(map(str, DEMO_BITS))})")  # fmt: skip
     add_retrain_options(run)
-    run.add_argument("--finetune-epochs", type=_non_negative_int, default=1, help="centroid fine-tuning epochs per trial (default: 1)")
+    run.add_argument("--finetune-epochs", type=_non_negative_int, default=cli_sweep._default_finetune(),
+                     help=f"centroid fine-tuning epochs on the task loss per trial (default: {cli_sweep._default_finetune()})")  # fmt: skip
+    cli_sweep.add_quant_options(run)
     run.add_argument("--max-concurrent", type=_positive_int, default=2, help="sweep trials at once (default: 2)")
     run.add_argument("--max-drop", type=float, default=0.5, help="top-1 points the chosen variant may lose (default: 0.5)")
     run.add_argument("--ray-address", default=None, help="Ray cluster to use (ray://host:10001 or auto); default: start a local Ray")
@@ -196,6 +198,25 @@ def _build_parser() -> argparse.ArgumentParser:
                            "instead of keeping the released 8-bit codebooks")  # fmt: skip
     import_dc.add_argument("--method", choices=["auto", "exact", "lloyd"], default="exact",
                            help="k-means for --bits (default: exact)")
+    from sqz.import_dc import ImportOptions
+
+    defaults = ImportOptions()
+    import_dc.add_argument("--calibrate", default=None, metavar="SRC",
+                           help="calibrate on images and report fidelity to the dense model on held-out ones: photos "
+                           "(real photos shipped in scikit-image/scikit-learn/matplotlib), a folder of images, or a "
+                           "prepared dataset (folder or s3://)")  # fmt: skip
+    import_dc.add_argument("--size-budget", type=_positive_int, default=None, metavar="BYTES",
+                           help="pick each layer's bits (3..8) so the file fits BYTES, maximising fidelity")  # fmt: skip
+    import_dc.add_argument("--weighting", choices=["fisher", "none"], default=None,
+                           help=f"with --calibrate: k-means error weighting (default: {defaults.weighting})")
+    import_dc.add_argument("--distill-steps", type=_non_negative_int, default=None,
+                           help=f"with --calibrate: centroid distillation steps (default: {defaults.distill_steps})")
+    import_dc.add_argument("--distill-lr", type=float, default=defaults.distill_lr,
+                           help=f"with --calibrate: Adam lr of the distillation (default: {defaults.distill_lr:g})")
+    import_dc.add_argument("--calibration-images", type=_positive_int, default=defaults.calibration_images,
+                           help=f"calibration images used, a fixed subset (default: {defaults.calibration_images})")
+    import_dc.add_argument("--run", default=None, help="run URL whose fidelity table gets the row "
+                           "(default: the output's run, else ./sqz-runs/evaluations)")  # fmt: skip
 
     from sqz.train_cli import add_train_parser  # its own module; imported late (it uses the helpers above)
 
@@ -246,7 +267,8 @@ def _add_eval_parser(sub: Any) -> None:
 
 
 def _pipeline_config(args: argparse.Namespace):
-    from sqz.config import TRAIN_RECIPES, DataConfig, PipelineConfig, QuantConfig, SweepConfig, TrainConfig
+    from sqz.cli_sweep import quant_config
+    from sqz.config import TRAIN_RECIPES, DataConfig, PipelineConfig, SweepConfig, TrainConfig
     from sqz.data import check_data_url, num_classes_of
     from sqz.models import list_models
     from sqz.storage import check_url
@@ -276,7 +298,7 @@ def _pipeline_config(args: argparse.Namespace):
         sweep=SweepConfig(thresholds=args.thresholds or (DEMO_DENSITIES if args.prune_mode == "density" else (0.3, 0.6, 0.9)),
                           bits=args.bits, prune_mode=args.prune_mode,
                           **retrain_settings(args), max_concurrent=args.max_concurrent,
-                          max_top1_drop=args.max_drop, quant=QuantConfig(finetune_epochs=args.finetune_epochs)),
+                          max_top1_drop=args.max_drop, quant=quant_config(args)),
         storage_url=args.storage,
     )  # fmt: skip
 
@@ -401,36 +423,41 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_import_dc(args: argparse.Namespace) -> int:
-    import torch
+    from sqz.import_dc import ImportOptions, import_to
 
-    from sqz import storage
-    from sqz.compress.codec import decode, encode
-    from sqz.compress.dcnet import load_dcnet
-    from sqz.compress.kmeans import quantize_
-    from sqz.config import QuantConfig
+    if args.calibrate is None and (args.weighting is not None or args.distill_steps is not None):
+        raise ValueError("--weighting/--distill-steps: need --calibrate (the images they are computed on)")
+    defaults = ImportOptions()
+    options = ImportOptions(bits=args.bits, method=args.method, calibrate=args.calibrate, size_budget=args.size_budget,
+                            weighting=args.weighting or defaults.weighting, distill_lr=args.distill_lr,
+                            distill_steps=defaults.distill_steps if args.distill_steps is None else args.distill_steps,
+                            calibration_images=args.calibration_images)  # fmt: skip  # every bad value fails here
+    summary = import_to(args.file, args.out, options, run_url=args.run, log=lambda line: print(line, flush=True))
+    reclustered = options.bits is not None or options.size_budget is not None
+    if reclustered:
+        how = (f"{options.weighting}-weighted" if options.calibrate else "weight-MSE") + f" {options.method} k-means"
+        if options.uses_distillation:
+            how += f", centroids distilled {options.distill_steps} steps"
+        widths = (f"per-layer bits {dict(sorted(_count(summary['layer_bits']).items()))} (bits: layers)"
+                  if summary["layer_bits"] else f"{options.bits} bits")  # fmt: skip
+        print(f"re-clustered at {widths} ({how}): weight error {100 * summary['weight_error']:.2f}% "
+              "(relative RMS over all weights)")  # fmt: skip
+    what = "the re-clustered weights" if reclustered else "the released weights"
+    print(f"{args.file}: {summary['source_bytes']:,} bytes -> {args.out}: {summary['size_bytes']:,} bytes "
+          f"({100 * summary['size_bytes'] / summary['source_bytes']:.1f}%), decodes to {what} bit-exact: {summary['bit_exact']}")  # fmt: skip
+    fid = summary["fidelity"]
+    if fid is not None:
+        print(f"fidelity vs the dense model on {fid['images']} held-out images ({args.calibrate}): top-1 agreement "
+              f"{fid['top1_agreement']:.1f}%, top-5 overlap {fid['top5_overlap']:.1f}%, mean KL {fid['kl']:.4f}")  # fmt: skip
+        print(f"row: {summary['row_url']}")
+    return 0 if summary["bit_exact"] else 1
 
-    quant = QuantConfig(bits=args.bits, method=args.method) if args.bits is not None else None  # validated first
-    source = storage.read_bytes(args.file)
-    model = load_dcnet(source)
-    meta = {"source": "Deep Compression release, compressed_SqueezeNet.net",
-            "input": {"image_size": 227, "normalization": "caffe"}}  # Caffe's convention
-    if quant is not None:
-        released = {name: p.detach().clone() for name, p in model.named_parameters() if p.dim() > 1}
-        quantize_(model, quant)
-        meta["reclustered"] = {"bits": quant.bits, "method": quant.method}
-        params = dict(model.named_parameters())
-        error = sum(float(((params[n].detach() - w) ** 2).sum()) for n, w in released.items())
-        energy = sum(float((w**2).sum()) for w in released.values())
-        print(f"re-clustered at {quant.bits} bits ({quant.method} k-means): weight error "
-              f"{100 * (error / energy) ** 0.5:.2f}% (relative RMS over all weights)")  # fmt: skip
-    data = encode(model, meta=meta)
-    decoded = decode(data)  # prove the file before reporting it
-    exact = all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), decoded.state_dict().values()))
-    storage.write_bytes(args.out, data)
-    what = "the re-clustered weights" if quant is not None else "the released weights"
-    print(f"{args.file}: {len(source):,} bytes -> {args.out}: {len(data):,} bytes "
-          f"({100 * len(data) / len(source):.1f}%), decodes to {what} bit-exact: {exact}")  # fmt: skip
-    return 0 if exact else 1
+
+def _count(layer_bits: dict[str, int]) -> dict[int, int]:
+    counts: dict[int, int] = {}
+    for b in layer_bits.values():
+        counts[b] = counts.get(b, 0) + 1
+    return counts
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

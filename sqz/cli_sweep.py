@@ -74,6 +74,37 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-concurrent", type=_positive_int, default=2, help="trials (or sensitivity units) at once (default: 2)")
 
 
+def _default_finetune() -> int:
+    from sqz.config import QuantConfig
+
+    return QuantConfig().finetune_epochs
+
+
+def add_quant_options(parser: argparse.ArgumentParser) -> None:
+    """The quantization step's options (k-means weighting, centroid distillation), shared
+    by `sqz run` and `sqz sweep`; their defaults are QuantConfig's."""
+    from sqz.config import QuantConfig
+
+    default = QuantConfig()
+    parser.add_argument("--weighting", choices=["fisher", "none"], default=default.weighting,
+                        help="k-means error weighting: fisher (diagonal Fisher of the retrained model on calibration "
+                        f"batches) or none (weight MSE) (default: {default.weighting})")  # fmt: skip
+    parser.add_argument("--distill-steps", type=_non_negative_int, default=default.distill_steps,
+                        help="centroid fine-tuning steps by distillation from the retrained dense model, codebooks only "
+                        f"(default: {default.distill_steps})")  # fmt: skip
+    parser.add_argument("--distill-lr", type=_positive_float, default=default.distill_lr,
+                        help=f"Adam lr of the centroid distillation (default: {default.distill_lr:g})")  # fmt: skip
+    parser.add_argument("--calibration-batches", type=_positive_int, default=default.calibration_batches,
+                        help=f"training batches the Fisher pass and distillation use (default: {default.calibration_batches})")  # fmt: skip
+
+
+def quant_config(args: argparse.Namespace) -> Any:
+    from sqz.config import QuantConfig
+
+    return QuantConfig(finetune_epochs=args.finetune_epochs, weighting=args.weighting, distill_steps=args.distill_steps,
+                       distill_lr=args.distill_lr, calibration_batches=args.calibration_batches)  # fmt: skip
+
+
 def add_parsers(sub: Any) -> None:
     """Add `sweep` and `sensitivity` to the `sqz` subcommands."""
     sweep = sub.add_parser("sweep", help="sweep pruning thresholds x bit widths of a trained checkpoint with Ray Tune",
@@ -86,7 +117,9 @@ def add_parsers(sub: Any) -> None:
     sweep.add_argument("--bits", type=_ints("--bits", _bits_check), default=(8, 6),
                        help="bit widths, comma-separated, each in 1..8 (default: 8,6)")  # fmt: skip
     add_retrain_options(sweep)
-    sweep.add_argument("--finetune-epochs", type=_non_negative_int, default=1, help="centroid fine-tuning epochs per trial (default: 1)")
+    sweep.add_argument("--finetune-epochs", type=_non_negative_int, default=_default_finetune(),
+                       help=f"centroid fine-tuning epochs on the task loss per trial (default: {_default_finetune()})")  # fmt: skip
+    add_quant_options(sweep)
     sweep.add_argument("--cpus-per-trial", type=_positive_float, default=1.0, help="CPUs per trial; its torch threads (default: 1)")
     sweep.add_argument("--gpus-per-trial", type=_non_negative_float, default=0.0, help="GPU share per trial, e.g. 0.5 (default: 0, CPU)")
     sweep.add_argument("--asha", action="store_true", help="stop retrains that trail the others early (ASHA scheduler)")
@@ -252,7 +285,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     sweep_cfg = SweepConfig(
         thresholds=args.thresholds, bits=args.bits, prune_mode=args.prune_mode, **retrain_settings(args),
         max_concurrent=args.max_concurrent, max_top1_drop=args.max_drop,
-        quant=QuantConfig(finetune_epochs=args.finetune_epochs), cpus_per_trial=args.cpus_per_trial,
+        quant=quant_config(args), cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial, scheduler="asha" if args.asha else "fifo", per_layer=args.per_layer,
         max_drops=max_drops, size_budgets=args.size_budgets or (), sensitivity_images=args.sensitivity_images,
     )  # fmt: skip
@@ -265,7 +298,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     # A run swept before a setting existed had its default then: compare only what it recorded.
     if earlier is not None and any(k in earlier and earlier[k] != settings[k] for k in settings):
         changed = ", ".join(f"{k}={earlier.get(k)!r}" for k in settings if k in earlier and earlier[k] != settings[k])
-        raise ValueError(f"--retrain-*/--prune-*/--finetune-epochs: run {layout.run_id} was swept with "
+        raise ValueError(f"--retrain-*/--prune-*/--finetune-epochs/--weighting/--distill-*: run {layout.run_id} was swept with "
                          f"{changed}; keep them or choose a new --run-id")  # fmt: skip
     if sweep_cfg.retrain_lr_schedule == "rewind":
         from sqz.config import config_from_dict, TrainConfig

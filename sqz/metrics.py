@@ -66,6 +66,12 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("run_id", pa.string()), ("model", pa.string()), ("dataset", pa.string()), ("split", pa.string()),
         ("top1", pa.float64()), ("top5", pa.float64()), ("images", pa.int64()),
     ]),
+    # Agreement of a compressed model with its dense reference on held-out images (no
+    # labels needed): top-1 agreement and top-5 overlap in %, mean KL(reference || model).
+    "fidelity": pa.schema([
+        ("run_id", pa.string()), ("model", pa.string()), ("reference", pa.string()), ("images", pa.int64()),
+        ("top1_agreement", pa.float64()), ("top5_overlap", pa.float64()), ("kl", pa.float64()),
+    ]),
 }  # fmt: skip
 
 _WRITER_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")

@@ -1,5 +1,6 @@
-"""One compression trial, plain torch: prune -> masked retrain -> k-means -> fine-tune
-centroids -> encode .sqz -> evaluate the decoded file. Ray Tune runs many of these; a
+"""One compression trial, plain torch: prune -> masked retrain -> k-means (optionally
+Fisher-weighted) -> fine-tune centroids (distillation from the retrained dense model
+and/or the task loss) -> encode .sqz -> evaluate the decoded file. Ray Tune runs many of these; a
 notebook can run one.
 
 A trial is either a grid point (one threshold and one bit width for every layer) or a
@@ -24,11 +25,12 @@ from torch import nn
 
 from sqz import engine, storage
 from sqz.compress import codec
-from sqz.compress.kmeans import CodebookSGD, SharedWeights, quantize_
+from sqz.compress.kmeans import CodebookSGD, SharedWeights, distill_codebooks_, quantize_
 from sqz.compress.prune import (GradualPruner, GradualSchedule, apply_masks_, attach_masks_, compute_masks, density,
                                 mask_densities, prunable_parameters, prune_)  # fmt: skip
 from sqz.config import DataConfig, PruneConfig, QuantConfig
 from sqz.data import load_split, make_loader
+from sqz.fidelity import fisher_importance
 from sqz.models import build_model
 from sqz.report import ALEXNET_FLOAT32_BYTES
 
@@ -144,14 +146,17 @@ def prune_per_layer_(model: nn.Module, default: PruneConfig, amounts: Mapping[st
     return masks
 
 
-def quantize_per_layer_(model: nn.Module, default: QuantConfig, bits: Mapping[str, int] | None = None) -> dict[str, SharedWeights]:
+def quantize_per_layer_(model: nn.Module, default: QuantConfig, bits: Mapping[str, int] | None = None, *,
+                        importance: Mapping[str, torch.Tensor] | None = None) -> dict[str, SharedWeights]:  # fmt: skip
     """``quantize_`` with a bit width per layer (``bits``, else ``default.bits``); the
-    k-means method and its options come from ``default``. Keys are parameter names."""
+    k-means method and its options come from ``default``, the per-weight ``importance``
+    (parameter name -> tensor) weights the clustering. Keys are parameter names."""
     _check_layers(model, bits, "layer_bits")
     shared: dict[str, SharedWeights] = {}
     for name in prunable_parameters(model):
         config = dataclasses.replace(default, bits=int((bits or {}).get(name, default.bits)))
-        (layer,) = quantize_(_alone(layer_module(model, name)), config).values()
+        alone = {"0.weight": importance[name]} if importance and name in importance else None
+        (layer,) = quantize_(_alone(layer_module(model, name)), config, importance=alone).values()
         shared[name] = layer
     return shared
 
@@ -217,6 +222,29 @@ def _retrain(model: nn.Module, spec: TrialSpec, masks: dict[str, torch.Tensor], 
     apply_masks_(model, hook.masks if gradual else masks)
 
 
+def _calibration(model: nn.Module, loader: Iterable, quant: QuantConfig, device: torch.device | str
+                 ) -> tuple[torch.Tensor | None, torch.Tensor | None, dict[str, torch.Tensor] | None]:  # fmt: skip
+    """(inputs, the dense model's logits on them, Fisher importance) from the first
+    ``quant.calibration_batches`` training batches, each None when nothing needs it."""
+    if quant.weighting == "none" and not quant.distill_steps:
+        return None, None, None
+    batches = []
+    for inputs, _ in loader:
+        batches.append(inputs.to(device))
+        if len(batches) == quant.calibration_batches:
+            break
+    importance = fisher_importance(model, batches, seed=0) if quant.weighting == "fisher" else None
+    inputs = torch.cat(batches)
+    teacher_logits = None
+    if quant.distill_steps:
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            teacher_logits = torch.cat([model(x).float() for x in batches])
+        model.train(was_training)
+    return inputs, teacher_logits, importance
+
+
 def _loaders(data: DataConfig) -> tuple[Iterable, Iterable]:
     generator = torch.Generator().manual_seed(data.seed)
     train = make_loader(load_split(data, "train"), batch_size=data.batch_size, shuffle=True, generator=generator,
@@ -257,10 +285,16 @@ def compress_and_evaluate(
     spec.check_budget(len(train_loader))
     _retrain(model, spec, target_masks(model, spec), train_loader, val_loader, device, on_retrain_epoch)
 
+    # The retrained dense model is the teacher: the Fisher weighting and the distillation
+    # both look at it on a few training batches (their images only: no labels needed).
+    calibration, teacher_logits, importance = _calibration(model, train_loader, spec.quant, device)
     if spec.per_layer:
-        shared = quantize_per_layer_(model, spec.quant, spec.layer_bits)
+        shared = quantize_per_layer_(model, spec.quant, spec.layer_bits, importance=importance)
     else:
-        shared = quantize_(model, spec.quant)
+        shared = quantize_(model, spec.quant, importance=importance)
+    if spec.quant.distill_steps:
+        distill_codebooks_(model, shared, calibration, teacher_logits, steps=spec.quant.distill_steps,
+                           lr=spec.quant.distill_lr, batch_size=data.batch_size, seed=data.seed)  # fmt: skip
     if spec.quant.finetune_epochs:
         optimizer = CodebookSGD(model, shared, lr=spec.quant.finetune_lr)
         for _ in range(spec.quant.finetune_epochs):

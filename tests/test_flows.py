@@ -29,7 +29,7 @@ from sqz.models import build_model
 from sqz.runs import RunLayout
 
 ARCH = {"name": "squeezenet_small", "kwargs": {"num_classes": 10}}
-PRUNE, QUANT = {"mode": "std", "amount": 0.5}, {"bits": 4, "finetune_epochs": 0}
+PRUNE, QUANT = {"mode": "std", "amount": 0.5}, {"bits": 4, "finetune_epochs": 0, "distill_steps": 0}
 
 
 @pytest.fixture
@@ -182,7 +182,7 @@ def test_pipeline_retries_resumes_and_reruns_nothing_that_finished(ray_local, tm
     config = config_to_dict(PipelineConfig(
         data=DataConfig(), train=TrainConfig(epochs=2, workers=1),
         sweep=SweepConfig(thresholds=(0.3, 0.9), bits=(4,), retrain_epochs=0, max_concurrent=2,
-                          quant={"bits": 8, "finetune_epochs": 0}),
+                          quant={"bits": 8, "finetune_epochs": 0, "distill_steps": 0}),
         storage_url=str(tmp_path / "runs"),
     ))  # fmt: skip
     first = squeeze_pipeline(config=config, run_id="twice", return_state=True)

@@ -97,7 +97,7 @@ def test_deployed_pipeline_runs_through_a_process_worker(prefect_server, tmp_pat
     config = config_to_dict(PipelineConfig(
         data=DataConfig(), train=TrainConfig(epochs=1, workers=1),
         sweep=SweepConfig(thresholds=(0.3, 0.9), bits=(4,), retrain_epochs=0, max_concurrent=2,
-                          quant={"bits": 8, "finetune_epochs": 0}),
+                          quant={"bits": 8, "finetune_epochs": 0, "distill_steps": 0}),
         storage_url=storage_url,
     ))  # fmt: skip
     with temporary_settings({PREFECT_API_URL: api}):

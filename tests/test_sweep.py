@@ -142,7 +142,7 @@ def test_per_layer_trial_applies_each_layers_threshold_and_bits(tmp_path, baseli
     layers = list(prunable_parameters(_model(baseline_bytes)))
     amounts = {name: (1.5 if i % 2 else 0.3) for i, name in enumerate(layers)}
     bits = {name: (2 if i % 3 == 0 else 6) for i, name in enumerate(layers)}
-    spec = TrialSpec(prune=PruneConfig(mode="std", amount=0.0), quant=QuantConfig(bits=8, finetune_epochs=0),
+    spec = TrialSpec(prune=PruneConfig(mode="std", amount=0.0), quant=QuantConfig(bits=8, finetune_epochs=0, distill_steps=0),
                      retrain_epochs=0, retrain_lr=1e-4, layer_amounts=amounts, layer_bits=bits)  # fmt: skip
     url = str(tmp_path / "pl.sqz")
     row = compress_and_evaluate(baseline=baseline_bytes, arch=ARCH, data=DATA, spec=spec, model_url=url,
@@ -161,7 +161,7 @@ def test_per_layer_trial_applies_each_layers_threshold_and_bits(tmp_path, baseli
 
 
 def test_per_layer_overrides_must_name_real_layers(tmp_path, baseline_bytes):
-    spec = TrialSpec(prune=PruneConfig(amount=0.3), quant=QuantConfig(finetune_epochs=0), retrain_epochs=0,
+    spec = TrialSpec(prune=PruneConfig(amount=0.3), quant=QuantConfig(finetune_epochs=0, distill_steps=0), retrain_epochs=0,
                      retrain_lr=1e-4, layer_bits={"features.99.weight": 4})  # fmt: skip
     with pytest.raises(ValueError, match="unknown layer"):
         compress_and_evaluate(baseline=baseline_bytes, arch=ARCH, data=DATA, spec=spec,
@@ -288,7 +288,7 @@ def test_sweep_extended_grid_runs_only_the_missing_trials(ray_local, tmp_path, b
     from sqz.distributed.sweep import sweep
 
     layout = _layout(tmp_path, baseline_bytes)
-    common = dict(bits=(8, 4), retrain_epochs=0, quant=QuantConfig(finetune_epochs=0), max_concurrent=2)
+    common = dict(bits=(8, 4), retrain_epochs=0, quant=QuantConfig(finetune_epochs=0, distill_steps=0), max_concurrent=2)
     first = sweep(layout, SweepConfig(thresholds=(0.5,), **common), DATA, ARCH)
     assert sorted(r["trial_id"] for r in first) == ["std0.5-b4", "std0.5-b8"]
     files = [r["model_url"] for r in first] + [os.path.join(layout.run_url, "metrics", "sweep_trials", f"{r['trial_id']}.parquet") for r in first]
@@ -317,7 +317,7 @@ def test_asha_stops_a_losing_retrain_and_a_rerun_does_not_restart_it(ray_local, 
     layout = _layout(tmp_path, baseline_bytes)
     # One trial at a time, in grid order: 3.0 x std prunes ~99.7% of every layer, so its
     # top-1 after the first retrain epoch is far below the two before it.
-    config = SweepConfig(thresholds=(0.3, 0.5, 3.0), bits=(8,), retrain_epochs=1, quant=QuantConfig(finetune_epochs=0),
+    config = SweepConfig(thresholds=(0.3, 0.5, 3.0), bits=(8,), retrain_epochs=1, quant=QuantConfig(finetune_epochs=0, distill_steps=0),
                          max_concurrent=1, scheduler="asha")  # fmt: skip
     rows = sweep(layout, config, DATA, ARCH)
     stopped = {r["trial_id"]: r for r in metrics.read_table(layout.run_url, "sweep_stopped").to_pylist()}
@@ -336,7 +336,7 @@ def test_per_layer_sweep_measures_sensitivity_once_and_meets_its_budget(ray_loca
     from sqz.distributed.sweep import sweep
 
     layout = _layout(tmp_path, baseline_bytes)
-    config = SweepConfig(thresholds=(0.5, 1.5), bits=(8, 4), retrain_epochs=0, quant=QuantConfig(finetune_epochs=0),
+    config = SweepConfig(thresholds=(0.5, 1.5), bits=(8, 4), retrain_epochs=0, quant=QuantConfig(finetune_epochs=0, distill_steps=0),
                          per_layer=True, max_drops=(5000.0, 9000.0), sensitivity_images=64)  # fmt: skip
     rows = sweep(layout, config, DATA, ARCH)
     table = metrics.read_table(layout.run_url, "sensitivity").to_pylist()
@@ -380,7 +380,7 @@ def test_interrupted_sqz_sweep_reruns_only_the_missing_trials(tmp_path, baseline
     storage_root = tmp_path / "runs"
     args = [sys.executable, "-m", "sqz.cli", "sweep", "--checkpoint", str(checkpoint), "--storage", str(storage_root),
             "--run-id", "interrupted", "--thresholds", "0.2,0.4,0.6", "--bits", "8,4", "--retrain-epochs", "0",
-            "--finetune-epochs", "0", "--max-concurrent", "1"]  # fmt: skip
+            "--finetune-epochs", "0", "--distill-steps", "0", "--max-concurrent", "1"]  # fmt: skip
     rows_dir = storage_root / "interrupted" / "metrics" / "sweep_trials"
     # Interrupt the driver (Ctrl+C) once two trials have written their rows.
     driver = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)

@@ -19,6 +19,10 @@ SSE satisfies the quadrangle inequality (concave Monge), which gives two exact m
 
 Identical values are merged into one weighted point first (an optimal clustering never
 splits them), which makes re-clustering an already weight-shared layer nearly free.
+Each value may carry its own positive weight (an importance, e.g. a diagonal Fisher
+estimate): the objective becomes the weighted SSE, sum w (x - c)^2, whose run costs come
+from the same three prefix sums (sum w, sum w x, sum w x^2), so both kernels stay exact
+and as fast; unit weights are the plain k-means.
 
 numba rather than a C extension: it is a pip wheel on every platform torch supports,
 and the kernels stay readable Python. The ``ckwrap`` package (Ckmeans.1d.dp) is the
@@ -30,7 +34,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["exact_kmeans_1d", "ExactKMeansUnavailable", "MAX_EXACT_CELLS"]
+__all__ = ["exact_kmeans_1d", "check_weights", "ExactKMeansUnavailable", "MAX_EXACT_CELLS"]
 
 # The fallback's backtracking table holds k x n int32 argmins: bound it (256 MB) rather
 # than let a huge fully connected layer exhaust memory; "auto" uses Lloyd past it.
@@ -191,15 +195,34 @@ def _prefix_sums(distinct: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray,
     return tuple(np.concatenate([[0.0], np.cumsum(v)]) for v in (w, w * centred, w * centred * centred))
 
 
-def exact_kmeans_1d(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def check_weights(weights: np.ndarray | None, size: int) -> np.ndarray | None:
+    """``weights`` as float64 of ``size`` values, all finite and positive (a zero weight
+    would leave a run with no mass and no defined centroid), or None."""
+    if weights is None:
+        return None
+    w = np.asarray(weights, dtype=np.float64).ravel()
+    if w.size != size:
+        raise ValueError(f"kmeans weights: {w.size} weights for {size} values")
+    if not (np.all(np.isfinite(w)) and np.all(w > 0)):
+        raise ValueError("kmeans weights: must be finite and positive")
+    return w
+
+
+def exact_kmeans_1d(values: np.ndarray, k: int, *, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Globally optimal clustering of ``values`` into at most ``k`` groups (minimum
-    within-cluster sum of squares). Returns (centroids ascending, labels)."""
+    within-cluster sum of squares, weighted by ``weights`` when given: sum w (x - c)^2,
+    each centroid its members' weighted mean). Returns (centroids ascending, labels)."""
     x = np.asarray(values, dtype=np.float64).ravel()
     if x.size == 0:
         raise ValueError("exact_kmeans_1d: no values to cluster")
     if k < 1:
         raise ValueError(f"exact_kmeans_1d: k must be at least 1, got {k}")
-    distinct, inverse, weights = np.unique(x, return_inverse=True, return_counts=True)
+    w = check_weights(weights, x.size)
+    if w is None:
+        distinct, inverse, weights = np.unique(x, return_inverse=True, return_counts=True)
+    else:
+        distinct, inverse = np.unique(x, return_inverse=True)
+        weights = np.bincount(inverse, weights=w, minlength=distinct.size)
     n = distinct.size
     if n <= k:
         return distinct, inverse.astype(np.int64)

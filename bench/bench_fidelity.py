@@ -1,0 +1,167 @@
+"""Fidelity of the re-clustered released SqueezeNet to the dense one, vs file bytes.
+
+Prints (never asserts) the issue-12 targets: at <= 430,000 B, >= 95% top-1 agreement
+and >= 97% top-5 overlap on held-out crops; at <= 372,000 B, >= 90% top-1 agreement.
+Rows: uniform 8/6/5/4 bits and the per-layer choice under each byte budget, each with
+the clustering weighted by nothing (weight MSE) or by the diagonal Fisher, and without /
+with centroid distillation. All figures are on the held-out photos (scenes never used
+for calibration). The weighted k-means' speed is timed by bench_compress.py (on a
+SqueezeNet v1.0 with 415,643 distinct weights; the released layers already hold at most
+256 values each, so k = 256 on them is trivial).
+
+    python bench/bench_fidelity.py [--distill-steps 48] [--calibration-images 384]
+
+CPU-sized defaults: a few minutes per distilled row on two cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from sqz.compress import codec  # noqa: E402
+from sqz.compress.dcnet import load_dcnet  # noqa: E402
+from sqz.compress.kmeans import distill_codebooks_, quantize_  # noqa: E402
+from sqz.config import QuantConfig  # noqa: E402
+from sqz.data import normalize_batch  # noqa: E402
+from sqz.fidelity import (allocate_bits, calibration_sets, fidelity, fisher_importance, layer_bit_options,  # noqa: E402
+                          logits_of, quantize_with_bits_, subsample)  # fmt: skip
+from sqz.import_dc import BUDGET_BITS  # noqa: E402
+
+RELEASED = os.environ.get("SQZ_RELEASED_NET", os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), "shared", "models", "squeezenet-deep-compression", "compressed_SqueezeNet.net"))  # fmt: skip
+
+
+def prepare(images: torch.Tensor) -> torch.Tensor:
+    return normalize_batch(images, "caffe")
+
+
+def _cached(folder: str | None, name: str) -> dict[str, torch.Tensor] | None:
+    from safetensors.torch import load_file
+
+    path = os.path.join(folder, name + ".safetensors") if folder else None
+    return load_file(path) if path and os.path.exists(path) else None
+
+
+def _store(folder: str | None, name: str, tensors: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save_file
+
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(folder, name + ".safetensors"))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--net", default=RELEASED if os.path.exists(RELEASED) else "/work/shared/models/squeezenet-deep-compression/compressed_SqueezeNet.net")
+    parser.add_argument("--bits", default="8,6,5,4")
+    parser.add_argument("--budgets", default="430000,372000")
+    parser.add_argument("--calibration-images", type=int, default=384)
+    parser.add_argument("--fisher-images", type=int, default=256)
+    parser.add_argument("--distill-steps", type=int, default=48)
+    parser.add_argument("--distill-batch", type=int, default=16)
+    parser.add_argument("--distill-lr", type=float, default=1e-4)
+    parser.add_argument("--distill", default="6:none,6:fisher,5:fisher,b430000:fisher,b372000:fisher",
+                        help="which rows also get a distilled row: all, or TARGET[:WEIGHTING] items, e.g. 6,b430000:fisher "
+                        "(a distilled row costs minutes on CPU)")  # fmt: skip
+    parser.add_argument("--weightings", default="none,fisher")
+    parser.add_argument("--cache", default=None, help="folder keeping the teacher logits and the Fisher importance "
+                        "(safetensors) between runs with the same settings")  # fmt: skip
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    bit_widths = [int(b) for b in args.bits.split(",") if b]
+    budgets = [int(b) for b in args.budgets.split(",") if b]
+    weightings = [w for w in args.weightings.split(",") if w]
+
+    with open(args.net, "rb") as f:
+        dense = load_dcnet(f.read())
+    start = time.perf_counter()
+    sets = calibration_sets("photos")
+    calibration = subsample(sets.calibration, args.calibration_images)
+    cached = _cached(args.cache, f"teacher-{args.calibration_images}")
+    if cached is None:
+        cached = {"held": logits_of(dense, sets.held_out), "calibration": logits_of(dense, calibration)}
+        _store(args.cache, f"teacher-{args.calibration_images}", cached)
+    held_logits, calibration_logits = cached["held"], cached["calibration"]
+    print(f"photos: {len(sets.calibration)} calibration crops ({len(calibration)} used), {len(sets.held_out)} held-out "
+          f"crops of other scenes; teacher logits {time.perf_counter() - start:.0f} s", flush=True)  # fmt: skip
+
+    start = time.perf_counter()
+    fisher_set = subsample(calibration, args.fisher_images, 1)
+    importance = _cached(args.cache, f"fisher-{args.calibration_images}-{args.fisher_images}")
+    if importance is None:
+        importance = fisher_importance(copy.deepcopy(dense), (prepare(fisher_set[i : i + 32]) for i in range(0, len(fisher_set), 32)))
+        _store(args.cache, f"fisher-{args.calibration_images}-{args.fisher_images}", importance)
+        print(f"Fisher pass (gradients of {len(fisher_set)} crops, micro-batches of 4): {time.perf_counter() - start:.1f} s", flush=True)
+    else:
+        print("Fisher importance: from the cache", flush=True)
+
+    distill_all = args.distill == "all"
+    distill_for = set(args.distill.split(","))
+    targets = [(f"{b} bits", b, None, str(b)) for b in bit_widths] + [(f"<= {B:,} B", None, B, f"b{B}") for B in budgets]
+    print()
+    header = f"| {'target':<14} | {'weighting':<9} | {'distill':>7} | {'bytes':>9} | {'top-1 agree %':>13} | {'top-5 overlap %':>15} | {'KL':>6} | {'s':>5} |"
+    print(header)
+    print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|", flush=True)
+    rows = []
+    quant = QuantConfig(bits=8, method="exact")
+
+    def clustered(bits, budget, weights):
+        model = copy.deepcopy(dense)
+        if budget is not None:
+            options, rest = layer_bit_options(dense, quant, BUDGET_BITS, weights)
+            layer_bits = allocate_bits(options, rest, budget)
+            return model, quantize_with_bits_(model, quant, layer_bits, weights), layer_bits
+        return model, quantize_(model, QuantConfig(bits=bits, method="exact"), importance=weights), None
+
+    def report(label, weighting, steps, model, start):
+        data = codec.encode(model)
+        fid = fidelity(logits_of(codec.decode(data), sets.held_out), held_logits)
+        row = (label, weighting, steps, len(data), fid, time.perf_counter() - start)
+        rows.append(row)
+        print(f"| {label:<14} | {weighting:<9} | {steps:>7} | {len(data):>9,} | {fid['top1_agreement']:>13.1f} | "
+              f"{fid['top5_overlap']:>15.1f} | {fid['kl']:>6.3f} | {row[5]:>5.0f} |", flush=True)  # fmt: skip
+
+    # Plain rows first (seconds each), then the distilled ones (minutes each on CPU).
+    distilled = []
+    for label, bits, budget, key in targets:
+        for weighting in weightings:
+            weights = importance if weighting == "fisher" else None
+            start = time.perf_counter()
+            model, shared, layer_bits = clustered(bits, budget, weights)
+            report(label, weighting, 0, model, start)
+            if layer_bits is not None:
+                counts = {b: sum(1 for v in layer_bits.values() if v == b) for b in sorted(set(layer_bits.values()))}
+                print(f"|   {weighting} layers per bit width: {counts}", flush=True)
+            if args.distill_steps and (distill_all or key in distill_for or f"{key}:{weighting}" in distill_for):
+                distilled.append((label, bits, budget, weighting))
+    for label, bits, budget, weighting in distilled:
+        start = time.perf_counter()
+        model, shared, _ = clustered(bits, budget, importance if weighting == "fisher" else None)
+        distill_codebooks_(model, shared, calibration, calibration_logits, steps=args.distill_steps, lr=args.distill_lr,
+                           batch_size=args.distill_batch, prepare=prepare)  # fmt: skip
+        report(label, weighting, args.distill_steps, model, start)
+
+    print()
+    for budget, need_top1, need_top5 in ((430_000, 95.0, 97.0), (372_000, 90.0, None)):
+        fitting = [r for r in rows if r[3] <= budget]
+        if not fitting:
+            print(f"target <= {budget:,} B: no row fits")
+            continue
+        best = max(fitting, key=lambda r: (r[4]["top1_agreement"], r[4]["top5_overlap"]))
+        verdict = best[4]["top1_agreement"] >= need_top1 and (need_top5 is None or best[4]["top5_overlap"] >= need_top5)
+        print(f"target <= {budget:,} B: best {best[0]} / {best[1]} / distill {best[2]}: {best[3]:,} B, top-1 agreement "
+              f"{best[4]['top1_agreement']:.1f}% (need {need_top1:g}), top-5 overlap {best[4]['top5_overlap']:.1f}%"
+              + (f" (need {need_top5:g})" if need_top5 else "") + f" -> {'met' if verdict else 'MISSED'}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""``sqz import-dc``: the released Deep Compression SqueezeNet as .sqz, optionally
+re-clustered, calibrated on images and fitted to a byte budget.
+
+Without calibration, re-clustering minimises each layer's weight error (plain k-means).
+With ``calibrate`` (photos, a folder, a prepared dataset: see ``sqz.fidelity``) the
+dense released model is the teacher: the clustering is weighted by the diagonal Fisher
+of the model on the calibration images, the centroids are fine-tuned by distillation,
+and the result's fidelity to the dense model is measured on the held-out images.
+``size_budget`` picks each layer's bit width (from ``BUDGET_BITS``) so that the real
+encoded file fits. Plain torch: no Ray, no Prefect.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from sqz.compress import codec
+from sqz.compress.dcnet import load_dcnet
+from sqz.compress.kmeans import distill_codebooks_, quantize_
+from sqz.config import QuantConfig
+from sqz.data import normalize_batch
+from sqz.fidelity import (allocate_bits, calibration_sets, check_calibration_source, fidelity, fisher_importance,
+                          layer_bit_options, logits_of, quantize_with_bits_, smallest_file, subsample)  # fmt: skip
+
+__all__ = ["ImportOptions", "import_released", "import_to", "BUDGET_BITS", "RELEASED_INPUT"]
+
+RELEASED_INPUT = {"image_size": 227, "normalization": "caffe"}  # Caffe's convention, recorded in the file
+BUDGET_BITS = (3, 4, 5, 6, 7, 8)  # the widths a byte budget chooses among, per layer
+_FISHER_BATCH = 32
+
+
+@dataclass(frozen=True)
+class ImportOptions:
+    bits: int | None = None  # re-cluster at this width (None: keep the released codebooks, unless a budget)
+    method: str = "exact"
+    calibrate: str | None = None  # photos | a folder of images | a prepared dataset
+    size_budget: int | None = None  # bytes; per-layer widths from BUDGET_BITS
+    weighting: str = "fisher"  # with calibrate: "fisher" or "none" (weight MSE)
+    # The defaults are what bench/bench_fidelity.py measured (a few CPU minutes each): the
+    # distillation loss was still falling at 32 steps, so more steps may pay where compute is.
+    distill_steps: int = 32  # with calibrate: centroid fine-tuning steps (0: none)
+    distill_lr: float = 1e-4
+    distill_batch: int = 16
+    calibration_images: int = 384  # calibration crops used (a fixed subset)
+    fisher_images: int = 256  # of those, the ones the Fisher pass sees
+    seed: int = 0
+    quant: QuantConfig = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.bits is not None and not 1 <= self.bits <= 8:
+            raise ValueError(f"--bits: must be in 1..8, got {self.bits}")
+        object.__setattr__(self, "quant", QuantConfig(bits=self.bits or 8, method=self.method))  # validates the method
+        if self.size_budget is not None and not (int(self.size_budget) == self.size_budget and self.size_budget > 0):
+            raise ValueError(f"--size-budget: must be a positive number of bytes, got {self.size_budget}")
+        if self.weighting not in ("fisher", "none"):
+            raise ValueError(f"--weighting: must be fisher or none, got {self.weighting!r}")
+        if self.distill_steps < 0:
+            raise ValueError(f"--distill-steps: must be >= 0, got {self.distill_steps}")
+        if not self.distill_lr > 0:
+            raise ValueError(f"--distill-lr: must be positive, got {self.distill_lr}")
+        if self.distill_batch < 1 or self.calibration_images < 1 or self.fisher_images < 1:
+            raise ValueError("--calibration-images/--fisher-images/distill batch: must be at least 1")
+        if self.calibrate is not None:
+            check_calibration_source(self.calibrate)
+            if self.bits is None and self.size_budget is None:
+                raise ValueError("--calibrate: give --bits or --size-budget (the released codebooks are kept as they are otherwise)")
+
+    @property
+    def uses_fisher(self) -> bool:
+        return self.calibrate is not None and self.weighting == "fisher"
+
+    @property
+    def uses_distillation(self) -> bool:
+        return self.calibrate is not None and self.distill_steps > 0
+
+
+def import_released(source: bytes, options: ImportOptions, *, log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    """The released model per ``options``. Returns ``data`` (the .sqz bytes), ``model``
+    (decoded from them), ``bit_exact`` (the decoded tensors equal the encoded ones), ``fidelity`` (held-out figures vs the dense model, with
+    calibration), ``layer_bits`` (with a budget) and timings."""
+    dense = load_dcnet(source)
+    meta: dict[str, Any] = {"source": "Deep Compression release, compressed_SqueezeNet.net", "input": dict(RELEASED_INPUT)}
+    out: dict[str, Any] = {"fidelity": None, "layer_bits": None, "seconds": {}}
+    if options.bits is None and options.size_budget is None:
+        return _finish(out, dense, codec.encode(dense, meta=meta))
+
+    quant = options.quant
+    if options.size_budget is not None:
+        # Refuse an impossible budget before any calibration work: every layer at the
+        # narrowest width, sized by the real encoder.
+        options_plain, rest = layer_bit_options(dense, quant, [min(BUDGET_BITS)])
+        smallest = smallest_file(options_plain, rest)
+        if options.size_budget < smallest:
+            raise ValueError(f"--size-budget: {options.size_budget:,} bytes is below the smallest file "
+                             f"({smallest:,} bytes, every layer at {min(BUDGET_BITS)} bits)")  # fmt: skip
+
+    def prepare(images: torch.Tensor) -> torch.Tensor:
+        return normalize_batch(images, RELEASED_INPUT["normalization"])  # type: ignore[arg-type]
+
+    sets = held_logits = calibration = calibration_logits = importance = None
+    if options.calibrate is not None:
+        start = time.perf_counter()
+        sets = calibration_sets(options.calibrate, image_size=RELEASED_INPUT["image_size"], normalization=RELEASED_INPUT["normalization"])
+        calibration = subsample(sets.calibration, options.calibration_images, options.seed)
+        log(f"calibration: {options.calibrate}: {len(calibration)} calibration images "
+            f"(of {len(sets.calibration)}), {len(sets.held_out)} held out")  # fmt: skip
+        held_logits = logits_of(dense, sets.held_out)
+        if options.uses_distillation:
+            calibration_logits = logits_of(dense, calibration)
+        out["seconds"]["teacher"] = time.perf_counter() - start
+        if options.uses_fisher:
+            start = time.perf_counter()
+            fisher_set = subsample(calibration, options.fisher_images, options.seed + 1)
+            batches = (prepare(fisher_set[i : i + _FISHER_BATCH]) for i in range(0, len(fisher_set), _FISHER_BATCH))
+            importance = fisher_importance(copy.deepcopy(dense), batches, seed=options.seed)
+            out["seconds"]["fisher"] = time.perf_counter() - start
+
+    released = {name: p.detach().clone() for name, p in dense.named_parameters() if p.dim() > 1}
+    target = options.size_budget
+    for _ in range(4):  # a budget overshot by the distilled codebooks' bytes is retried tighter
+        model = copy.deepcopy(dense)
+        start = time.perf_counter()
+        if options.size_budget is not None:
+            bit_options, rest = layer_bit_options(dense, quant, BUDGET_BITS, importance)
+            layer_bits = allocate_bits(bit_options, rest, int(target))
+            shared = quantize_with_bits_(model, quant, layer_bits, importance)
+            out["layer_bits"] = layer_bits
+        else:
+            shared = quantize_(model, quant, importance=importance)
+        out["seconds"]["kmeans"] = time.perf_counter() - start
+        if options.uses_distillation:
+            start = time.perf_counter()
+            losses = distill_codebooks_(model, shared, calibration, calibration_logits, steps=options.distill_steps,
+                                        lr=options.distill_lr, batch_size=options.distill_batch, prepare=prepare,
+                                        seed=options.seed)  # fmt: skip
+            out["seconds"]["distill"] = time.perf_counter() - start
+            out["distill_loss"] = (losses[0], sum(losses[-10:]) / len(losses[-10:]))
+        meta["reclustered"] = {"bits": options.bits, "method": quant.method, "size_budget": options.size_budget,
+                               "calibrate": options.calibrate, "weighting": options.weighting if options.calibrate else "none",
+                               "distill_steps": options.distill_steps if options.calibrate else 0}  # fmt: skip
+        data = codec.encode(model, meta=meta)
+        if options.size_budget is None or len(data) <= options.size_budget:
+            break
+        log(f"size budget: {len(data):,} bytes after distillation, {len(data) - options.size_budget:,} over; retrying tighter")
+        target = int(target) - (len(data) - options.size_budget) - 64
+    else:
+        raise ValueError(f"--size-budget: could not fit {options.size_budget:,} bytes (last try {len(data):,})")
+    params = dict(model.named_parameters())
+    error = sum(float(((params[n].detach() - w) ** 2).sum()) for n, w in released.items())
+    energy = sum(float((w**2).sum()) for w in released.values())
+    out["weight_error"] = (error / energy) ** 0.5
+    _finish(out, model, data)
+    if sets is not None:
+        out["fidelity"] = fidelity(logits_of(out["model"], sets.held_out), held_logits)
+    return out
+
+
+def _finish(out: dict[str, Any], model: torch.nn.Module, data: bytes) -> dict[str, Any]:
+    """Decode the file to prove it: ``bit_exact`` says it gives ``model``'s tensors back."""
+    decoded = codec.decode(data)
+    out["data"], out["model"] = data, decoded
+    out["bit_exact"] = all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), decoded.state_dict().values()))
+    return out
+
+
+def import_to(file_url: str, out_url: str, options: ImportOptions, *, run_url: str | None = None,
+              log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:  # fmt: skip
+    """Read the released file, write the .sqz per ``options`` to ``out_url``, and with
+    calibration add the held-out fidelity row to ``run_url``'s ``fidelity`` table (default:
+    the output's run, else ./sqz-runs/evaluations). Returns a JSON-ready summary."""
+    import hashlib
+
+    from sqz import metrics, storage
+    from sqz.evaluation import default_run_url
+
+    storage.check_url(out_url, option="OUT")
+    source = storage.read_bytes(file_url)
+    result = import_released(source, options, log=log)
+    data = result["data"]
+    storage.write_bytes(out_url, data)
+    summary = {key: result.get(key) for key in ("fidelity", "layer_bits", "weight_error", "bit_exact", "seconds")}
+    summary.update(source_bytes=len(source), size_bytes=len(data), model_url=storage.absolute(out_url), row_url=None)
+    fid = result["fidelity"]
+    if fid is not None:
+        run_url = run_url or default_run_url(out_url)
+        row = {"run_id": run_url.rstrip("/").rsplit("/", 1)[-1], "model": storage.absolute(out_url),
+               "reference": storage.absolute(file_url), "images": fid["images"],
+               "top1_agreement": fid["top1_agreement"], "top5_overlap": fid["top5_overlap"], "kl": fid["kl"]}  # fmt: skip
+        # One file per output's bytes: importing the same result again replaces its row.
+        summary["row_url"] = metrics.write_rows(run_url, "fidelity", [row], writer_id="import-dc-" + hashlib.sha256(data).hexdigest()[:16])
+    return summary

@@ -1,0 +1,258 @@
+"""Weighted exact k-means, Fisher importance, centroid distillation, fidelity, the byte
+budget's bit allocation, and import-dc's calibration options."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import os
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from sqz import metrics
+from sqz.cli import main
+from sqz.compress.kmeans import distill_codebooks_, kl_divergence, kmeans_1d, quantize_, within_cluster_sse
+from sqz.compress.prune import prune_
+from sqz.config import PruneConfig, QuantConfig
+from sqz.fidelity import LayerBits, allocate_bits, calibration_sets, fidelity, fisher_importance, smallest_file
+
+RELEASED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "models",
+                        "squeezenet-deep-compression", "compressed_SqueezeNet.net")  # fmt: skip
+needs_release = pytest.mark.skipif(not os.path.exists(RELEASED), reason="../shared/models/squeezenet-deep-compression is absent")
+
+
+def brute_force_weighted_sse(x: np.ndarray, w: np.ndarray, k: int) -> float:
+    """Least weighted SSE over every assignment of the values to k labels (not only
+    contiguous runs), each cluster at its weighted mean."""
+    best = np.inf
+    for labels in itertools.product(range(k), repeat=x.size):
+        labels = np.asarray(labels)
+        cost = 0.0
+        for c in range(k):
+            members = labels == c
+            if members.any():
+                centre = np.average(x[members], weights=w[members])
+                cost += float((w[members] * (x[members] - centre) ** 2).sum())
+        best = min(best, cost)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_weighted_exact_kmeans_equals_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    n, k = int(rng.integers(3, 8)), int(rng.integers(2, 4))
+    x = np.round(rng.normal(size=n), 1)  # rounding makes ties, which merge into one point
+    w = rng.exponential(size=n) + 1e-3
+    centroids, labels = kmeans_1d(x, k, method="exact", weights=w)
+    assert len(centroids) <= k
+    got = within_cluster_sse(x, centroids, labels, w)
+    assert got == pytest.approx(brute_force_weighted_sse(x, w, k), rel=1e-9, abs=1e-12)
+    # Each centroid is its members' weighted mean.
+    for c in range(len(centroids)):
+        assert centroids[c] == pytest.approx(np.average(x[labels == c], weights=w[labels == c]))
+
+
+def test_weighted_is_no_worse_than_unweighted_on_the_weighted_objective():
+    rng = np.random.default_rng(0)
+    x = rng.standard_t(3, size=4000)
+    w = rng.exponential(size=x.size) * (1 + 10 * (np.abs(x) > 2))  # the tails matter more
+    for k in (4, 16, 64):
+        weighted = within_cluster_sse(x, *kmeans_1d(x, k, weights=w), w)
+        plain = within_cluster_sse(x, *kmeans_1d(x, k), w)
+        lloyd = within_cluster_sse(x, *kmeans_1d(x, k, method="lloyd", weights=w), w)
+        assert weighted <= plain * (1 + 1e-12) and weighted <= lloyd * (1 + 1e-12)
+    assert weighted < plain  # and strictly better here: the weights moved centroids
+
+
+def test_unit_weights_equal_plain_kmeans():
+    x = np.random.default_rng(1).normal(size=500)
+    plain = kmeans_1d(x, 16)
+    unit = kmeans_1d(x, 16, weights=np.ones_like(x))
+    np.testing.assert_allclose(unit[0], plain[0])
+    np.testing.assert_array_equal(unit[1], plain[1])
+
+
+@pytest.mark.parametrize("bad", [np.zeros(5), -np.ones(5), np.full(5, np.nan), np.ones(4)])
+def test_bad_weights_are_refused(bad):
+    with pytest.raises(ValueError, match="kmeans weights"):
+        kmeans_1d(np.arange(5.0), 2, weights=bad)
+
+
+def tiny_model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 10))
+
+
+def test_quantize_importance_is_checked_and_zeros_stay_zero():
+    model = tiny_model()
+    prune_(model, PruneConfig(mode="density", amount=0.5))
+    zeros = {n: (p == 0).clone() for n, p in model.named_parameters() if p.dim() > 1}
+    with pytest.raises(ValueError, match="importance: unknown"):
+        quantize_(copy.deepcopy(model), QuantConfig(bits=2), importance={"nope.weight": torch.ones(1)})
+    with pytest.raises(ValueError, match="importance: 0.weight has shape"):
+        quantize_(copy.deepcopy(model), QuantConfig(bits=2), importance={"0.weight": torch.ones(3)})
+    importance = {n: torch.rand_like(p) for n, p in model.named_parameters() if p.dim() > 1}
+    quantize_(model, QuantConfig(bits=2), importance=importance)
+    for n, p in model.named_parameters():
+        if p.dim() > 1:
+            assert torch.equal(p == 0, zeros[n])
+            assert torch.unique(p[p != 0]).numel() <= 4
+
+
+def test_fisher_importance_shapes_and_sign():
+    model = tiny_model()
+    batches = [torch.randn(8, 3, 8, 8) for _ in range(2)]
+    importance = fisher_importance(model, batches, micro_batch=4)
+    assert set(importance) == {"0.weight", "3.weight"}
+    for name, p in model.named_parameters():
+        if p.dim() > 1:
+            assert importance[name].shape == p.shape and bool((importance[name] >= 0).all())
+            assert float(importance[name].sum()) > 0
+    with_labels = fisher_importance(model, batches, labels=[torch.zeros(8, dtype=torch.int64)] * 2)
+    assert not torch.equal(with_labels["3.weight"], importance["3.weight"])
+
+
+def test_distillation_lowers_kl_and_keeps_assignments_and_zeros():
+    teacher = tiny_model()
+    inputs = torch.randn(64, 3, 8, 8)
+    with torch.no_grad():
+        teacher[3].weight.mul_(20)  # confident logits: 2-bit clustering then costs real KL
+        teacher_logits = teacher(inputs)
+    student = copy.deepcopy(teacher)
+    prune_(student, PruneConfig(mode="density", amount=0.5))
+    shared = quantize_(student, QuantConfig(bits=2))
+    labels = {n: s.labels.clone() for n, s in shared.items()}
+    zeros = {n: (p == 0).clone() for n, p in student.named_parameters() if p.dim() > 1}
+    with torch.no_grad():
+        before = float(kl_divergence(teacher_logits, student(inputs)).mean())
+    losses = distill_codebooks_(student, shared, inputs, teacher_logits, steps=60, lr=1e-2, batch_size=16)
+    with torch.no_grad():
+        after = float(kl_divergence(teacher_logits, student(inputs)).mean())
+    assert len(losses) == 60 and after < 0.7 * before
+    params = dict(student.named_parameters())
+    for name, layer in shared.items():
+        assert torch.equal(layer.labels, labels[name])  # assignments fixed
+        assert float(layer.codebook[0]) == 0.0
+        assert torch.equal(params[name] == 0, zeros[name])  # zeros stay zero
+        assert torch.equal(params[name].detach(), layer.weight())  # the weights are the codebook's
+    with pytest.raises(ValueError, match="distill steps"):
+        distill_codebooks_(student, shared, inputs, teacher_logits, steps=-1, lr=1e-2)
+
+
+def test_fidelity_figures():
+    teacher = torch.tensor([[5.0, 4, 3, 2, 1, 0], [0.0, 1, 2, 3, 4, 5]])
+    same = fidelity(teacher.clone(), teacher)
+    assert same == {"images": 2, "top1_agreement": 100.0, "top5_overlap": 100.0, "kl": pytest.approx(0.0, abs=1e-6)}
+    student = torch.tensor([[4.0, 5, 3, 2, 1, 0], [0.0, 1, 2, 3, 4, 5]])  # first image's top-1 swapped
+    result = fidelity(student, teacher)
+    assert result["top1_agreement"] == 50.0 and result["top5_overlap"] == 100.0 and result["kl"] > 0
+
+
+def test_fidelity_table_round_trip(tmp_path):
+    row = {"run_id": "r", "model": "a.sqz", "reference": "a.net", "images": 210, "top1_agreement": 91.5,
+           "top5_overlap": 95.25, "kl": 0.0312}  # fmt: skip
+    metrics.write_rows(str(tmp_path), "fidelity", [row], writer_id="one")
+    assert metrics.read_table(str(tmp_path), "fidelity").to_pylist() == [row]
+
+
+def test_allocate_bits_matches_brute_force_and_refuses_small_budgets():
+    rng = np.random.default_rng(0)
+    options = {f"l{i}": [LayerBits(f"l{i}", b, int(rng.integers(50, 100)) * b, float(rng.exponential()) / b**2)
+                         for b in (2, 4, 8)] for i in range(4)}  # fmt: skip
+    rest = 100
+    for budget in (1200, 1800, 2500, 4000):
+        if budget < smallest_file(options, rest):
+            with pytest.raises(ValueError, match="below the smallest file"):
+                allocate_bits(options, rest, budget)
+            continue
+        chosen = allocate_bits(options, rest, budget, granularity=1)
+        picked = [next(o for o in options[n] if o.bits == chosen[n]) for n in options]
+        assert rest + sum(o.bytes for o in picked) <= budget
+        feasible = [c for c in itertools.product(*options.values()) if rest + sum(o.bytes for o in c) <= budget]
+        assert sum(o.cost for o in picked) == pytest.approx(min(sum(o.cost for o in c) for c in feasible))
+    with pytest.raises(ValueError, match="below the smallest file"):
+        allocate_bits(options, rest, smallest_file(options, rest) - 1)
+
+
+def test_folder_calibration_splits_by_file(tmp_path):
+    from torchvision.io import encode_png
+
+    for i in range(12):
+        image = torch.randint(0, 255, (3, 40, 50), dtype=torch.uint8, generator=torch.Generator().manual_seed(i))
+        (tmp_path / f"img{i}.png").write_bytes(encode_png(image).numpy().tobytes())
+    (tmp_path / "notes.txt").write_text("not an image")
+    sets = calibration_sets(str(tmp_path), image_size=16)
+    assert len(sets.calibration) + len(sets.held_out) == 12
+    assert sets.calibration.shape[1:] == (3, 16, 16) and sets.calibration.dtype == torch.uint8
+    with pytest.raises(ValueError, match="--calibrate: unknown source"):
+        calibration_sets(str(tmp_path / "missing"))
+
+
+def test_quant_config_refuses_bad_options():
+    with pytest.raises(ValueError, match="distill_steps"):
+        QuantConfig(distill_steps=-1)
+    with pytest.raises(ValueError, match="weighting"):
+        QuantConfig(weighting="hessian")
+    with pytest.raises(ValueError, match="distill_lr"):
+        QuantConfig(distill_lr=0.0)
+
+
+@needs_release
+@pytest.mark.parametrize("extra, message", [
+    (["--bits", "6", "--calibrate", "nowhere"], "--calibrate: unknown source"),
+    (["--size-budget", "100000", "--calibrate", "photos"], "--size-budget: 100,000 bytes is below the smallest file"),
+    (["--bits", "6", "--distill-steps", "3"], "need --calibrate"),
+    (["--bits", "6", "--calibrate", "photos", "--distill-steps", "-2"], "--distill-steps"),
+])  # fmt: skip
+def test_import_dc_refuses_bad_options_in_one_line(tmp_path, capsys, extra, message):
+    out = tmp_path / "out.sqz"
+    try:
+        code = main(["import-dc", RELEASED, str(out), *extra])
+    except SystemExit as exc:  # argparse's own refusals
+        code = exc.code
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+    assert not out.exists()
+
+
+@needs_release
+@pytest.mark.slow
+def test_import_dc_calibrated_writes_fidelity(tmp_path, capsys):
+    out = tmp_path / "released6.sqz"
+    run = tmp_path / "run"
+    assert main(["import-dc", RELEASED, str(out), "--bits", "6", "--calibrate", "photos", "--calibration-images", "32",
+                 "--distill-steps", "2", "--run", str(run)]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "top-1 agreement" in printed
+    (row,) = metrics.read_table(str(run), "fidelity").to_pylist()
+    assert row["images"] > 100 and 0 < row["top1_agreement"] <= 100 and row["kl"] > 0
+
+
+@pytest.mark.slow
+def test_trial_with_fisher_weighting_and_distillation(tmp_path):
+    from safetensors.torch import save
+
+    from sqz.compress.codec import decode
+    from sqz.config import DataConfig
+    from sqz.models import build_model
+    from sqz.trial import TrialSpec, compress_and_evaluate
+
+    torch.manual_seed(0)
+    model = build_model("squeezenet_small", num_classes=10)
+    baseline = save({k: v.contiguous() for k, v in model.state_dict().items()})
+    quant = QuantConfig(bits=3, weighting="fisher", distill_steps=3, calibration_batches=2, finetune_epochs=0)
+    spec = TrialSpec(prune=PruneConfig(mode="std", amount=0.8), quant=quant, retrain_epochs=0, retrain_lr=1e-4)
+    url = str(tmp_path / "t.sqz")
+    row = compress_and_evaluate(baseline=baseline, arch={"name": "squeezenet_small", "kwargs": {"num_classes": 10}},
+                                data=DataConfig(url="digits"), spec=spec, model_url=url, run_id="r")  # fmt: skip
+    assert row["size_bytes"] == os.path.getsize(url) and 0 <= row["top1"] <= 100
+    original = dict(model.named_parameters())
+    for name, weight in decode(open(url, "rb").read()).named_parameters():
+        if weight.dim() > 1:
+            kept = original[name].abs() > 0.8 * original[name].std()  # pruned at q x std, zeros kept through distillation
+            assert torch.equal(weight != 0, kept), name
+            assert torch.unique(weight[weight != 0]).numel() <= 8, name
