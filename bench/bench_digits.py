@@ -97,21 +97,26 @@ def _jobs(quick: bool, train_cfg: TrainConfig) -> list[tuple[str, dict, dict]]:
     """(name, TrialSpec fields, label) per trial."""
     rewind = (train_cfg.lr, train_cfg.epochs, train_cfg.lr_power)
 
-    def job(schedule: str, kept: float, bits: int, steps: int, lr: str = "constant", retrain_lr: float = 5e-4):
-        name = f"{schedule}-{lr}-{steps}s-lr{retrain_lr:g}-d{kept:g}-b{bits}"
-        spec = dict(prune=PruneConfig(mode="density", amount=kept), quant=QuantConfig(bits=bits), retrain_epochs=0,
-                    retrain_lr=retrain_lr, retrain_steps=steps, prune_schedule=schedule,
-                    lr_rewind=rewind if lr == "rewind" else None)  # fmt: skip
-        return name, spec, {"schedule": schedule, "lr": lr if lr == "rewind" else f"{retrain_lr:g}", "steps": steps}
+    def job(schedule: str, kept: float, bits: int, steps: int, lr: str = "constant", retrain_lr: float = 5e-4,
+            loss: str = "distill", dense_below: int = 10_000):  # fmt: skip
+        name = f"{schedule}-{lr}-{loss}-{steps}s-lr{retrain_lr:g}-dense{dense_below // 1000}k-d{kept:g}-b{bits}"
+        spec = dict(prune=PruneConfig(mode="density", amount=kept, dense_below=dense_below), quant=QuantConfig(bits=bits),
+                    retrain_epochs=0, retrain_lr=retrain_lr, retrain_steps=steps, prune_schedule=schedule,
+                    lr_rewind=rewind if lr == "rewind" else None, retrain_loss=loss)  # fmt: skip
+        label = {"schedule": schedule, "lr": lr if lr == "rewind" else f"{retrain_lr:g}", "steps": steps,
+                 "loss": loss, "dense_below": dense_below}  # fmt: skip
+        return name, spec, label
 
     if quick:
-        return [job("oneshot", 0.33, 8, 300), job("gradual", 0.33, 8, 300), job("gradual", 0.25, 6, 300)]
+        return [job("gradual", 0.33, 8, 600), job("gradual", 0.25, 6, 600), job("gradual", 0.33, 8, 600, loss="task", dense_below=0)]
     return [
-        # One-shot vs gradual at the paper's operating point and below it.
-        job("oneshot", 0.33, 8, 300), job("gradual", 0.33, 8, 300), job("gradual", 0.25, 6, 300),
-        # What the budget, the retrain lr and lr rewinding buy.
-        job("gradual", 0.33, 8, 600), job("gradual", 0.33, 8, 300, retrain_lr=1e-4),
-        job("gradual", 0.33, 8, 300, "rewind"),
+        # The defaults (gradual, distillation, small layers dense) at the paper's 33% / 8-bit and below.
+        job("gradual", 0.33, 8, 600), job("gradual", 0.25, 6, 600), job("gradual", 0.2, 6, 600),
+        # What each default buys: the old task loss, every layer pruned alike, one-shot.
+        job("gradual", 0.33, 8, 600, loss="task", dense_below=0), job("gradual", 0.33, 8, 600, dense_below=0),
+        job("oneshot", 0.33, 8, 600),
+        # The budget and lr rewinding.
+        job("gradual", 0.33, 8, 300), job("gradual", 0.33, 8, 300, "rewind"),
     ]  # fmt: skip
 
 
@@ -156,11 +161,11 @@ def main() -> int:
         rows = list(pool.map(_trial, jobs))
     print(f"\nbaseline top-1 {base_top1:.2f}, float32 {float32:,} bytes; {len(rows)} trials in "
           f"{time.perf_counter() - start:.0f} s; load average {', '.join(f'{x:.2f}' for x in os.getloadavg())}")  # fmt: skip
-    header = f"| {'trial':<40} | {'schedule':<8} | {'lr':<8} | {'steps':>5} | {'density':>7} | {'bits':>4} | {'bytes':>8} | {'ratio':>6} | {'top-1':>6} | {'drop':>6} | {'wall s':>6} |"
+    header = f"| {'trial':<58} | {'schedule':<8} | {'loss':<7} | {'dense<=':>7} | {'lr':<8} | {'steps':>5} | {'density':>7} | {'bits':>4} | {'bytes':>8} | {'ratio':>6} | {'top-1':>6} | {'drop':>6} | {'wall s':>6} |"
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
     for r in rows:
-        print(f"| {r['name']:<40} | {r['schedule']:<8} | {r['lr']:<8} | {r['steps']:>5} | {r['density']:>7.3f} | "
+        print(f"| {r['name']:<58} | {r['schedule']:<8} | {r['loss']:<7} | {r['dense_below']:>7,} | {r['lr']:<8} | {r['steps']:>5} | {r['density']:>7.3f} | "
               f"{r['bits']:>4} | {r['bytes']:>8,} | {float32 / r['bytes']:>5.1f}x | {r['top1']:>6.2f} | "
               f"{r['top1'] - base_top1:>+6.2f} | {r['wall_s']:>6.0f} |")  # fmt: skip
     within = [r for r in rows if r["top1"] >= base_top1 - 0.5]

@@ -33,13 +33,14 @@ def compress_model(run_url: str, arch: dict[str, Any], data_config: dict[str, An
                    quant: dict[str, Any], retrain_epochs: int = 0, retrain_lr: float = 1e-4,
                    retrain_optimizer: str = "adamw", checkpoint_url: str | None = None,
                    retrain_steps: int | None = None, prune_schedule: str = "gradual", prune_frequency: int = 10,
-                   prune_ramp: float = 0.5) -> dict[str, Any]:  # fmt: skip
+                   prune_ramp: float = 0.5, retrain_loss: str = "task") -> dict[str, Any]:  # fmt: skip
     """Prune, retrain, quantize and encode one checkpoint (default: the run's baseline)
     into ``<run>/models/<trial>.sqz``, evaluate the decoded file, and add its row to the
     run's sweep_trials table (a grid point of a sweep is the same trial, same file).
     The retrain budget is ``retrain_steps`` optimizer steps (else ``retrain_epochs``);
     ``prune_schedule`` "gradual" reaches the pruning target by the cubic schedule during
-    it, "oneshot" cuts first (see ``sqz.trial.TrialSpec``)."""
+    it, "oneshot" cuts first; ``retrain_loss`` "distill" retrains on KL to the unpruned
+    checkpoint's logits instead of the labels (see ``sqz.trial.TrialSpec``)."""
     storage.check_url(run_url, option="run_url")
     run_url = storage.absolute(run_url)
     layout = RunLayout(run_url)
@@ -49,7 +50,7 @@ def compress_model(run_url: str, arch: dict[str, Any], data_config: dict[str, An
     name = trial_id(prune_cfg, quant_cfg.bits)
     spec = {"prune": prune, "quant": quant, "retrain_epochs": retrain_epochs, "retrain_lr": retrain_lr,
             "retrain_optimizer": retrain_optimizer, "retrain_steps": retrain_steps, "prune_schedule": prune_schedule,
-            "prune_frequency": prune_frequency, "prune_ramp": prune_ramp}  # fmt: skip
+            "prune_frequency": prune_frequency, "prune_ramp": prune_ramp, "retrain_loss": retrain_loss}  # fmt: skip
     TrialSpec(**{**spec, "prune": prune_cfg, "quant": quant_cfg})  # every bad option fails here, before any work
     row = in_run(compress_checkpoint, run_url)(checkpoint_url, layout.model_url(name), layout.run_id, arch, data_config, spec)
     record_trial(run_url, row)

@@ -86,6 +86,8 @@ DEMO_BITS = (8, 6)
 
 def add_retrain_options(parser: argparse.ArgumentParser) -> None:
     """The prune-schedule and retrain-budget options shared by `sqz run` and `sqz sweep`."""
+    from sqz.config import SweepConfig
+
     parser.add_argument("--prune-schedule", choices=["gradual", "oneshot"], default=DEFAULT_PRUNE_SCHEDULE,
                         help="gradual: Zhu & Gupta's cubic schedule tightens the masks during retraining; oneshot: "
                         f"cut everything first, then retrain (Deep Compression's) (default: {DEFAULT_PRUNE_SCHEDULE})")  # fmt: skip
@@ -99,6 +101,12 @@ def add_retrain_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr-rewind", action=argparse.BooleanOptionalAction, default=DEFAULT_RETRAIN_LR_SCHEDULE == "rewind",
                         help="retrain on the last --retrain-steps of the original training's lr schedule (learning-rate "
                         "rewinding) instead of the constant --retrain-lr; needs a `sqz run` baseline")  # fmt: skip
+    parser.add_argument("--retrain-loss", choices=["distill", "task"], default=SweepConfig.retrain_loss,
+                        help="distill: KL to the unpruned baseline's logits; task: cross-entropy on the labels "
+                        f"(default: {SweepConfig.retrain_loss})")  # fmt: skip
+    parser.add_argument("--dense-below", type=_non_negative_int, default=SweepConfig.dense_below,
+                        help="layers with at most this many weights stay dense; with density thresholds the others "
+                        f"are pruned harder to keep the same overall share (default: {SweepConfig.dense_below:,}; 0: none)")  # fmt: skip
     parser.add_argument("--prune-frequency", type=_positive_int, default=10,
                         help="gradual: optimizer steps between mask updates (default: 10)")  # fmt: skip
     parser.add_argument("--prune-ramp", type=_share, default=0.5,
@@ -122,6 +130,7 @@ def retrain_settings(args: argparse.Namespace) -> dict[str, Any]:
     settings: dict[str, Any] = {
         "retrain_steps": steps, "prune_schedule": args.prune_schedule, "prune_frequency": args.prune_frequency,
         "prune_ramp": args.prune_ramp, "retrain_lr_schedule": "rewind" if args.lr_rewind else "constant",
+        "retrain_loss": args.retrain_loss, "dense_below": args.dense_below,
     }  # fmt: skip
     if args.retrain_epochs is not None:
         settings["retrain_epochs"] = args.retrain_epochs

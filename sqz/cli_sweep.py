@@ -273,7 +273,7 @@ def _one_line(exc: BaseException) -> str:
 
 # The settings that shape a trial's result under one grid-point name.
 _TRIAL_SETTINGS = ("retrain_epochs", "retrain_lr", "retrain_optimizer", "quant", "retrain_steps", "prune_schedule",
-                   "prune_frequency", "prune_ramp", "retrain_lr_schedule")  # fmt: skip
+                   "prune_frequency", "prune_ramp", "retrain_lr_schedule", "retrain_loss", "dense_below")  # fmt: skip
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:

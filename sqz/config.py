@@ -35,6 +35,7 @@ KMeansMethod = Literal["auto", "exact", "lloyd"]
 TrialScheduler = Literal["fifo", "asha"]
 PruneSchedule = Literal["oneshot", "gradual"]
 RetrainLrSchedule = Literal["constant", "rewind"]
+RetrainLoss = Literal["distill", "task"]
 
 
 @dataclass(frozen=True)
@@ -181,8 +182,15 @@ class PruneConfig:
     # "layer": each layer gets its own threshold (its std, its density); "global": one
     # threshold over all prunable weights pooled (layers with small weights lose more).
     scope: Literal["layer", "global"] = "layer"
+    # Layers with at most this many weights stay dense (0: none). They are a small share of
+    # the bytes but carry the signal of thin layers (the stem, squeezes, a small classifier);
+    # Deep Compression's released SqueezeNet keeps most of them near 100% too. In density
+    # mode the other layers are pruned harder, so the model still keeps ``amount`` overall.
+    dense_below: int = 0
 
     def __post_init__(self) -> None:
+        if not (isinstance(self.dense_below, int) and self.dense_below >= 0):
+            raise ValueError(f"dense_below: must be a whole number of weights >= 0, got {self.dense_below!r}")
         if self.mode not in ("std", "absolute", "density"):
             raise ValueError(f"prune mode: must be std, absolute or density, got {self.mode!r}")
         if self.scope not in ("layer", "global"):
@@ -307,6 +315,13 @@ class SweepConfig:
     # its last retrain steps (Renda et al. 2020: learning-rate rewinding), which needs the
     # run's training config (a `sqz run` folder).
     retrain_lr_schedule: RetrainLrSchedule = "constant"
+    # "distill": retrain on KL to the unpruned baseline's logits (its soft labels carry far
+    # more than 1 of 10 hard labels); "task": cross-entropy on the labels. Measured on the
+    # digits at 33% density, 600 gradual steps: 96.9 (distill) vs 95.6 (task) before k-means.
+    retrain_loss: RetrainLoss = "distill"
+    # Layers with at most this many weights stay dense (PruneConfig.dense_below); with
+    # density thresholds the other layers are pruned harder to keep the same overall share.
+    dense_below: int = 10_000
 
     def __post_init__(self) -> None:
         if not self.thresholds:
@@ -314,7 +329,7 @@ class SweepConfig:
         if not self.bits:
             raise ValueError("bits: the grid is empty")
         for t in self.thresholds:
-            PruneConfig(mode=self.prune_mode, amount=t)  # raises with the option's name
+            PruneConfig(mode=self.prune_mode, amount=t, dense_below=self.dense_below)  # raises with the option's name
         for b in self.bits:
             if not 1 <= int(b) <= 8:
                 raise ValueError(f"bits: must be in 1..8, got {b}")
@@ -363,6 +378,8 @@ class SweepConfig:
             if self.prune_schedule == "gradual" and self.retrain_steps and self.prune_frequency > ramp:
                 raise ValueError(f"prune_frequency: {self.prune_frequency} steps is longer than the pruning ramp "
                                  f"({ramp} of {self.retrain_steps} retrain steps)")  # fmt: skip
+        if self.retrain_loss not in ("distill", "task"):
+            raise ValueError(f"retrain_loss: must be distill or task, got {self.retrain_loss!r}")
         if self.retrain_lr_schedule not in ("constant", "rewind"):
             raise ValueError(f"retrain_lr_schedule: must be constant or rewind, got {self.retrain_lr_schedule!r}")
 

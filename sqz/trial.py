@@ -11,6 +11,7 @@ per-layer choice (``TrialSpec.layer_amounts`` / ``layer_bits``, picked by
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 import json
@@ -65,8 +66,13 @@ class TrialSpec:
     # retrain on the last steps of the original training's schedule, given as (base lr,
     # epochs, poly power); its total steps are epochs x this trial's batches per epoch.
     lr_rewind: tuple[float, int, float] | None = None
+    # "task": cross-entropy on the labels; "distill": KL to the unpruned model's logits
+    # (the baseline as loaded is the teacher; no labels are read).
+    retrain_loss: str = "task"
 
     def __post_init__(self) -> None:
+        if self.retrain_loss not in ("task", "distill"):
+            raise ValueError(f"retrain_loss: must be task or distill, got {self.retrain_loss!r}")
         if self.prune_schedule not in ("oneshot", "gradual"):
             raise ValueError(f"prune_schedule: must be oneshot or gradual, got {self.prune_schedule!r}")
         if self.retrain_steps is not None and self.retrain_steps < 0:
@@ -181,6 +187,21 @@ def _batches_forever(loader: Iterable) -> Iterable:
         yield from loader
 
 
+def _with_teacher_logits(batches: Iterable, teacher: nn.Module, device: torch.device | str) -> Iterable:
+    """(inputs, the teacher's logits on them) in place of (inputs, labels)."""
+    for inputs, _ in batches:
+        with torch.no_grad():
+            logits = teacher(inputs.to(device))
+        yield inputs, logits  # outside no_grad: the consumer trains on this batch
+
+
+def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """KL(teacher || student) on the class distributions, averaged over the batch."""
+    return nn.functional.kl_div(nn.functional.log_softmax(logits.float(), dim=-1),
+                                nn.functional.log_softmax(teacher_logits.float(), dim=-1),
+                                log_target=True, reduction="batchmean")  # fmt: skip
+
+
 def _retrain(model: nn.Module, spec: TrialSpec, masks: dict[str, torch.Tensor], train_loader: Any, val_loader: Any,
              device: torch.device | str, on_round: Callable[[int, engine.EvalResult], None] | None) -> None:  # fmt: skip
     """Masked retraining for the spec's budget: one-shot masks held by ``attach_masks_``,
@@ -188,6 +209,7 @@ def _retrain(model: nn.Module, spec: TrialSpec, masks: dict[str, torch.Tensor], 
     per_epoch = len(train_loader)
     total = spec.total_retrain_steps(per_epoch)
     gradual = spec.prune_schedule == "gradual" and total > 0
+    teacher = copy.deepcopy(model).eval() if spec.retrain_loss == "distill" and total else None  # still unpruned
     if not gradual:
         apply_masks_(model, masks)
     if not total:
@@ -211,10 +233,14 @@ def _retrain(model: nn.Module, spec: TrialSpec, masks: dict[str, torch.Tensor], 
 
     rounds = retrain_rounds(spec)
     stream = _batches_forever(train_loader)
+    loss_fn = None
+    if teacher is not None:
+        stream, loss_fn = _with_teacher_logits(stream, teacher, device), distillation_loss
     done = 0
     for index in range(rounds):
         take = per_epoch if spec.retrain_steps is None else (total * (index + 1)) // rounds - done
-        engine.train_one_epoch(model, itertools.islice(stream, take), optimizer, device=device, lr_at_step=lr_at_step)
+        engine.train_one_epoch(model, itertools.islice(stream, take), optimizer, device=device, lr_at_step=lr_at_step,
+                               loss_fn=loss_fn)  # fmt: skip
         done += take
         if on_round is not None:
             on_round(index, engine.evaluate(model, val_loader, device=device))

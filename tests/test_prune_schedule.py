@@ -177,3 +177,78 @@ def test_gradual_and_one_shot_trials_end_at_the_same_per_layer_density(tmp_path)
         model = decode(open(url, "rb").read())
         kept[schedule] = {name: int(torch.count_nonzero(p)) for name, p in prunable_parameters(model).items()}
     assert kept["gradual"] == kept["oneshot"]
+
+
+def test_dense_below_keeps_small_layers_whole_and_the_overall_density():
+    # Small layers stay dense; the others are pruned harder so the model keeps `amount`.
+    from sqz.compress.prune import compute_masks
+    from sqz.config import PruneConfig
+
+    model = _tiny()
+    params = prunable_parameters(model)
+    masks = compute_masks(model, PruneConfig(mode="density", amount=0.5, dense_below=500))
+    small = [name for name, p in params.items() if p.numel() <= 500]
+    assert small == ["0.weight", "6.weight"]  # 432 and 240 weights; the 3,456-weight conv is not
+    assert all(bool(masks[name].all()) for name in small)
+    kept = sum(int(m.sum()) for m in masks.values())
+    total = sum(p.numel() for p in params.values())
+    assert kept == pytest.approx(0.5 * total, abs=2)
+    assert int(masks["2.weight"].sum()) < 0.5 * params["2.weight"].numel()
+
+
+def test_dense_below_refuses_a_density_the_small_layers_already_exceed():
+    from sqz.compress.prune import compute_masks
+    from sqz.config import PruneConfig
+
+    with pytest.raises(ValueError, match="density: 0.1 keeps fewer weights") as info:
+        compute_masks(_tiny(), PruneConfig(mode="density", amount=0.1, dense_below=500))
+    assert "\n" not in str(info.value)
+    with pytest.raises(ValueError, match="dense_below"):
+        PruneConfig(mode="density", amount=0.5, dense_below=-1)
+
+
+@pytest.mark.parametrize("cls", ["TrialSpec", "SweepConfig"])
+def test_an_unknown_retrain_loss_is_refused(cls):
+    from sqz.config import PruneConfig, QuantConfig, SweepConfig
+    from sqz.trial import TrialSpec
+
+    with pytest.raises(ValueError, match="retrain_loss"):
+        if cls == "TrialSpec":
+            TrialSpec(prune=PruneConfig(), quant=QuantConfig(), retrain_epochs=1, retrain_lr=1e-4, retrain_loss="mse")
+        else:
+            SweepConfig(retrain_loss="mse")
+
+
+def test_distillation_retraining_keeps_zeros_and_moves_toward_the_teacher():
+    # "distill" retrains on KL to the unpruned model: pruned weights stay zero and the KL
+    # to the teacher falls.
+    import itertools
+
+    from sqz.compress.prune import compute_masks
+    from sqz.config import PruneConfig, QuantConfig
+    from sqz.trial import TrialSpec, _retrain, distillation_loss
+
+    torch.manual_seed(0)
+    model = _tiny()
+    teacher = _tiny()
+    teacher.load_state_dict(model.state_dict())
+    generator = torch.Generator().manual_seed(1)
+    data = [(torch.randn(16, 3, 8, 8, generator=generator), torch.randint(0, 10, (16,), generator=generator)) for _ in range(4)]
+    masks = compute_masks(model, PruneConfig(mode="density", amount=0.3))
+
+    def kl() -> float:
+        with torch.no_grad():
+            return float(sum(distillation_loss(model(x), teacher(x)) for x, _ in data))
+
+    spec = TrialSpec(prune=PruneConfig(mode="density", amount=0.3), quant=QuantConfig(), retrain_epochs=0,
+                     retrain_lr=3e-3, retrain_steps=80, retrain_loss="distill")  # fmt: skip
+    pruned = _tiny()
+    pruned.load_state_dict(model.state_dict())
+    for name, p in prunable_parameters(pruned).items():
+        p.data.mul_(masks[name])
+    with torch.no_grad():
+        before = float(sum(distillation_loss(pruned(x), teacher(x)) for x, _ in data))
+    _retrain(model, spec, masks, data, itertools.repeat(None, 0), "cpu", None)
+    for name, p in prunable_parameters(model).items():
+        assert bool((p[~masks[name]] == 0).all()), name
+    assert kl() < 0.5 * before

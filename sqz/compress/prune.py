@@ -61,15 +61,33 @@ def layer_thresholds(model: nn.Module, config: PruneConfig) -> dict[str, float]:
             keep = max(1, round(config.amount * magnitudes.numel()))
             threshold = torch.topk(magnitudes, keep).values[-1].item() if keep < magnitudes.numel() else 0.0
         return dict.fromkeys(prunable_parameters(model), threshold)
+    params = prunable_parameters(model)
+    dense = {name for name, weight in params.items() if weight.numel() <= config.dense_below}
+    kept_share = config.amount
+    if config.mode == "density" and dense:
+        # The dense layers keep all their weights: the others keep less, so that the
+        # model as a whole still keeps ``amount`` of its weights.
+        total = sum(w.numel() for w in params.values())
+        dense_weights = sum(params[name].numel() for name in dense)
+        if dense_weights >= total:
+            kept_share = 1.0
+        else:
+            kept_share = (config.amount * total - dense_weights) / (total - dense_weights)
+            if kept_share <= 0:
+                raise ValueError(f"density: {config.amount:g} keeps fewer weights than the layers of <= "
+                                 f"{config.dense_below:,} weights hold ({dense_weights:,} of {total:,}); "
+                                 "raise the density or lower dense_below")  # fmt: skip
     thresholds = {}
-    for name, weight in prunable_parameters(model).items():
+    for name, weight in params.items():
         w = weight.detach().abs().flatten()
-        if config.mode == "absolute":
+        if name in dense:
+            thresholds[name] = 0.0
+        elif config.mode == "absolute":
             thresholds[name] = config.amount
         elif config.mode == "std":
             thresholds[name] = config.amount * weight.detach().std().item()
-        else:  # density: keep the largest ``amount`` share of this layer's weights
-            keep = max(1, round(config.amount * w.numel()))
+        else:  # density: keep the largest share of this layer's weights
+            keep = max(1, round(kept_share * w.numel()))
             thresholds[name] = torch.topk(w, keep).values[-1].item() if keep < w.numel() else 0.0
     return thresholds
 

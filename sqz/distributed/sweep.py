@@ -111,13 +111,14 @@ def trial_spec(sweep_cfg: SweepConfig, point: dict[str, Any], lr_rewind: tuple[f
     """The TrialSpec of one grid (or per-layer) point under ``sweep_cfg``."""
     per_layer = "layer_amounts" in point
     amount = sensitivity.no_prune_level(sweep_cfg.prune_mode) if per_layer else point["threshold"]
-    prune = PruneConfig(mode=sweep_cfg.prune_mode, amount=amount)
+    prune = PruneConfig(mode=sweep_cfg.prune_mode, amount=amount, dense_below=sweep_cfg.dense_below)
     quant = dataclasses.replace(sweep_cfg.quant, bits=point["bits"])
     return TrialSpec(prune=prune, quant=quant, retrain_epochs=sweep_cfg.retrain_epochs,
                      retrain_lr=sweep_cfg.retrain_lr, retrain_optimizer=sweep_cfg.retrain_optimizer,
                      layer_amounts=point.get("layer_amounts"), layer_bits=point.get("layer_bits"),
                      prune_schedule=sweep_cfg.prune_schedule, prune_frequency=sweep_cfg.prune_frequency,
                      prune_ramp=sweep_cfg.prune_ramp, retrain_steps=sweep_cfg.retrain_steps,
+                     retrain_loss=sweep_cfg.retrain_loss,
                      lr_rewind=lr_rewind if sweep_cfg.retrain_lr_schedule == "rewind" else None)  # fmt: skip
 
 
