@@ -17,7 +17,8 @@ from sqz.config import DataConfig, PruneConfig, QuantConfig
 from sqz.data import load_split
 from sqz.models import build_model
 
-ARGS = ["--epochs", "3", "--thresholds", "0.3,0.6,0.9", "--bits", "8,4", "--retrain-epochs", "1",
+# q x std thresholds (not the default kept density), so that higher thresholds prune more.
+ARGS = ["--epochs", "3", "--prune-mode", "std", "--thresholds", "0.3,0.6,0.9", "--bits", "8,4", "--retrain-epochs", "1",
         "--finetune-epochs", "1", "--run-id", "tiny"]  # fmt: skip
 
 
