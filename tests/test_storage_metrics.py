@@ -253,7 +253,7 @@ def test_s3_run_survives_a_server_restart_and_writes_no_secret(s3_endpoint, tmp_
     env = {**os.environ, "AWS_ACCESS_KEY_ID": key_id, "AWS_SECRET_ACCESS_KEY": secret, "AWS_REGION": "us-east-1",
            "AWS_ENDPOINT_URL_S3": front.url, "PREFECT_HOME": os.path.join(workdir, "prefect")}  # fmt: skip
     out, err = open(tmp_path / "stdout.txt", "wb"), open(tmp_path / "stderr.txt", "wb")
-    args = ["--storage", f"s3://{bucket}/runs", "--epochs", "1", "--workers", "1", "--thresholds", "0.3,0.9",
+    args = ["--storage", f"s3://{bucket}/runs", "--epochs", "1", "--workers", "1", "--prune-mode", "std", "--thresholds", "0.3,0.9",
             "--bits", "4", "--retrain-epochs", "0", "--finetune-epochs", "0", "--distill-steps", "0", "--run-id", "restarted"]  # fmt: skip
     process = subprocess.Popen([sys.executable, "-m", "sqz.cli", "run", *args], cwd=workdir, env=env, stdout=out, stderr=err)
     prefix = "runs/restarted/"
