@@ -170,8 +170,6 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--bits", type=_list_of(int, "--bits", lambda v: None if 1 <= v <= 8 else "must be in 1..8"),
                      default=DEMO_BITS, help=f"bit widths, comma-separated, each in 1..8 (default: {','.join(map(str, DEMO_BITS))})")  # fmt: skip
     add_retrain_options(run)
-    run.add_argument("--finetune-epochs", type=_non_negative_int, default=cli_sweep._default_finetune(),
-                     help=f"centroid fine-tuning epochs on the task loss per trial (default: {cli_sweep._default_finetune()})")  # fmt: skip
     cli_sweep.add_quant_options(run)
     run.add_argument("--max-concurrent", type=_positive_int, default=2, help="sweep trials at once (default: 2)")
     run.add_argument("--max-drop", type=float, default=0.5, help="top-1 points the chosen variant may lose (default: 0.5)")

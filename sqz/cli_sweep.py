@@ -74,18 +74,14 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-concurrent", type=_positive_int, default=2, help="trials (or sensitivity units) at once (default: 2)")
 
 
-def _default_finetune() -> int:
-    from sqz.config import QuantConfig
-
-    return QuantConfig().finetune_epochs
-
-
 def add_quant_options(parser: argparse.ArgumentParser) -> None:
-    """The quantization step's options (k-means weighting, centroid distillation), shared
-    by `sqz run` and `sqz sweep`; their defaults are QuantConfig's."""
+    """The quantization step's options (k-means weighting, centroid fine-tuning and
+    distillation), shared by `sqz run` and `sqz sweep`; their defaults are QuantConfig's."""
     from sqz.config import QuantConfig
 
     default = QuantConfig()
+    parser.add_argument("--finetune-epochs", type=_non_negative_int, default=default.finetune_epochs,
+                        help=f"centroid fine-tuning epochs on the task loss per trial (default: {default.finetune_epochs})")  # fmt: skip
     parser.add_argument("--weighting", choices=["fisher", "none"], default=default.weighting,
                         help="k-means error weighting: fisher (diagonal Fisher of the retrained model on calibration "
                         f"batches) or none (weight MSE) (default: {default.weighting})")  # fmt: skip
@@ -117,8 +113,6 @@ def add_parsers(sub: Any) -> None:
     sweep.add_argument("--bits", type=_ints("--bits", _bits_check), default=(8, 6),
                        help="bit widths, comma-separated, each in 1..8 (default: 8,6)")  # fmt: skip
     add_retrain_options(sweep)
-    sweep.add_argument("--finetune-epochs", type=_non_negative_int, default=_default_finetune(),
-                       help=f"centroid fine-tuning epochs on the task loss per trial (default: {_default_finetune()})")  # fmt: skip
     add_quant_options(sweep)
     sweep.add_argument("--cpus-per-trial", type=_positive_float, default=1.0, help="CPUs per trial; its torch threads (default: 1)")
     sweep.add_argument("--gpus-per-trial", type=_non_negative_float, default=0.0, help="GPU share per trial, e.g. 0.5 (default: 0, CPU)")
