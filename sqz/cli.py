@@ -9,6 +9,8 @@ import os
 import sys
 from typing import Any, Callable, Sequence
 
+from sqz.logs import configure_console
+
 __all__ = ["main", "prefect_defaults"]
 
 
@@ -490,6 +492,7 @@ _COMMANDS["runs"] = _cmd_runs
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
+    configure_console()
     try:
         return _COMMANDS[args.command](args)
     except (ValueError, FileNotFoundError) as exc:

@@ -443,5 +443,5 @@ def test_rerun_after_the_driver_is_killed_resumes_from_s3_at_the_next_epoch(tmp_
     assert sorted(after) == [0, 1, 2]
     for epoch in range(resume_from):
         assert after[epoch] == before[epoch]  # not repeated
-    assert f"[sqz] epoch {resume_from + 1}/3" in output and "[sqz] epoch 1/3" not in output
+    assert f"epoch {resume_from + 1}/3: loss" in output and "epoch 1/3: loss" not in output
     assert _latest_checkpoint_epoch(train_url) == 2

@@ -9,6 +9,7 @@ Each unit writes its own file of the run's ``sensitivity`` table, so a rerun (or
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
@@ -21,6 +22,8 @@ from sqz.compress.prune import prunable_parameters
 from sqz.config import DataConfig, SensitivityConfig, config_from_dict, config_to_dict
 from sqz.models import build_model
 from sqz.runs import RunLayout
+
+_log = logging.getLogger("sqz.sensitivity")
 
 __all__ = ["run_sensitivity"]
 
@@ -77,10 +80,10 @@ def run_sensitivity(layout: RunLayout, config: SensitivityConfig, data: DataConf
     units = ([("baseline", None)] if need_baseline else []) + [("curves", layer) for layer in layers_todo]
     units += [("sizes", pair) for pair in pairs_todo]
     if not units:
-        print(f"[sqz] sensitivity: all {len(layers)} layer(s) and sizes already measured, reusing them", flush=True)
+        _log.info("all %d layer(s) and sizes already measured, reusing them", len(layers))
     else:
-        print(f"[sqz] sensitivity: {len(layers_todo)} layer curve(s) and {len(pairs_todo)} size point(s) to measure "
-              f"on {images} validation images", flush=True)  # fmt: skip
+        _log.info("%d layer curve(s) and %d size point(s) to measure on %d validation images",
+                  len(layers_todo), len(pairs_todo), images)  # fmt: skip
         baseline = ray.put(storage.read_bytes(layout.baseline_url))  # one copy for every task
         context = {"config": config_to_dict(config), "data": config_to_dict(data), "arch": arch,
                    "run_url": layout.run_url, "run_id": layout.run_id}  # fmt: skip

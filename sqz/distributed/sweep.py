@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
+import time
 from typing import Any, Callable
 
 import torch
@@ -28,8 +30,11 @@ from ray.tune.execution import class_cache as _tune_class_cache
 from sqz import metrics, sensitivity, storage
 from sqz.compress import codec
 from sqz.config import DataConfig, PruneConfig, SensitivityConfig, SweepConfig, config_from_dict, config_to_dict
+from sqz.distributed.train import format_eta
 from sqz.runs import RunLayout
 from sqz.trial import TrialSpec, compress_and_evaluate, retrain_rounds, trial_id
+
+_log = logging.getLogger("sqz.sweep")
 
 __all__ = ["sweep", "grid_points", "per_layer_points", "sensitivity_config_of", "trial_spec", "training_schedule"]
 
@@ -78,7 +83,7 @@ def per_layer_points(sweep_cfg: SweepConfig, rows: list[dict[str, Any]]) -> list
             choices.append(sensitivity.choose_layer_settings(rows, config, **target))
         except ValueError as exc:  # an unreachable target: say so, keep the others
             unreachable.append(str(exc))
-            print(f"[sqz] per-layer target skipped: {exc}", flush=True)
+            _log.warning("per-layer target skipped: %s", exc)
     if not choices:
         raise ValueError(unreachable[0])
     points: list[dict[str, Any]] = []
@@ -86,9 +91,9 @@ def per_layer_points(sweep_cfg: SweepConfig, rows: list[dict[str, Any]]) -> list
     for choice in choices:
         name = sensitivity.per_layer_trial_id(choice)
         key = name.rsplit("-", 1)[-1]  # the settings' digest
-        print(f"[sqz] per-layer {choice.target}: predicted {choice.predicted_bytes:,} bytes, "
-              f"top-1 drop {choice.predicted_drop:.2f} point(s) before retraining"
-              + (f" (same settings as {seen[key]})" if key in seen else f" -> {name}"), flush=True)  # fmt: skip
+        _log.info("per-layer %s: predicted %s bytes, top-1 drop %.2f point(s) before retraining%s", choice.target,
+                  f"{choice.predicted_bytes:,}", choice.predicted_drop,
+                  f" (same settings as {seen[key]})" if key in seen else f" -> {name}")  # fmt: skip
         if key in seen:
             continue
         seen[key] = name
@@ -197,14 +202,28 @@ def _scheduler(sweep_cfg: SweepConfig) -> _StopRecordingASHA | None:
 
 
 class _Progress(tune.Callback):
-    """Calls ``on_progress(finished, total)`` in the driver as each trial ends."""
+    """In the driver, as each trial ends: a log line (trial id, bytes, top-1, trials left,
+    ETA) and ``on_progress(finished, total)``. Tune calls its callbacks in the driver
+    process, so the line reaches the driver's log handlers (the flow run's log too)."""
 
-    def __init__(self, on_progress: Callable[[int, int], None], finished: int, total: int) -> None:
+    def __init__(self, on_progress: Callable[[int, int], None] | None, finished: int, total: int) -> None:
         self.on_progress, self.finished, self.total = on_progress, finished, total
+        self.started, self.ended_here = time.monotonic(), 0
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.finished += 1
-        self.on_progress(self.finished, self.total)
+        self.ended_here += 1
+        left = self.total - self.finished
+        eta = (time.monotonic() - self.started) / self.ended_here * left
+        result = trial.last_result or {}
+        if "size_bytes" in result:
+            outcome = f"{int(result['size_bytes']):,} bytes, top-1 {float(result['top1']):.2f}"
+        else:  # stopped early by ASHA: no file was written
+            outcome = f"stopped early at top-1 {float(result.get('top1', float('nan'))):.2f}"
+        _log.info("trial %s done: %s; %d of %d left, ETA %s", trial.config.get("trial_id", trial.trial_id),
+                  outcome, left, self.total, format_eta(eta) if left else "0s")  # fmt: skip
+        if self.on_progress is not None:
+            self.on_progress(self.finished, self.total)
 
 
 def sweep(layout: RunLayout, sweep_cfg: SweepConfig, data_cfg: DataConfig, arch: dict[str, Any], *,
@@ -229,7 +248,7 @@ def sweep(layout: RunLayout, sweep_cfg: SweepConfig, data_cfg: DataConfig, arch:
     if on_progress:
         on_progress(finished, len(points))
     if todo:
-        print(f"[sqz] sweep: {len(todo)} trial(s) to run, {finished} already done", flush=True)
+        _log.info("%d trial(s) to run, %d already done", len(todo), finished)
         baseline = storage.read_bytes(layout.baseline_url)
         context = {
             "sweep": config_to_dict(sweep_cfg), "data": config_to_dict(data_cfg),
@@ -250,7 +269,7 @@ def sweep(layout: RunLayout, sweep_cfg: SweepConfig, data_cfg: DataConfig, arch:
                 trial_dirname_creator=lambda trial: f"{trial.config['trial_id']}_{trial.trial_id}",
             ),
             run_config=tune.RunConfig(name="ray-tune", storage_path=path, storage_filesystem=fs, verbose=0,
-                                      callbacks=[_Progress(on_progress, finished, len(points))] if on_progress else None),
+                                      callbacks=[_Progress(on_progress, finished, len(points))]),
         )
         results = tuner.fit()
         if scheduler is not None:
@@ -267,10 +286,10 @@ def sweep(layout: RunLayout, sweep_cfg: SweepConfig, data_cfg: DataConfig, arch:
             raise RuntimeError(f"sweep interrupted: {len(left)} of {len(points)} trial(s) unfinished "
                                f"({', '.join(left[:4])}); run the same command again to run only those")  # fmt: skip
     else:
-        print(f"[sqz] sweep: all {finished} trial(s) already done, reusing them", flush=True)
+        _log.info("all %d trial(s) already done, reusing them", finished)
     stopped &= {p["trial_id"] for p in points}
     if stopped:
-        print(f"[sqz] sweep: {len(stopped)} trial(s) stopped early by ASHA: {', '.join(sorted(stopped))}", flush=True)
+        _log.info("%d trial(s) stopped early by ASHA: %s", len(stopped), ", ".join(sorted(stopped)))
     rows = metrics.read_table(layout.run_url, "sweep_trials").to_pylist()
     wanted = {p["trial_id"] for p in points}
     return [row for row in rows if row["trial_id"] in wanted]

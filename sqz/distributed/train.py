@@ -12,14 +12,16 @@ validation top-1 and always the latest. Rank 0 writes one ``train_epochs`` row p
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import math
 import os
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Callable
 
 import ray.train
 import ray.train.torch
@@ -38,7 +40,7 @@ from sqz.distributed import stream
 from sqz.models import build_model, count_parameters
 from sqz.runs import RunLayout
 
-__all__ = ["TrainResult", "train", "per_worker_batch"]
+__all__ = ["TrainResult", "train", "per_worker_batch", "EpochWatcher", "format_eta"]
 
 RUN_NAME = "ray-train"  # Ray Train's experiment folder under <run>/train/; fixed so reruns resume
 _log = logging.getLogger("sqz.train")
@@ -140,7 +142,7 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         with checkpoint.as_directory() as directory:
             start_epoch = load_training_state(directory, model, optimizer, scaler=scaler)["epoch"] + 1
         if rank == 0:
-            _log.info("[sqz] resuming from the checkpoint of epoch %d/%d", start_epoch, train_cfg.epochs)
+            _log.info("resuming from the checkpoint of epoch %d/%d", start_epoch, train_cfg.epochs)
     ddp_model = ray.train.torch.prepare_model(model)
     if train_cfg.compile:
         ddp_model = torch.compile(ddp_model)
@@ -191,9 +193,6 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             continue
         # One row file per epoch: a rerun of the epoch replaces it, never duplicates.
         metrics.write_rows(run_url, "train_epochs", [row], writer_id=f"epoch-{epoch:04d}")
-        _log.info("[sqz] epoch %d/%d: loss %.3f, top-1 %.2f, top-5 %.2f, lr %.3g, %.0f img/s, "
-                     "data wait %.1f s, %.1f s", epoch + 1, train_cfg.epochs, row["loss"], row["top1"],
-                     row["top5"], row["lr"], row["images_per_s"], row["data_wait_s"], row["wall_s"])  # fmt: skip
         if not with_checkpoint:
             ray.train.report(row)
             continue
@@ -202,6 +201,79 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                                 progress={"epoch": epoch, "top1": row["top1"], "top5": row["top5"]})  # fmt: skip
             ray.train.report(row, checkpoint=Checkpoint.from_directory(directory),
                              checkpoint_dir_name=f"checkpoint_epoch-{epoch:04d}")  # fmt: skip
+
+
+def format_eta(seconds: float) -> str:
+    """``1h02m``, ``4m05s`` or ``12s``: an ETA an operator reads at a glance."""
+    seconds = max(0, round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+class EpochWatcher:
+    """Follows the run's ``train_epochs`` rows from the driver while Ray Train runs.
+
+    Rank 0 writes one row per epoch into the run's storage; the driver reads them back
+    and logs one line per epoch (so the line reaches the driver's log handlers, e.g. the
+    flow run's log in the Prefect UI, which a worker's output never does) and calls
+    ``on_epoch`` with the progress: epoch k of n, images/s, ETA. Epochs finished by an
+    earlier, interrupted run count as done and are not announced again."""
+
+    def __init__(self, run_url: str, epochs: int, on_epoch: Callable[[dict[str, Any]], None] | None = None,
+                 interval_s: float = 2.0) -> None:  # fmt: skip
+        self.run_url, self.epochs, self.on_epoch, self.interval_s = run_url, epochs, on_epoch, interval_s
+        self.seen = {row["epoch"] for row in self._rows()}
+        self.wall_s: list[float] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _rows(self) -> list[dict[str, Any]]:
+        return metrics.read_table(self.run_url, "train_epochs").to_pylist()
+
+    def poll(self) -> list[dict[str, Any]]:
+        """Announce the epochs written since the last poll; returns their progress records."""
+        announced = []
+        for row in sorted((r for r in self._rows() if r["epoch"] not in self.seen), key=lambda r: r["epoch"]):
+            self.seen.add(row["epoch"])
+            self.wall_s.append(row["wall_s"])
+            left = self.epochs - len(self.seen)
+            progress = {
+                "epoch": row["epoch"] + 1, "epochs": self.epochs, "loss": row["loss"], "top1": row["top1"],
+                "top5": row["top5"], "lr": row["lr"], "images_per_s": row["images_per_s"], "wall_s": row["wall_s"],
+                "eta_s": left * sum(self.wall_s) / len(self.wall_s),
+            }  # fmt: skip
+            _log.info("epoch %d/%d: loss %.3f, top-1 %.2f, top-5 %.2f, lr %.3g, %.0f img/s, %.1f s, ETA %s",
+                      progress["epoch"], self.epochs, row["loss"], row["top1"], row["top5"], row["lr"],
+                      row["images_per_s"], row["wall_s"], format_eta(progress["eta_s"]))  # fmt: skip
+            if self.on_epoch is not None:
+                self.on_epoch(progress)
+            announced.append(progress)
+        return announced
+
+    def _follow(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.poll()
+            except Exception as exc:  # a progress line must never end a training
+                _log.debug("epoch watcher: %s", exc)
+
+    def __enter__(self) -> "EpochWatcher":
+        # The caller's context (e.g. Prefect's flow run) goes along, so that log records
+        # from this thread are attributed to the same run.
+        self._thread = threading.Thread(target=contextvars.copy_context().run, args=(self._follow,),
+                                        name="sqz-epoch-watcher", daemon=True)  # fmt: skip
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        try:
+            self.poll()  # the last epochs, written just before fit() returned
+        except Exception as exc:
+            _log.debug("epoch watcher: %s", exc)
 
 
 def _finished(layout: RunLayout, train_cfg: TrainConfig) -> TrainResult | None:
@@ -220,13 +292,15 @@ def _finished(layout: RunLayout, train_cfg: TrainConfig) -> TrainResult | None:
     )  # fmt: skip
 
 
-def train(layout: RunLayout, train_cfg: TrainConfig, data_cfg: DataConfig, *, progress: bool = False) -> TrainResult:
+def train(layout: RunLayout, train_cfg: TrainConfig, data_cfg: DataConfig, *, progress: bool = False,
+          on_epoch: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:  # fmt: skip
     """Train the run's baseline and write models/baseline.safetensors. A finished
     training is reused as is; an interrupted one resumes from its latest checkpoint.
-    ``progress`` draws a per-epoch progress bar (for an interactive terminal)."""
+    ``progress`` draws a per-epoch progress bar (for an interactive terminal); the driver
+    logs a line per epoch and calls ``on_epoch`` with its progress (see EpochWatcher)."""
     done = _finished(layout, train_cfg)
     if done is not None:
-        print(f"[sqz] train: reusing the finished baseline at {layout.baseline_url}", flush=True)
+        _log.info("reusing the finished baseline at %s", layout.baseline_url)
         return done
     check_start_files(train_cfg)  # one-line errors before any worker starts
     per_worker_batch(train_cfg, data_cfg)
@@ -234,10 +308,10 @@ def train(layout: RunLayout, train_cfg: TrainConfig, data_cfg: DataConfig, *, pr
     resources = {"CPU": train_cfg.cpus_per_worker}
     if train_cfg.gpus_per_worker:
         resources["GPU"] = train_cfg.gpus_per_worker
-    print(f"[sqz] train: {train_cfg.model}, {train_cfg.workers} worker(s) x {resources}, global batch "
-          f"{per_worker_batch(train_cfg, data_cfg) * train_cfg.workers * train_cfg.accumulation_steps} "
-          f"({train_cfg.workers} x {per_worker_batch(train_cfg, data_cfg)} x {train_cfg.accumulation_steps} "
-          f"accumulated), {train_cfg.epochs} epochs -> {layout.train_url}", flush=True)  # fmt: skip
+    batch = per_worker_batch(train_cfg, data_cfg)
+    _log.info("%s, %d worker(s) x %s, global batch %d (%d x %d x %d accumulated), %d epochs -> %s", train_cfg.model,
+              train_cfg.workers, resources, batch * train_cfg.workers * train_cfg.accumulation_steps,
+              train_cfg.workers, batch, train_cfg.accumulation_steps, train_cfg.epochs, layout.train_url)  # fmt: skip
     datasets, dataset_config = stream.trainer_datasets(data_cfg)
     trainer = TorchTrainer(
         _train_loop_per_worker,
@@ -264,7 +338,8 @@ def train(layout: RunLayout, train_cfg: TrainConfig, data_cfg: DataConfig, *, pr
             worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}} if progress else None,
         ),
     )
-    result = trainer.fit()
+    with EpochWatcher(layout.run_url, train_cfg.epochs, on_epoch):
+        result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"training under {layout.train_url} finished without a checkpoint")
     model = build_model(train_cfg.model, num_classes=train_cfg.num_classes)

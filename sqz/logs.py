@@ -1,0 +1,31 @@
+"""Where sqz's log lines go when a person runs a command.
+
+Core modules and the Ray layer log to ``logging.getLogger("sqz.<area>")`` and never
+print: the same line then reaches a terminal, a file, or a Prefect flow run's log
+(``PREFECT_LOGGING_EXTRA_LOGGERS=sqz`` gives the ``sqz`` logger Prefect's API handler).
+Libraries configure nothing; the entry points (the CLI, bench scripts) call
+``configure_console``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+__all__ = ["configure_console"]
+
+_FORMAT = "%(asctime)s | %(name)s - %(message)s"
+
+
+def configure_console(level: int = logging.INFO) -> None:
+    """sqz's INFO lines on stderr, once.
+
+    The ``sqz`` logger propagates to the root logger; when the root logger has no handler
+    yet, a plain stderr handler is added. Prefect, imported later, sees that handler and
+    keeps it (it then leaves the root logger alone), so each line is printed once."""
+    logging.getLogger("sqz").setLevel(level)
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(_FORMAT, datefmt="%H:%M:%S"))
+        root.addHandler(handler)
