@@ -1,6 +1,7 @@
 """What the sqz flows share: where task results live, when a task is reused or retried,
 and the artifacts a run shows in the Prefect UI.
 
+- Artifacts: flows/artifacts.py (what the operator sees); names and tags: ``label_flow_run``.
 - Results: each cached task's result is a JSON record under ``<run>/prefect-results/``,
   written through ``sqz.storage`` (local folder or S3, atomic, retried), so a run folder
   carries its own cache: copying it moves the cache along, ``sqz runs rm`` clears it.
@@ -12,17 +13,15 @@ and the artifacts a run shows in the Prefect UI.
 
 from __future__ import annotations
 
-import base64
 import functools
 import hashlib
 import os
 import re
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import anyio.to_thread
 from prefect import Task
-from prefect.artifacts import create_image_artifact, create_link_artifact
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE, CachePolicy
 from prefect.context import TaskRunContext
 from prefect.filesystems import WritableFileSystem
@@ -30,11 +29,11 @@ from prefect.serializers import JSONSerializer
 from prefect.tasks import exponential_backoff
 
 import sqz
-from sqz import catalog, storage
+from sqz import storage
 
 __all__ = [
     "RESULTS_FOLDER", "RunResultStorage", "CodeVersion", "CACHE_POLICY", "RETRYING", "CACHED", "NOT_CACHED",
-    "retry_unless_bad_input", "in_run", "code_version", "artifact_key", "publish_outputs",
+    "retry_unless_bad_input", "in_run", "code_version", "artifact_key", "run_id_of", "run_tags", "label_flow_run",
 ]  # fmt: skip
 
 RESULTS_FOLDER = "prefect-results"
@@ -138,25 +137,36 @@ def artifact_key(*parts: str) -> str:
     return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", "-".join(parts).lower())).strip("-")
 
 
-def _href(url: str) -> str:
-    return f"file://{url}" if storage.is_local(url) else url
+def run_id_of(run_url: str) -> str:
+    return run_url.rstrip("/").rsplit("/", 1)[-1]
 
 
-def publish_outputs(run_url: str, *, include: Callable[[str, str], bool] = lambda kind, url: True) -> list[str]:
-    """A link artifact for each output file of the run (.sqz and baseline models,
-    Parquet files, report, plot) and the Pareto plot as an image; returns the URLs."""
-    run_id = run_url.rstrip("/").rsplit("/", 1)[-1]
-    linked = []
-    for kind, url in catalog.run_outputs(run_url):
-        if not include(kind, url):
-            continue
-        name = url[len(run_url):].lstrip("/")
-        create_link_artifact(link=_href(url), link_text=name, key=artifact_key(run_id, name),
-                             description=f"{kind} of sqz run {run_id}")  # fmt: skip
-        linked.append(url)
-        if name.endswith("pareto.png"):
-            # Browsers cannot open s3:// or a worker's file:// URL: embed the image itself.
-            image = base64.b64encode(storage.read_bytes(url)).decode()
-            create_image_artifact(image_url=f"data:image/png;base64,{image}", key=artifact_key(run_id, "pareto-plot"),
-                                  description=f"Pareto frontier (size vs top-1) of sqz run {run_id}")  # fmt: skip
-    return linked
+def run_tags(*, model: str | None = None, data_url: str | None = None, bits: Any = None,
+             prune_mode: str | None = None) -> list[str]:  # fmt: skip
+    """Tags the UI's filters find runs by: ``model:…``, ``dataset:…``, ``bits:…``, ``prune:…``."""
+    tags = []
+    if model:
+        tags.append(f"model:{model}")
+    if data_url:
+        tags.append(f"dataset:{data_url.rstrip('/').rsplit('/', 1)[-1] or data_url}")
+    for b in ([bits] if isinstance(bits, int) else bits or []):
+        tags.append(f"bits:{int(b)}")
+    if prune_mode:
+        tags.append(f"prune:{prune_mode}")
+    return tags
+
+
+def label_flow_run(name: str, tags: list[str] = ()) -> None:
+    """Name the current flow run (``<sqz run id>/<stage>``) and add ``tags`` to it.
+
+    The run id is known only once the flow has read its parameters (the pipeline derives
+    it from the config), so the flow renames itself rather than passing a name template."""
+    from prefect.client.orchestration import get_client
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    if context is None or context.flow_run is None:
+        return
+    merged = sorted(set(context.flow_run.tags or []) | set(tags))
+    with get_client(sync_client=True) as client:
+        client.update_flow_run(context.flow_run.id, name=name, tags=merged)

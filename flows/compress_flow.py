@@ -7,7 +7,8 @@ from typing import Any
 from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 
-from flows.common import CACHED, NOT_CACHED, RETRYING, artifact_key, in_run, publish_outputs
+from flows.artifacts import publish_files
+from flows.common import CACHED, NOT_CACHED, RETRYING, artifact_key, in_run, label_flow_run, run_tags
 from sqz import metrics, storage
 from sqz.config import DataConfig, PruneConfig, QuantConfig, config_from_dict
 from sqz.runs import RunLayout
@@ -48,6 +49,8 @@ def compress_model(run_url: str, arch: dict[str, Any], data_config: dict[str, An
     config_from_dict(DataConfig, data_config)
     checkpoint_url = storage.absolute(checkpoint_url) if checkpoint_url else layout.baseline_url
     name = trial_id(prune_cfg, quant_cfg.bits)
+    label_flow_run(f"{layout.run_id}/compress-{name}", run_tags(model=arch.get("name"), data_url=data_config.get("url", "digits"),
+                                                                 bits=quant_cfg.bits, prune_mode=prune_cfg.mode))  # fmt: skip
     spec = {"prune": prune, "quant": quant, "retrain_epochs": retrain_epochs, "retrain_lr": retrain_lr,
             "retrain_optimizer": retrain_optimizer, "retrain_steps": retrain_steps, "prune_schedule": prune_schedule,
             "prune_frequency": prune_frequency, "prune_ramp": prune_ramp, "retrain_loss": retrain_loss}  # fmt: skip
@@ -56,7 +59,7 @@ def compress_model(run_url: str, arch: dict[str, Any], data_config: dict[str, An
     record_trial(run_url, row)
     create_table_artifact([row], key=artifact_key(layout.run_id, name, "evaluation"),
                           description=f"{name}: the decoded .sqz file evaluated on {data_config.get('url', 'digits')}")  # fmt: skip
-    publish_outputs(run_url, include=lambda kind, url: url in (row["model_url"],) or url.endswith(f"/sweep_trials/{name}.parquet"))
+    publish_files(run_url)
     return row
 
 

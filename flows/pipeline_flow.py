@@ -3,6 +3,9 @@
 The run folder's name derives from the config, and every stage's task is cached by its
 inputs + code version in that folder: running the same config again reuses what
 finished (no training, no trial runs twice) and resumes what did not.
+
+The pipeline's own flow run carries what an operator looks at first: training and sweep
+progress, the report with its plot, the trials table and the run's files.
 """
 
 from __future__ import annotations
@@ -10,10 +13,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger, tags, task
 
-from flows.common import NOT_CACHED, RETRYING
-from flows.report_flow import report_run
+from flows.artifacts import Progress, publish_files, publish_report
+from flows.common import NOT_CACHED, RETRYING, label_flow_run, run_tags
+from flows.report_flow import announce_sweep_finished, report_run
 from flows.sweep_flow import sweep_compression
 from flows.train_flow import train_model
 from sqz.config import PipelineConfig, config_from_dict, config_to_dict
@@ -32,28 +36,48 @@ def record_manifest(config: dict[str, Any], run_id: str | None) -> str:
 @flow(name="squeeze_pipeline")
 def squeeze_pipeline(config: dict[str, Any] | None = None, run_id: str | None = None,
                      ray_address: str | None = None, workdir: str = ".") -> dict[str, Any]:  # fmt: skip
+    """Train a SqueezeNet, sweep pruning x bit widths on it, report the smallest variant
+    within the accuracy budget. Same config, same run folder: finished stages are reused.
+
+    Args:
+        config: the run's PipelineConfig: data {url}, train {model, epochs, workers, ...},
+            sweep {thresholds, bits, prune_mode, retrain_steps, max_top1_drop, ...} and
+            storage_url (a local folder or s3://bucket/prefix); see `sqz run --help`.
+        run_id: the run folder's name under storage_url; empty derives it from the config.
+        ray_address: a Ray cluster (host:port or ray://host:10001); empty starts a local Ray.
+        workdir: where a local Ray keeps its session files (.ray under it).
+    """
     pipeline = config_from_dict(PipelineConfig, config or {})  # bad input fails here, before any work
     values = config_to_dict(pipeline)
     logger = get_run_logger()
     run_url = record_manifest(values, run_id)
-    logger.info("[sqz] run %s -> %s", RunLayout(run_url).run_id, run_url)
+    run = RunLayout(run_url).run_id
+    labels = run_tags(model=pipeline.train.model, data_url=pipeline.data.url, bits=pipeline.sweep.bits,
+                      prune_mode=pipeline.sweep.prune_mode)  # fmt: skip
+    label_flow_run(f"{run}/pipeline", labels)
+    logger.info("run %s -> %s", run, run_url)
+    train_progress = Progress(run, "train", f"training of sqz run {run}: epochs done")
+    sweep_progress = Progress(run, "sweep", f"sweep of sqz run {run}: trials finished")
     arch = {"name": pipeline.train.model, "kwargs": {"num_classes": pipeline.train.num_classes}}
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
-    with ray_session(ray_address, workdir=workdir):
+    with ray_session(ray_address, workdir=workdir), tags(*labels):
         seconds["ray_start"], clock = time.perf_counter() - clock, time.perf_counter()
-        logger.info("[sqz] stage 1/3 train: %s, %d workers, %d epochs", pipeline.train.model,
+        logger.info("stage 1/3 train: %s, %d workers, %d epochs", pipeline.train.model,
                     pipeline.train.workers, pipeline.train.epochs)  # fmt: skip
-        baseline = train_model(run_url, values["train"], values["data"])
+        baseline = train_model(run_url, values["train"], values["data"], progress_artifact_id=str(train_progress.id))
         seconds["train"], clock = time.perf_counter() - clock, time.perf_counter()
-        logger.info("[sqz] stage 1/3 train done: top-1 %.2f, %d bytes", baseline["top1"], baseline["size_bytes"])
-        logger.info("[sqz] stage 2/3 sweep: thresholds %s x bits %s", pipeline.sweep.thresholds, pipeline.sweep.bits)
-        trials = sweep_compression(run_url, values["sweep"], values["data"], arch)
+        logger.info("stage 1/3 train done: top-1 %.2f, %d bytes", baseline["top1"], baseline["size_bytes"])
+        logger.info("stage 2/3 sweep: thresholds %s x bits %s", pipeline.sweep.thresholds, pipeline.sweep.bits)
+        trials = sweep_compression(run_url, values["sweep"], values["data"], arch, progress_artifact_id=str(sweep_progress.id))
         seconds["sweep"], clock = time.perf_counter() - clock, time.perf_counter()
-        logger.info("[sqz] stage 2/3 sweep done: %d trials", len(trials))
-    baseline = {**baseline, "model": pipeline.train.model}
-    logger.info("[sqz] stage 3/3 report")
-    summary = report_run(run_url, baseline, trials, pipeline.sweep.max_top1_drop)
+        logger.info("stage 2/3 sweep done: %d trials", len(trials))
+        baseline = {**baseline, "model": pipeline.train.model}
+        logger.info("stage 3/3 report")
+        summary = report_run(run_url, baseline, trials, pipeline.sweep.max_top1_drop, publish=False)
+    publish_report(summary)
+    publish_files(run_url)
+    announce_sweep_finished(run_url, summary, pipeline.sweep.max_top1_drop)
     seconds["report"] = time.perf_counter() - clock
-    logger.info("[sqz] stage 3/3 report done: %s", summary["report_url"])
+    logger.info("stage 3/3 report done: %s", summary["report_url"])
     return {**summary, "stage_seconds": seconds}

@@ -1,17 +1,21 @@
 """report_run: choose the smallest variant within the accuracy budget, write report.md,
-and show the run in the Prefect UI (report, trials table, the report and plot files)."""
+and show the run in the Prefect UI (the report with its plot, the trials table, the files);
+then announce the outcome as a ``sqz.sweep.finished`` event."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from prefect import flow, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.events import emit_event
 
-from flows.common import NOT_CACHED, RETRYING, artifact_key, publish_outputs
+from flows.artifacts import publish_files, publish_report
+from flows.common import NOT_CACHED, RETRYING, label_flow_run
 from sqz import storage
-from sqz.report import write_run_report
+from sqz.report import load_run, write_run_report
 from sqz.runs import RunLayout
+
+SWEEP_FINISHED = "sqz.sweep.finished"
 
 
 # Not cached: the report is cheap and rewriting it keeps report.md in step with the table.
@@ -21,17 +25,48 @@ def write_report(run_url: str, baseline: dict[str, Any], trials: list[dict[str, 
     return write_run_report(layout.report_url, run_id=layout.run_id, baseline=baseline, trials=trials, max_drop=max_drop)
 
 
+def announce_sweep_finished(run_url: str, summary: dict[str, Any], max_drop: float) -> None:
+    """The ``sqz.sweep.finished`` event: the run, and the chosen variant (bytes, top-1, ratio
+    vs the float32 baseline), or ``chosen: null`` when no trial kept the accuracy budget.
+    Automations (prefect.yaml has an example) react to it."""
+    chosen, baseline = summary["chosen"], summary["baseline"]
+    payload: dict[str, Any] = {"run_url": run_url, "trials": len(summary["trials"]), "max_drop": max_drop,
+                               "baseline_top1": baseline["top1"], "chosen": None}  # fmt: skip
+    if chosen is not None:
+        payload["chosen"] = {
+            "trial_id": chosen["trial_id"], "size_bytes": chosen["size_bytes"], "top1": chosen["top1"],
+            "ratio_vs_float32": round(baseline["size_bytes"] / chosen["size_bytes"], 2), "model_url": chosen["model_url"],
+        }  # fmt: skip
+    run_id = summary["run_id"]
+    emit_event(event=SWEEP_FINISHED, resource={"prefect.resource.id": f"sqz.run.{run_id}", "prefect.resource.name": run_id},
+               payload=payload)  # fmt: skip
+
+
 @flow(name="report_run")
-def report_run(run_url: str, baseline: dict[str, Any], trials: list[dict[str, Any]], max_drop: float = 1.0) -> dict[str, Any]:
+def report_run(run_url: str, baseline: dict[str, Any] | None = None, trials: list[dict[str, Any]] | None = None,
+               max_drop: float = 1.0, publish: bool = True) -> dict[str, Any]:  # fmt: skip
+    """Write the run's report.md and pareto.png and choose its variant.
+
+    Args:
+        run_url: the run folder (local path or s3://bucket/prefix/<run id>).
+        baseline: {model, parameters, size_bytes, top1, top5}; empty reads it from the run folder.
+        trials: the sweep_trials rows; empty reads them from the run folder.
+        max_drop: top-1 points the chosen variant may lose against the baseline.
+        publish: show the report, trials and files as artifacts of this flow run and emit
+            sqz.sweep.finished (the pipeline publishes them on its own run instead).
+    """
     storage.check_url(run_url, option="run_url")
     run_url = storage.absolute(run_url)
     if max_drop < 0:
         raise ValueError(f"max_drop: must be >= 0, got {max_drop}")
+    if baseline is None or trials is None:
+        stored_baseline, stored_trials = load_run(run_url)
+        baseline = stored_baseline if baseline is None else baseline
+        trials = stored_trials if trials is None else trials
+    label_flow_run(f"{RunLayout(run_url).run_id}/report")
     summary = write_report(run_url, baseline, trials, max_drop)
-    run_id = summary["run_id"]
-    create_markdown_artifact(summary["report_markdown"], key=artifact_key(run_id, "report"), description=f"sqz run {run_id}")
-    create_table_artifact(summary["trials"], key=artifact_key(run_id, "trials"),
-                          description=f"sweep trials of sqz run {run_id} (one row per .sqz file)")  # fmt: skip
-    # The models and Parquet files are linked by the flows that wrote them.
-    summary["artifact_links"] = publish_outputs(run_url, include=lambda kind, url: kind == "report")
+    if publish:
+        publish_report(summary)
+        publish_files(run_url)
+        announce_sweep_finished(run_url, summary, max_drop)
     return summary

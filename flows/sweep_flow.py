@@ -2,42 +2,68 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from prefect import flow, task
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.cache_policies import INPUTS, TASK_SOURCE
 
-from flows.common import CACHED, RETRYING, artifact_key, in_run, publish_outputs
+from flows.artifacts import Progress, publish_files
+from flows.common import CACHED, RETRYING, CodeVersion, in_run, label_flow_run, run_id_of, run_tags
 from sqz import storage
 from sqz.config import DataConfig, SweepConfig, config_from_dict
 from sqz.distributed.cluster import ray_session
 from sqz.distributed.sweep import sweep
+from sqz.logs import format_eta
 from sqz.runs import RunLayout
 
+# The progress artifact's id changes every run: it must not change the cache key.
+_SWEEP_CACHE = {**CACHED, "cache_policy": (INPUTS - "progress_artifact_id") + TASK_SOURCE + CodeVersion()}
 
-@task(name="run-sweep", **RETRYING, **CACHED)
-def run_sweep(run_url: str, sweep_config: dict[str, Any], data_config: dict[str, Any], arch: dict[str, Any]) -> list[dict[str, Any]]:
-    layout = RunLayout(run_url)
-    progress = create_progress_artifact(0.0, key=artifact_key(layout.run_id, "sweep-progress"),
-                                        description=f"sweep trials finished, sqz run {layout.run_id}")  # fmt: skip
+
+@task(name="run-sweep", **RETRYING, **_SWEEP_CACHE)
+def run_sweep(run_url: str, sweep_config: dict[str, Any], data_config: dict[str, Any], arch: dict[str, Any],
+              progress_artifact_id: str | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    started: dict[str, float] = {}
 
     def on_progress(finished: int, total: int) -> None:
-        update_progress_artifact(progress, 100.0 * finished / total, description=f"{finished} of {total} trials finished")
+        now = time.monotonic()
+        first = started.setdefault("t", now), started.setdefault("finished", finished)
+        done_here = finished - first[1]
+        eta = f" - ETA {format_eta((now - first[0]) / done_here * (total - finished))}" if done_here and finished < total else ""
+        Progress.update(progress_artifact_id, 100.0 * finished / total, f"{finished} of {total} trials finished{eta}")
 
+    layout = RunLayout(run_url)
     return sweep(layout, config_from_dict(SweepConfig, sweep_config), config_from_dict(DataConfig, data_config), arch,
                  on_progress=on_progress)  # fmt: skip
 
 
 @flow(name="sweep_compression")
 def sweep_compression(run_url: str, sweep_config: dict[str, Any], data_config: dict[str, Any], arch: dict[str, Any],
-                      ray_address: str | None = None) -> list[dict[str, Any]]:  # fmt: skip
-    """Compress the run's baseline at every grid point (trials already done are reused)."""
+                      ray_address: str | None = None, progress_artifact_id: str | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """Compress the run's baseline at every grid point (trials already done are reused).
+
+    Args:
+        run_url: the run folder holding models/baseline.safetensors; trials write models/<trial>.sqz there.
+        sweep_config: SweepConfig fields: thresholds, bits, prune_mode, retrain_steps, max_concurrent, ...
+            (as in `sqz sweep --help`).
+        data_config: DataConfig fields of the data the trials retrain and evaluate on.
+        arch: the model, e.g. {"name": "squeezenet_small", "kwargs": {"num_classes": 10}}.
+        ray_address: a Ray cluster (host:port or ray://host:10001); empty starts a local Ray.
+        progress_artifact_id: a progress artifact to update per trial (the pipeline's); empty makes this run's own.
+    """
     storage.check_url(run_url, option="run_url")
     run_url = storage.absolute(run_url)
     # Bad input fails here, before Ray starts.
-    config_from_dict(SweepConfig, sweep_config)
-    config_from_dict(DataConfig, data_config)
+    sweep_cfg = config_from_dict(SweepConfig, sweep_config)
+    data_cfg = config_from_dict(DataConfig, data_config)
+    run_id = run_id_of(run_url)
+    label_flow_run(f"{run_id}/sweep", run_tags(model=arch.get("name"), data_url=data_cfg.url, bits=sweep_cfg.bits,
+                                               prune_mode=sweep_cfg.prune_mode))  # fmt: skip
+    if progress_artifact_id is None:
+        progress_artifact_id = str(Progress(run_id, "sweep", f"sweep of sqz run {run_id}: trials finished").id)
     with ray_session(ray_address):
-        trials = in_run(run_sweep, run_url)(run_url, sweep_config, data_config, arch)
-    publish_outputs(run_url, include=lambda kind, url: url.endswith(".sqz") or "/sweep_trials/" in url)
+        trials = in_run(run_sweep, run_url)(run_url, sweep_config, data_config, arch, progress_artifact_id)
+    Progress.update(progress_artifact_id, 100.0, f"{len(trials)} of {len(trials)} trials finished")
+    publish_files(run_url)
     return trials

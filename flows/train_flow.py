@@ -6,33 +6,59 @@ import dataclasses
 from typing import Any
 
 from prefect import flow, task
+from prefect.cache_policies import INPUTS, TASK_SOURCE
 
-from flows.common import CACHED, RETRYING, in_run, publish_outputs
+from flows.artifacts import Progress, publish_files
+from flows.common import CACHED, RETRYING, CodeVersion, in_run, label_flow_run, run_id_of, run_tags
 from sqz import storage
 from sqz.config import DataConfig, TrainConfig, config_from_dict
 from sqz.distributed.cluster import ray_session
 from sqz.distributed.train import train
 from sqz.runs import RunLayout
 
+# The progress artifact's id changes every run: it must not change the cache key.
+_TRAIN_CACHE = {**CACHED, "cache_policy": (INPUTS - "progress_artifact_id") + TASK_SOURCE + CodeVersion()}
 
-@task(name="train-baseline", **RETRYING, **CACHED)
-def train_baseline(run_url: str, train_config: dict[str, Any], data_config: dict[str, Any]) -> dict[str, Any]:
-    result = train(RunLayout(run_url), config_from_dict(TrainConfig, train_config), config_from_dict(DataConfig, data_config))
+
+@task(name="train-baseline", **RETRYING, **_TRAIN_CACHE)
+def train_baseline(run_url: str, train_config: dict[str, Any], data_config: dict[str, Any],
+                   progress_artifact_id: str | None = None) -> dict[str, Any]:  # fmt: skip
+    def on_epoch(progress: dict[str, Any]) -> None:
+        Progress.update(progress_artifact_id, 100.0 * progress["epoch"] / progress["epochs"], Progress.epoch_text(progress))
+
+    result = train(RunLayout(run_url), config_from_dict(TrainConfig, train_config), config_from_dict(DataConfig, data_config),
+                   on_epoch=on_epoch)  # fmt: skip
     return dataclasses.asdict(result)
 
 
 @flow(name="train_model")
 def train_model(run_url: str, train_config: dict[str, Any], data_config: dict[str, Any],
-                ray_address: str | None = None) -> dict[str, Any]:  # fmt: skip
+                ray_address: str | None = None, progress_artifact_id: str | None = None) -> dict[str, Any]:  # fmt: skip
     """Train the baseline of the run at ``run_url`` (a rerun resumes or reuses it).
     Inside squeeze_pipeline Ray is already up; alone, it connects to ``ray_address``
-    or starts a local Ray."""
+    or starts a local Ray.
+
+    Args:
+        run_url: the run folder (local path or s3://bucket/prefix/<run id>); its models/,
+            metrics/ and train/ (Ray Train checkpoints) are written there.
+        train_config: TrainConfig fields (model, epochs, workers, optimizer, lr, ...), as in `sqz train --help`.
+        data_config: DataConfig fields; `url` is digits, synthetic, an ImageNet folder or a prepared Parquet URL.
+        ray_address: a Ray cluster (host:port or ray://host:10001); empty starts a local Ray.
+        progress_artifact_id: a progress artifact to update per epoch (the pipeline's); empty makes this run's own.
+    """
     storage.check_url(run_url, option="run_url")
     run_url = storage.absolute(run_url)
     # Bad input fails here, before Ray starts.
-    config_from_dict(TrainConfig, train_config)
-    config_from_dict(DataConfig, data_config)
+    train_cfg = config_from_dict(TrainConfig, train_config)
+    data_cfg = config_from_dict(DataConfig, data_config)
+    run_id = run_id_of(run_url)
+    label_flow_run(f"{run_id}/train", run_tags(model=train_cfg.model, data_url=data_cfg.url))
+    if progress_artifact_id is None:
+        progress_artifact_id = str(Progress(run_id, "train", f"training of sqz run {run_id}: epochs done").id)
     with ray_session(ray_address):
-        result = in_run(train_baseline, run_url)(run_url, train_config, data_config)
-    publish_outputs(run_url, include=lambda kind, url: "/train_epochs/" in url or url.endswith(".safetensors"))
+        result = in_run(train_baseline, run_url)(run_url, train_config, data_config, progress_artifact_id)
+    # Also when the training was reused (cached task, finished baseline): no epoch ran now.
+    Progress.update(progress_artifact_id, 100.0, f"{result['epochs']} of {result['epochs']} epochs done - "
+                                                 f"top-1 {result['top1']:.2f}")  # fmt: skip
+    publish_files(run_url)
     return result

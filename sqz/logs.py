@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import sys
 
-__all__ = ["configure_console"]
+__all__ = ["configure_console", "format_eta"]
 
 _FORMAT = "%(asctime)s | %(name)s - %(message)s"
 
@@ -29,3 +29,11 @@ def configure_console(level: int = logging.INFO) -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter(_FORMAT, datefmt="%H:%M:%S"))
         root.addHandler(handler)
+
+
+def format_eta(seconds: float) -> str:
+    """``1h02m``, ``4m05s`` or ``12s``: an ETA an operator reads at a glance."""
+    seconds = max(0, round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"

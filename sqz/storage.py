@@ -41,7 +41,7 @@ import pyarrow.fs as pafs
 __all__ = [
     "SUPPORTED_SCHEMES", "S3_REQUEST_ATTEMPTS", "RETRY_DEADLINE_S", "check_url", "absolute", "resolve", "join",
     "write_bytes", "read_bytes", "exists", "size_of", "is_local", "is_transient", "with_retries", "list_dir",
-    "walk", "delete_tree",
+    "walk", "delete_tree", "presigned_url", "PRESIGN_MAX_S",
 ]  # fmt: skip
 
 SUPPORTED_SCHEMES = ("", "file", "s3")
@@ -260,3 +260,25 @@ def delete_tree(url: str, **options: Any) -> None:
             fs.delete_dir(path)
 
     with_retries(url, "delete", attempt)
+
+
+# SigV4 presigned URLs live at most 7 days; that is also the default expiry of the links
+# sqz shows in the Prefect UI.
+PRESIGN_MAX_S = 7 * 24 * 3600
+
+
+def presigned_url(url: str, *, expires_s: int = PRESIGN_MAX_S) -> str:
+    """A link a browser can open: for an ``s3://`` object, an HTTPS GET URL presigned with
+    boto3 (it carries the access key id and a signature, as presigning requires, never the
+    secret); for a local file, its ``file://`` URL."""
+    if not 1 <= int(expires_s) <= PRESIGN_MAX_S:
+        raise ValueError(f"link expiry: must be 1..{PRESIGN_MAX_S} seconds (SigV4's 7 days), got {expires_s}")
+    if is_local(url):
+        return "file://" + absolute(url)
+    import boto3  # only here: reading and writing go through pyarrow
+    from botocore.config import Config
+
+    bucket, _, key = url[len("s3://"):].partition("/")
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    client = boto3.client("s3", endpoint_url=endpoint, config=Config(signature_version="s3v4"))
+    return client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=int(expires_s))

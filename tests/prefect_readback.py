@@ -46,5 +46,18 @@ def by_kind(artifacts: list[Any]) -> dict[str, list[Any]]:
     return kinds
 
 
+_MARKDOWN_LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+
+
 def links(artifacts: list[Any]) -> set[str]:
-    return {_LINK.match(a.data).group(1) for a in by_kind(artifacts).get("link", [])}
+    """Every URL linked from a link artifact or from a run's "files" artifact (any version)."""
+    urls = {_LINK.match(a.data).group(1) for a in by_kind(artifacts).get("link", [])}
+    for artifact in artifacts:
+        if artifact.type == "markdown" and (artifact.key or "").endswith("-files"):
+            urls |= set(_MARKDOWN_LINK.findall(str(artifact.data)))
+    return urls
+
+
+def keyed(artifacts: list[Any], suffix: str) -> list[Any]:
+    """The artifacts whose key ends with ``suffix`` (e.g. "-report"), oldest first."""
+    return sorted((a for a in artifacts if (a.key or "").endswith(suffix)), key=lambda a: a.created)

@@ -20,7 +20,7 @@ from flows.common import RunResultStorage, artifact_key, code_version
 from flows.compress_flow import compress_model
 from flows.pipeline_flow import squeeze_pipeline
 from flows.report_flow import report_run
-from prefect_readback import by_kind, links, read_run_tree
+from prefect_readback import by_kind, keyed, links, read_run_tree
 from sqz import metrics, storage
 from sqz.compress import decode
 from sqz.config import DataConfig, PipelineConfig, SweepConfig, TrainConfig, config_to_dict
@@ -154,13 +154,16 @@ def test_report_run_shows_report_trials_and_plot(baseline_run):
     state = report_run(baseline_run, baseline, trials, 5.0, return_state=True)
     summary = state.result()
     artifacts = read_run_tree(state.state_details.flow_run_id)["artifacts"]
-    by_type = by_kind(artifacts)
-    assert by_type["markdown"][0].data == summary["report_markdown"]
-    table = by_type["table"][0].data
-    assert "std0.3-b4" in str(table) and "std0.6-b4" in str(table)
-    assert {f"file://{baseline_run}/report/report.md", f"file://{baseline_run}/report/pareto.png"} <= links(artifacts)
     png = storage.read_bytes(storage.join(baseline_run, "report", "pareto.png"))
-    assert by_type["image"][0].data == "data:image/png;base64," + base64.b64encode(png).decode()
+    # The report renders in the UI: its plot is embedded, not a relative pareto.png.
+    (report,) = keyed(artifacts, "-report")
+    assert report.data.replace("data:image/png;base64," + base64.b64encode(png).decode(), "pareto.png") == summary["report_markdown"]
+    (table,) = keyed(artifacts, "-trials")
+    assert "std0.3-b4" in str(table.data) and "std0.6-b4" in str(table.data)
+    # One "files" card for the run, not one per file.
+    (files,) = keyed(artifacts, "-files")
+    assert {f"file://{baseline_run}/report/report.md", f"file://{baseline_run}/report/pareto.png"} <= links(artifacts)
+    assert "## Report" in files.data and not by_kind(artifacts).get("link")
 
 
 @pytest.mark.slow
@@ -169,13 +172,13 @@ def test_pipeline_retries_resumes_and_reruns_nothing_that_finished(ray_local, tm
     real_train = flows.train_flow.train
     trainings, first_epoch = [], []
 
-    def train_losing_a_node_after_epoch_1(layout, train_cfg, data_cfg):
+    def train_losing_a_node_after_epoch_1(layout, train_cfg, data_cfg, **options):
         trainings.append(train_cfg.epochs)
         if len(trainings) == 1:  # the first attempt gets through epoch 1 of 2, then fails
-            real_train(layout, dataclasses.replace(train_cfg, epochs=1), data_cfg)
+            real_train(layout, dataclasses.replace(train_cfg, epochs=1), data_cfg, **options)
             first_epoch.append(os.stat(metrics.table_files(layout.run_url, "train_epochs")[0]).st_mtime_ns)
             raise RuntimeError("simulated: the Ray node running the training was lost")
-        return real_train(layout, train_cfg, data_cfg)
+        return real_train(layout, train_cfg, data_cfg, **options)
 
     monkeypatch.setattr(flows.train_flow, "train", train_losing_a_node_after_epoch_1)
     sweeps = _counting(monkeypatch, flows.sweep_flow, "sweep")
@@ -202,8 +205,13 @@ def test_pipeline_retries_resumes_and_reruns_nothing_that_finished(ray_local, tm
     train_run = next(t for t in tree["task_runs"] if t.name.startswith("train-baseline"))
     assert train_run.run_count == 2 and train_run.state.is_completed()
     kinds = by_kind(tree["artifacts"])
-    assert {"markdown", "table", "link", "progress"} <= set(kinds)
-    assert [a.data for a in kinds["progress"]] == [100.0]  # updated as the 2 trials finished
+    assert {"markdown", "table", "progress"} <= set(kinds) and "link" not in kinds
+    # Training and sweep progress, on the pipeline's own flow run, updated in place to the end.
+    progress = {a.key: a for a in kinds["progress"]}
+    assert sorted(progress) == ["twice-sweep-progress", "twice-train-progress"]
+    assert all(a.data == 100.0 and a.flow_run_id == first.state_details.flow_run_id for a in progress.values())
+    assert all(keyed(tree["artifacts"], suffix)[-1].flow_run_id == first.state_details.flow_run_id
+               for suffix in ("-report", "-trials", "-files"))  # fmt: skip
     linked = links(tree["artifacts"])
     for name in stamps:
         assert f"file://{models}/{name}" in linked

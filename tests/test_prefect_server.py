@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -23,7 +24,7 @@ import pytest
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from prefect_readback import by_kind, links, read_run_tree
+from prefect_readback import by_kind, keyed, links, read_run_tree
 from sqz import metrics
 from sqz.config import DataConfig, PipelineConfig, SweepConfig, TrainConfig, config_to_dict
 
@@ -129,12 +130,14 @@ def test_deployed_pipeline_runs_through_a_process_worker(prefect_server, tmp_pat
     kinds = by_kind(tree["artifacts"])
     run_url = os.path.join(storage_url, "served")
     report = open(os.path.join(run_url, "report", "report.md")).read()
-    assert [a.data for a in kinds["markdown"]] == [report]
+    (report_artifact,) = keyed(tree["artifacts"], "-report")
+    assert re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "pareto.png", report_artifact.data) == report
     trials = metrics.read_table(run_url, "sweep_trials").to_pylist()
-    table = kinds["table"][0].data
+    (table_artifact,) = keyed(tree["artifacts"], "-trials")
+    table = table_artifact.data
     rows = json.loads(table) if isinstance(table, str) else table
     assert len(trials) == 2 and sorted(r["trial_id"] for r in rows) == sorted(t["trial_id"] for t in trials)
-    assert [a.data for a in kinds["progress"]] == [100.0]
+    assert sorted(a.data for a in kinds["progress"]) == [100.0, 100.0]  # training and sweep
     linked = links(tree["artifacts"])
     expected = {f"file://{t['model_url']}" for t in trials} | {f"file://{run_url}/models/baseline.safetensors",
                                                                f"file://{run_url}/report/report.md"}  # fmt: skip

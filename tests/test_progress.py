@@ -8,7 +8,8 @@ from types import SimpleNamespace
 
 from sqz import metrics
 from sqz.distributed.sweep import _Progress
-from sqz.distributed.train import EpochWatcher, format_eta
+from sqz.distributed.train import EpochWatcher
+from sqz.logs import format_eta
 
 
 def _epoch_row(epoch: int, wall_s: float) -> dict:

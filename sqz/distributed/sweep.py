@@ -29,8 +29,8 @@ from ray.tune.execution import class_cache as _tune_class_cache
 
 from sqz import metrics, sensitivity, storage
 from sqz.compress import codec
+from sqz.logs import format_eta
 from sqz.config import DataConfig, PruneConfig, SensitivityConfig, SweepConfig, config_from_dict, config_to_dict
-from sqz.distributed.train import format_eta
 from sqz.runs import RunLayout
 from sqz.trial import TrialSpec, compress_and_evaluate, retrain_rounds, trial_id
 

@@ -32,6 +32,7 @@ from safetensors.torch import save
 from torch.utils.data import DistributedSampler, Subset, TensorDataset
 
 from sqz import engine, metrics, storage
+from sqz.logs import format_eta
 from sqz.checkpoint import check_start_files, load_training_state, read_masks, read_weights, save_training_state
 from sqz.compress.prune import attach_masks_
 from sqz.config import DataConfig, TrainConfig, config_from_dict, config_to_dict
@@ -201,14 +202,6 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                                 progress={"epoch": epoch, "top1": row["top1"], "top5": row["top5"]})  # fmt: skip
             ray.train.report(row, checkpoint=Checkpoint.from_directory(directory),
                              checkpoint_dir_name=f"checkpoint_epoch-{epoch:04d}")  # fmt: skip
-
-
-def format_eta(seconds: float) -> str:
-    """``1h02m``, ``4m05s`` or ``12s``: an ETA an operator reads at a glance."""
-    seconds = max(0, round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 class EpochWatcher:
