@@ -69,7 +69,8 @@ def squeeze_pipeline(config: dict[str, Any] | None = None, run_id: str | None = 
         seconds["train"], clock = time.perf_counter() - clock, time.perf_counter()
         logger.info("stage 1/3 train done: top-1 %.2f, %d bytes", baseline["top1"], baseline["size_bytes"])
         logger.info("stage 2/3 sweep: thresholds %s x bits %s", pipeline.sweep.thresholds, pipeline.sweep.bits)
-        trials = sweep_compression(run_url, values["sweep"], values["data"], arch, progress_artifact_id=str(sweep_progress.id))
+        trials = sweep_compression(run_url, values["sweep"], values["data"], arch, progress_artifact_id=str(sweep_progress.id),
+                                   announce=False)  # fmt: skip
         seconds["sweep"], clock = time.perf_counter() - clock, time.perf_counter()
         logger.info("stage 2/3 sweep done: %d trials", len(trials))
         baseline = {**baseline, "model": pipeline.train.model}
@@ -77,7 +78,7 @@ def squeeze_pipeline(config: dict[str, Any] | None = None, run_id: str | None = 
         summary = report_run(run_url, baseline, trials, pipeline.sweep.max_top1_drop, publish=False)
     publish_report(summary)
     publish_files(run_url)
-    announce_sweep_finished(run_url, summary, pipeline.sweep.max_top1_drop)
+    announce_sweep_finished(run_url, summary, pipeline.sweep.max_top1_drop, origin="squeeze_pipeline")
     seconds["report"] = time.perf_counter() - clock
     logger.info("stage 3/3 report done: %s", summary["report_url"])
     return {**summary, "stage_seconds": seconds}

@@ -25,10 +25,11 @@ def write_report(run_url: str, baseline: dict[str, Any], trials: list[dict[str, 
     return write_run_report(layout.report_url, run_id=layout.run_id, baseline=baseline, trials=trials, max_drop=max_drop)
 
 
-def announce_sweep_finished(run_url: str, summary: dict[str, Any], max_drop: float) -> None:
+def announce_sweep_finished(run_url: str, summary: dict[str, Any], max_drop: float, *, origin: str) -> None:
     """The ``sqz.sweep.finished`` event: the run, and the chosen variant (bytes, top-1, ratio
     vs the float32 baseline), or ``chosen: null`` when no trial kept the accuracy budget.
-    Automations (prefect.yaml has an example) react to it."""
+    ``origin`` (the flow that swept: squeeze_pipeline or sweep_compression) is a resource
+    label, so automations can match one of them. prefect.yaml has an example automation."""
     chosen, baseline = summary["chosen"], summary["baseline"]
     payload: dict[str, Any] = {"run_url": run_url, "trials": len(summary["trials"]), "max_drop": max_drop,
                                "baseline_top1": baseline["top1"], "chosen": None}  # fmt: skip
@@ -38,8 +39,8 @@ def announce_sweep_finished(run_url: str, summary: dict[str, Any], max_drop: flo
             "ratio_vs_float32": round(baseline["size_bytes"] / chosen["size_bytes"], 2), "model_url": chosen["model_url"],
         }  # fmt: skip
     run_id = summary["run_id"]
-    emit_event(event=SWEEP_FINISHED, resource={"prefect.resource.id": f"sqz.run.{run_id}", "prefect.resource.name": run_id},
-               payload=payload)  # fmt: skip
+    resource = {"prefect.resource.id": f"sqz.run.{run_id}", "prefect.resource.name": run_id, "sqz.origin": origin}
+    emit_event(event=SWEEP_FINISHED, resource=resource, payload=payload)
 
 
 @flow(name="report_run")
@@ -68,5 +69,5 @@ def report_run(run_url: str, baseline: dict[str, Any] | None = None, trials: lis
     if publish:
         publish_report(summary)
         publish_files(run_url)
-        announce_sweep_finished(run_url, summary, max_drop)
+        announce_sweep_finished(run_url, summary, max_drop, origin="report_run")
     return summary

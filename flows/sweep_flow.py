@@ -5,16 +5,18 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from flows.artifacts import Progress, publish_files
 from flows.common import CACHED, RETRYING, CodeVersion, in_run, label_flow_run, run_id_of, run_tags
+from flows.report_flow import announce_sweep_finished
 from sqz import storage
 from sqz.config import DataConfig, SweepConfig, config_from_dict
 from sqz.distributed.cluster import ray_session
 from sqz.distributed.sweep import sweep
 from sqz.logs import format_eta
+from sqz.report import choose_variant, load_run
 from sqz.runs import RunLayout
 
 # The progress artifact's id changes every run: it must not change the cache key.
@@ -40,7 +42,8 @@ def run_sweep(run_url: str, sweep_config: dict[str, Any], data_config: dict[str,
 
 @flow(name="sweep_compression")
 def sweep_compression(run_url: str, sweep_config: dict[str, Any], data_config: dict[str, Any], arch: dict[str, Any],
-                      ray_address: str | None = None, progress_artifact_id: str | None = None) -> list[dict[str, Any]]:  # fmt: skip
+                      ray_address: str | None = None, progress_artifact_id: str | None = None,
+                      announce: bool = True) -> list[dict[str, Any]]:  # fmt: skip
     """Compress the run's baseline at every grid point (trials already done are reused).
 
     Args:
@@ -51,6 +54,8 @@ def sweep_compression(run_url: str, sweep_config: dict[str, Any], data_config: d
         arch: the model, e.g. {"name": "squeezenet_small", "kwargs": {"num_classes": 10}}.
         ray_address: a Ray cluster (host:port or ray://host:10001); empty starts a local Ray.
         progress_artifact_id: a progress artifact to update per trial (the pipeline's); empty makes this run's own.
+        announce: emit sqz.sweep.finished with the variant chosen within sweep_config's max_top1_drop
+            (the pipeline announces after its report instead).
     """
     storage.check_url(run_url, option="run_url")
     run_url = storage.absolute(run_url)
@@ -66,4 +71,13 @@ def sweep_compression(run_url: str, sweep_config: dict[str, Any], data_config: d
         trials = in_run(run_sweep, run_url)(run_url, sweep_config, data_config, arch, progress_artifact_id)
     Progress.update(progress_artifact_id, 100.0, f"{len(trials)} of {len(trials)} trials finished")
     publish_files(run_url)
+    if announce:
+        try:
+            baseline, _ = load_run(run_url)
+        except (ValueError, FileNotFoundError) as exc:  # e.g. a baseline copied in without its metrics
+            get_run_logger().warning("sqz.sweep.finished not emitted: no baseline accuracy in the run (%s)", exc)
+        else:
+            chosen = choose_variant(trials, baseline["top1"], sweep_cfg.max_top1_drop)
+            summary = {"run_id": run_id, "baseline": baseline, "trials": trials, "chosen": chosen}
+            announce_sweep_finished(run_url, summary, sweep_cfg.max_top1_drop, origin="sweep_compression")
     return trials

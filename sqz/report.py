@@ -163,6 +163,16 @@ def pareto_png(trials: Sequence[dict[str, Any]], baseline: dict[str, Any], *, ch
     return buffer.getvalue()
 
 
+_THRESHOLD_MEANINGS = {"std": "q x layer weight std", "density": "share of weights kept",
+                       "absolute": "weight magnitude"}  # fmt: skip
+
+
+def _threshold_meaning(trials: Sequence[dict[str, Any]]) -> str:
+    """What the threshold column means for these trials' prune mode(s)."""
+    modes = sorted({t.get("prune_mode") or "std" for t in trials}) or ["std"]
+    return ", ".join(f"{_THRESHOLD_MEANINGS.get(m, m)} ({m})" if len(modes) > 1 else _THRESHOLD_MEANINGS.get(m, m) for m in modes)
+
+
 def render_report(
     *,
     run_id: str,
@@ -184,7 +194,7 @@ def render_report(
               f"{baseline['top1']:.2f}", f"{baseline['top5']:.2f}"]],
         ),  # fmt: skip
         "",
-        "## Sweep (threshold = q x layer weight std; * = chosen)",
+        f"## Sweep (threshold: {_threshold_meaning(trials)}; * = chosen)",
         trials_table(trials, chosen["trial_id"] if chosen else None),
         "",
         "Pareto frontier (size vs top-1): " + ", ".join(sorted(frontier_ids)),

@@ -226,3 +226,22 @@ def test_pipeline_retries_resumes_and_reruns_nothing_that_finished(ray_local, tm
     assert os.listdir(os.path.join(run_url, "tune", "ray-tune")) == tune_trials
     states = {t.name.rsplit("-", 1)[0]: t.state.name for t in read_run_tree(again.state_details.flow_run_id)["task_runs"]}
     assert states["train-baseline"] == "Cached" and states["run-sweep"] == "Cached"
+
+
+def test_sweep_finished_event_carries_the_chosen_variant(monkeypatch):
+    emitted = []
+    monkeypatch.setattr(flows.report_flow, "emit_event", lambda **event: emitted.append(event))
+    baseline = {"model": "squeezenet_small", "parameters": 727626, "size_bytes": 2_915_360, "top1": 98.9, "top5": 100.0}
+    chosen = {"trial_id": "density0.33-b6", "size_bytes": 256_908, "top1": 98.9, "model_url": "s3://b/r/models/x.sqz"}
+    summary = {"run_id": "run-1", "baseline": baseline, "trials": [chosen, {}], "chosen": chosen}
+    flows.report_flow.announce_sweep_finished("s3://b/r", summary, 0.5, origin="sweep_compression")
+    summary_none = {**summary, "chosen": None}
+    flows.report_flow.announce_sweep_finished("s3://b/r", summary_none, 0.5, origin="squeeze_pipeline")
+    first, second = emitted
+    assert first["event"] == "sqz.sweep.finished" == second["event"]
+    assert first["resource"] == {"prefect.resource.id": "sqz.run.run-1", "prefect.resource.name": "run-1",
+                                 "sqz.origin": "sweep_compression"}  # fmt: skip
+    assert first["payload"]["chosen"] == {"trial_id": "density0.33-b6", "size_bytes": 256_908, "top1": 98.9,
+                                          "ratio_vs_float32": 11.35, "model_url": "s3://b/r/models/x.sqz"}  # fmt: skip
+    assert first["payload"]["run_url"] == "s3://b/r" and first["payload"]["trials"] == 2
+    assert second["payload"]["chosen"] is None and second["resource"]["sqz.origin"] == "squeeze_pipeline"

@@ -55,8 +55,10 @@ def _stop(process: subprocess.Popen) -> None:
 def prefect_server(tmp_path_factory):
     home = tmp_path_factory.mktemp("prefect-server")
     port = _free_port()
+    # The UI is served too (the browser test opens it); it must call this server's API,
+    # not the default port 4200's.
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_UI_ENABLED": "false", "PYTHONPATH": ROOT}  # fmt: skip
+           "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api", "PYTHONPATH": ROOT}  # fmt: skip
     env.pop("PREFECT_API_URL", None)
     log = open(home / "server.log", "wb")
     server = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
@@ -85,8 +87,12 @@ def _prefect(env, *args, timeout=300):
     return result.stdout
 
 
-def test_deployed_pipeline_runs_through_a_process_worker(prefect_server, tmp_path, request):
+@pytest.fixture(scope="module")
+def served_pipeline(prefect_server, tmp_path_factory, request):
+    """squeeze_pipeline deployed from prefect.yaml, run by a process worker; yields
+    (api, flow run id, storage URL, folder with the worker's log) once it has ended."""
     api, env = prefect_server
+    tmp_path = tmp_path_factory.mktemp("served")
     env = {**env, "SQZ_PROJECT_DIR": ROOT}  # the deployment's pull step starts runs here
     _prefect(env, "work-pool", "create", "sqz-local", "--type", "process")
     out = _prefect(env, "deploy", "--name", "squeeze-pipeline-local")
@@ -121,9 +127,19 @@ def test_deployed_pipeline_runs_through_a_process_worker(prefect_server, tmp_pat
         finally:
             _stop(worker)
             worker_log.close()
+    return api, flow_run.id, storage_url, tmp_path
+
+
+def test_deployed_pipeline_runs_through_a_process_worker(served_pipeline):
+    api, flow_run_id, storage_url, tmp_path = served_pipeline
+    with temporary_settings({PREFECT_API_URL: api}):
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(flow_run_id).state
         assert state.is_completed(), (tmp_path / "worker.log").read_text()[-5000:]
 
-        tree = read_run_tree(flow_run.id)
+        tree = read_run_tree(flow_run_id)
     assert [run.state.name for run in tree["flow_runs"]] == ["Completed"] * 4  # the pipeline and its train, sweep and report subflows
     assert tree["task_runs"] and all(t.state.is_completed() for t in tree["task_runs"])
 
@@ -146,3 +162,70 @@ def test_deployed_pipeline_runs_through_a_process_worker(prefect_server, tmp_pat
     print("artifacts of the deployed pipeline run:")
     for artifact in sorted(tree["artifacts"], key=lambda a: (a.type, a.key or "")):
         print(f"  {artifact.type:9} {artifact.key or '-':48} {str(artifact.data).splitlines()[0][:80]}")
+
+
+SCREENSHOTS = os.path.join(ROOT, ".work", "screenshots")
+
+
+def _chromium() -> str:
+    """Debian's chromium, driven by the playwright package (no browser download). Where
+    either is missing the test skips with the reason, except under CI=true, where it fails."""
+    reason = None
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        reason = "the playwright package is not installed (pip install -e '.[test]')"
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if reason is None and path is None:
+        reason = "no chromium on PATH (Debian: apt install chromium)"
+    if reason is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"browser test under CI=true: {reason}")
+        pytest.skip(reason)
+    return path
+
+
+_IMAGE_LOADED = ("() => [...document.images].some(i => i.src.startsWith('data:image/png') "
+                 "&& i.complete && i.naturalWidth > 0)")  # fmt: skip
+
+
+@pytest.mark.browser
+def test_the_pipeline_run_reads_well_in_the_prefect_ui(served_pipeline):
+    chromium = _chromium()
+    from playwright.sync_api import sync_playwright
+
+    api, flow_run_id, _, _ = served_pipeline
+    ui = api.removesuffix("/api")
+    os.makedirs(SCREENSHOTS, exist_ok=True)
+    keys = ["served-report", "served-trials", "served-train-progress", "served-sweep-progress", "served-files"]
+    with sync_playwright() as playwright:
+        # Chromium's sandbox refuses to run as root (CI's containers do).
+        browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"] if os.geteuid() == 0 else [])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page.set_default_timeout(60_000)
+            page.goto(f"{ui}/runs/flow-run/{flow_run_id}", wait_until="networkidle")
+            # Named after the sqz run id and tagged for the UI's filters.
+            for text in ("served/pipeline", "model:squeezenet_small", "dataset:digits", "bits:4"):
+                page.get_by_text(text, exact=True).first.wait_for()
+            page.get_by_text("Artifacts", exact=True).first.click()
+            for key in keys:  # on the pipeline's own flow run, not only on its subflows
+                page.get_by_text(key, exact=True).first.wait_for()
+            page.get_by_text("1 of 1 epochs done", exact=False).first.wait_for()
+            page.screenshot(path=os.path.join(SCREENSHOTS, "pipeline-run-artifacts.png"), full_page=True)
+
+            page.get_by_text("served-report", exact=True).first.click()
+            page.wait_for_url("**/artifacts/artifact/**")
+            page.wait_for_function(_IMAGE_LOADED)  # the embedded Pareto plot decoded and laid out
+            widths = page.evaluate("() => [...document.images].filter(i => i.src.startsWith('data:image/png')).map(i => i.naturalWidth)")
+            page.screenshot(path=os.path.join(SCREENSHOTS, "pipeline-report.png"), full_page=True)
+
+            page.go_back(wait_until="networkidle")
+            page.get_by_text("Artifacts", exact=True).first.click()
+            page.get_by_text("served-files", exact=True).first.click()
+            page.wait_for_url("**/artifacts/artifact/**")
+            page.get_by_text("Metrics tables (Parquet)", exact=True).first.wait_for()
+            page.screenshot(path=os.path.join(SCREENSHOTS, "pipeline-files.png"), full_page=True)
+        finally:
+            browser.close()
+    assert widths and all(width > 0 for width in widths)

@@ -48,3 +48,21 @@ def test_prefect_reads_the_file_and_its_schedules():
     assert len(model.deployments) == len(_spec()["deployments"])
     crons = [s.cron for d in model.deployments for s in d.schedules or []]
     assert crons and all(CronSchedule(cron=c).cron == c for c in crons)
+
+
+def test_the_example_automation_is_a_valid_trigger_on_sqz_events():
+    from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
+
+    from flows.report_flow import SWEEP_FINISHED
+
+    triggers = [(d["name"], t) for d in _spec()["deployments"] for t in d.get("triggers", [])]
+    assert triggers
+    for name, trigger in triggers:
+        parsed = DeploymentEventTrigger.model_validate(trigger)  # what `prefect deploy` builds the automation from
+        assert parsed.expect == {SWEEP_FINISHED}, name
+        deployment = next(d for d in _spec()["deployments"] if d["name"] == name)
+        module, function = deployment["entrypoint"].split(":")
+        flow = getattr(importlib.import_module(module.removesuffix(".py").replace("/", ".")), function)
+        # Every templated parameter is one the flow takes, and it names a field of the event's payload.
+        assert set(parsed.parameters) <= set(inspect.signature(flow.fn).parameters), name
+        assert all("event.payload." in value for value in parsed.parameters.values()), name
