@@ -41,7 +41,24 @@ def compress_model(run_url: str, arch: dict[str, Any], data_config: dict[str, An
     The retrain budget is ``retrain_steps`` optimizer steps (else ``retrain_epochs``);
     ``prune_schedule`` "gradual" reaches the pruning target by the cubic schedule during
     it, "oneshot" cuts first; ``retrain_loss`` "distill" retrains on KL to the unpruned
-    checkpoint's logits instead of the labels (see ``sqz.trial.TrialSpec``)."""
+    checkpoint's logits instead of the labels (see ``sqz.trial.TrialSpec``).
+
+    Args:
+        run_url: the run folder; the .sqz file goes to its models/, the row to its sweep_trials table.
+        arch: the model, e.g. {"name": "squeezenet_small", "kwargs": {"num_classes": 10}}.
+        data_config: DataConfig fields of the data to retrain and evaluate on (url: digits, a folder, Parquet).
+        prune: PruneConfig fields: mode (std | density | absolute) and amount (q, kept share, or magnitude).
+        quant: QuantConfig fields: bits (1..8 per codebook), method, finetune_epochs, distill_steps.
+        retrain_epochs: retraining epochs with pruned weights held at zero (when retrain_steps is empty).
+        retrain_lr: retraining learning rate.
+        retrain_optimizer: adamw or sgd.
+        checkpoint_url: the weights to compress (.safetensors); empty takes the run's baseline.
+        retrain_steps: retraining budget in optimizer steps (wins over retrain_epochs).
+        prune_schedule: gradual (Zhu & Gupta's cubic schedule during retraining) or oneshot.
+        prune_frequency: steps between mask updates of the gradual schedule.
+        prune_ramp: share of the retraining over which the gradual schedule reaches its target.
+        retrain_loss: task (labels) or distill (KL to the unpruned checkpoint's logits).
+    """
     storage.check_url(run_url, option="run_url")
     run_url = storage.absolute(run_url)
     layout = RunLayout(run_url)
@@ -79,7 +96,21 @@ def import_released(file_url: str, out_url: str, bits: int | None = None, method
     re-clustered at ``bits`` or per layer under ``size_budget`` bytes, calibrated on
     ``calibrate`` (photos | a folder | a prepared dataset) with Fisher-weighted k-means and
     centroid distillation; the held-out fidelity goes to the ``fidelity`` table and an
-    artifact."""
+    artifact.
+
+    Args:
+        file_url: the released compressed_SqueezeNet.net (Deep Compression's format).
+        out_url: where the .sqz file goes (local path or s3://).
+        bits: re-cluster every layer at this width (1..8); empty keeps the released codebooks unless size_budget is set.
+        method: the k-means method of the re-clustering (exact: the optimal 1-D dynamic program).
+        calibrate: photos (built-in real photos), a folder of images, or a prepared dataset URL; empty: no calibration.
+        size_budget: bytes the .sqz file may take; each layer's bits are chosen to maximise fidelity under it.
+        weighting: fisher (k-means weighted by the loss's sensitivity, needs calibrate) or none (weight MSE).
+        distill_steps: centroid fine-tuning steps by distillation from the dense model (0: none).
+        distill_lr: learning rate of the centroid fine-tuning.
+        calibration_images: calibration crops used (a fixed subset; the rest is held out for fidelity).
+        run_url: a run folder whose fidelity table gets the result's row; empty: none.
+    """
     from sqz.import_dc import ImportOptions
 
     options = {"bits": bits, "method": method, "calibrate": calibrate, "size_budget": size_budget, "weighting": weighting,

@@ -66,3 +66,14 @@ def test_the_example_automation_is_a_valid_trigger_on_sqz_events():
         # Every templated parameter is one the flow takes, and it names a field of the event's payload.
         assert set(parsed.parameters) <= set(inspect.signature(flow.fn).parameters), name
         assert all("event.payload." in value for value in parsed.parameters.values()), name
+
+
+def test_every_deployed_flow_parameter_is_described_for_the_run_form():
+    from prefect.utilities.callables import parameter_schema
+
+    for deployment in _spec()["deployments"]:
+        module, function = deployment["entrypoint"].split(":")
+        flow = getattr(importlib.import_module(module.removesuffix(".py").replace("/", ".")), function)
+        schema = parameter_schema(flow.fn)  # what the UI's run form shows, descriptions from the docstring
+        undescribed = [name for name, field in schema.properties.items() if not field.get("description")]
+        assert not undescribed, f"{deployment['name']}: {undescribed}"
