@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import sys
 
-__all__ = ["configure_console", "format_eta"]
+__all__ = ["configure_console", "format_eta", "terminal_bar"]
 
 _FORMAT = "%(asctime)s | %(name)s - %(message)s"
 
@@ -37,3 +37,13 @@ def format_eta(seconds: float) -> str:
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def terminal_bar(total: int, description: str, unit: str, initial: int = 0):
+    """A tqdm bar on stderr when stderr is a terminal, else None: logs and CI consoles
+    get the plain log lines only (a bar's redraws would fill them with noise)."""
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=description, unit=unit, leave=False, file=sys.stderr)

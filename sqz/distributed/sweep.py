@@ -29,7 +29,7 @@ from ray.tune.execution import class_cache as _tune_class_cache
 
 from sqz import metrics, sensitivity, storage
 from sqz.compress import codec
-from sqz.logs import format_eta
+from sqz.logs import format_eta, terminal_bar
 from sqz.config import DataConfig, PruneConfig, SensitivityConfig, SweepConfig, config_from_dict, config_to_dict
 from sqz.runs import RunLayout
 from sqz.trial import TrialSpec, compress_and_evaluate, retrain_rounds, trial_id
@@ -209,6 +209,7 @@ class _Progress(tune.Callback):
     def __init__(self, on_progress: Callable[[int, int], None] | None, finished: int, total: int) -> None:
         self.on_progress, self.finished, self.total = on_progress, finished, total
         self.started, self.ended_here = time.monotonic(), 0
+        self.bar = terminal_bar(total, "sweep", "trial", initial=finished)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.finished += 1
@@ -224,6 +225,10 @@ class _Progress(tune.Callback):
                   outcome, left, self.total, format_eta(eta) if left else "0s")  # fmt: skip
         if self.on_progress is not None:
             self.on_progress(self.finished, self.total)
+        if self.bar is not None:
+            self.bar.update(1)
+            if self.finished >= self.total:
+                self.bar.close()
 
 
 def sweep(layout: RunLayout, sweep_cfg: SweepConfig, data_cfg: DataConfig, arch: dict[str, Any], *,

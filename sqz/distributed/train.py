@@ -32,7 +32,7 @@ from safetensors.torch import save
 from torch.utils.data import DistributedSampler, Subset, TensorDataset
 
 from sqz import engine, metrics, storage
-from sqz.logs import format_eta
+from sqz.logs import format_eta, terminal_bar
 from sqz.checkpoint import check_start_files, load_training_state, read_masks, read_weights, save_training_state
 from sqz.compress.prune import attach_masks_
 from sqz.config import DataConfig, TrainConfig, config_from_dict, config_to_dict
@@ -214,9 +214,10 @@ class EpochWatcher:
     earlier, interrupted run count as done and are not announced again."""
 
     def __init__(self, run_url: str, epochs: int, on_epoch: Callable[[dict[str, Any]], None] | None = None,
-                 interval_s: float = 2.0) -> None:  # fmt: skip
+                 interval_s: float = 2.0, bar: bool = False) -> None:  # fmt: skip
         self.run_url, self.epochs, self.on_epoch, self.interval_s = run_url, epochs, on_epoch, interval_s
         self.seen = {row["epoch"] for row in self._rows()}
+        self.bar = terminal_bar(epochs, "train", "epoch", initial=len(self.seen)) if bar else None
         self.wall_s: list[float] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -241,6 +242,8 @@ class EpochWatcher:
                       row["images_per_s"], row["wall_s"], format_eta(progress["eta_s"]))  # fmt: skip
             if self.on_epoch is not None:
                 self.on_epoch(progress)
+            if self.bar is not None:
+                self.bar.update(1)
             announced.append(progress)
         return announced
 
@@ -267,6 +270,8 @@ class EpochWatcher:
             self.poll()  # the last epochs, written just before fit() returned
         except Exception as exc:
             _log.debug("epoch watcher: %s", exc)
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _finished(layout: RunLayout, train_cfg: TrainConfig) -> TrainResult | None:
@@ -331,7 +336,8 @@ def train(layout: RunLayout, train_cfg: TrainConfig, data_cfg: DataConfig, *, pr
             worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}} if progress else None,
         ),
     )
-    with EpochWatcher(layout.run_url, train_cfg.epochs, on_epoch):
+    # An epochs bar on a terminal, unless the workers already draw per-epoch image bars.
+    with EpochWatcher(layout.run_url, train_cfg.epochs, on_epoch, bar=not progress):
         result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"training under {layout.train_url} finished without a checkpoint")
