@@ -21,7 +21,7 @@ from flows.report_flow import announce_sweep_finished, report_run
 from flows.sweep_flow import sweep_compression
 from flows.train_flow import train_model
 from sqz.config import PipelineConfig, config_from_dict, config_to_dict
-from sqz.distributed.cluster import ray_session
+from sqz.distributed.cluster import ray_session, require_shared_storage
 from sqz.runs import RunLayout, write_manifest
 
 
@@ -35,7 +35,7 @@ def record_manifest(config: dict[str, Any], run_id: str | None) -> str:
 
 @flow(name="squeeze_pipeline")
 def squeeze_pipeline(config: dict[str, Any] | None = None, run_id: str | None = None,
-                     ray_address: str | None = None, workdir: str = ".") -> dict[str, Any]:  # fmt: skip
+                     ray_address: str | None = None, workdir: str = ".", shared_mount: bool = False) -> dict[str, Any]:  # fmt: skip
     """Train a SqueezeNet, sweep pruning x bit widths on it, report the smallest variant
     within the accuracy budget. Same config, same run folder: finished stages are reused.
 
@@ -46,6 +46,8 @@ def squeeze_pipeline(config: dict[str, Any] | None = None, run_id: str | None = 
         run_id: the run folder's name under storage_url; empty derives it from the config.
         ray_address: a Ray cluster (host:port or ray://host:10001); empty starts a local Ray.
         workdir: where a local Ray keeps its session files (.ray under it).
+        shared_mount: the storage_url is a local path that every Ray node mounts (NFS, ...);
+            without it a local storage_url is refused on a cluster of more than one node.
     """
     pipeline = config_from_dict(PipelineConfig, config or {})  # bad input fails here, before any work
     values = config_to_dict(pipeline)
@@ -63,14 +65,16 @@ def squeeze_pipeline(config: dict[str, Any] | None = None, run_id: str | None = 
     clock = time.perf_counter()
     with ray_session(ray_address, workdir=workdir), tags(*labels):
         seconds["ray_start"], clock = time.perf_counter() - clock, time.perf_counter()
+        require_shared_storage(pipeline.storage_url, shared_mount=shared_mount)  # before any work
         logger.info("stage 1/3 train: %s, %d workers, %d epochs", pipeline.train.model,
                     pipeline.train.workers, pipeline.train.epochs)  # fmt: skip
-        baseline = train_model(run_url, values["train"], values["data"], progress_artifact_id=str(train_progress.id))
+        baseline = train_model(run_url, values["train"], values["data"], progress_artifact_id=str(train_progress.id),
+                               shared_mount=shared_mount)  # fmt: skip
         seconds["train"], clock = time.perf_counter() - clock, time.perf_counter()
         logger.info("stage 1/3 train done: top-1 %.2f, %d bytes", baseline["top1"], baseline["size_bytes"])
         logger.info("stage 2/3 sweep: thresholds %s x bits %s", pipeline.sweep.thresholds, pipeline.sweep.bits)
         trials = sweep_compression(run_url, values["sweep"], values["data"], arch, progress_artifact_id=str(sweep_progress.id),
-                                   announce=False)  # fmt: skip
+                                   announce=False, shared_mount=shared_mount)  # fmt: skip
         seconds["sweep"], clock = time.perf_counter() - clock, time.perf_counter()
         logger.info("stage 2/3 sweep done: %d trials", len(trials))
         baseline = {**baseline, "model": pipeline.train.model}

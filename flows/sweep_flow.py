@@ -13,7 +13,7 @@ from flows.common import CACHED, RETRYING, CodeVersion, in_run, label_flow_run, 
 from flows.report_flow import announce_sweep_finished
 from sqz import storage
 from sqz.config import DataConfig, SweepConfig, config_from_dict
-from sqz.distributed.cluster import ray_session
+from sqz.distributed.cluster import ray_session, require_shared_storage
 from sqz.distributed.sweep import sweep
 from sqz.logs import format_eta
 from sqz.report import choose_variant, load_run
@@ -43,7 +43,7 @@ def run_sweep(run_url: str, sweep_config: dict[str, Any], data_config: dict[str,
 @flow(name="sweep_compression")
 def sweep_compression(run_url: str, sweep_config: dict[str, Any], data_config: dict[str, Any], arch: dict[str, Any],
                       ray_address: str | None = None, progress_artifact_id: str | None = None,
-                      announce: bool = True) -> list[dict[str, Any]]:  # fmt: skip
+                      announce: bool = True, shared_mount: bool = False) -> list[dict[str, Any]]:  # fmt: skip
     """Compress the run's baseline at every grid point (trials already done are reused).
 
     Args:
@@ -56,6 +56,7 @@ def sweep_compression(run_url: str, sweep_config: dict[str, Any], data_config: d
         progress_artifact_id: a progress artifact to update per trial (the pipeline's); empty makes this run's own.
         announce: emit sqz.sweep.finished with the variant chosen within sweep_config's max_top1_drop
             (the pipeline announces after its report instead).
+        shared_mount: a local run_url is a mount every Ray node shares (else refused on a multi-node cluster).
     """
     storage.check_url(run_url, option="run_url")
     run_url = storage.absolute(run_url)
@@ -68,6 +69,7 @@ def sweep_compression(run_url: str, sweep_config: dict[str, Any], data_config: d
     if progress_artifact_id is None:
         progress_artifact_id = str(Progress(run_id, "sweep", f"sweep of sqz run {run_id}: trials finished").id)
     with ray_session(ray_address):
+        require_shared_storage(run_url, shared_mount=shared_mount, option="run_url")
         trials = in_run(run_sweep, run_url)(run_url, sweep_config, data_config, arch, progress_artifact_id)
     Progress.update(progress_artifact_id, 100.0, f"{len(trials)} of {len(trials)} trials finished")
     publish_files(run_url)

@@ -12,7 +12,7 @@ from flows.artifacts import Progress, publish_files
 from flows.common import CACHED, RETRYING, CodeVersion, in_run, label_flow_run, run_id_of, run_tags
 from sqz import storage
 from sqz.config import DataConfig, TrainConfig, config_from_dict
-from sqz.distributed.cluster import ray_session
+from sqz.distributed.cluster import ray_session, require_shared_storage
 from sqz.distributed.train import train
 from sqz.runs import RunLayout
 
@@ -33,7 +33,8 @@ def train_baseline(run_url: str, train_config: dict[str, Any], data_config: dict
 
 @flow(name="train_model")
 def train_model(run_url: str, train_config: dict[str, Any], data_config: dict[str, Any],
-                ray_address: str | None = None, progress_artifact_id: str | None = None) -> dict[str, Any]:  # fmt: skip
+                ray_address: str | None = None, progress_artifact_id: str | None = None,
+                shared_mount: bool = False) -> dict[str, Any]:  # fmt: skip
     """Train the baseline of the run at ``run_url`` (a rerun resumes or reuses it).
     Inside squeeze_pipeline Ray is already up; alone, it connects to ``ray_address``
     or starts a local Ray.
@@ -45,6 +46,7 @@ def train_model(run_url: str, train_config: dict[str, Any], data_config: dict[st
         data_config: DataConfig fields; `url` is digits, synthetic, an ImageNet folder or a prepared Parquet URL.
         ray_address: a Ray cluster (host:port or ray://host:10001); empty starts a local Ray.
         progress_artifact_id: a progress artifact to update per epoch (the pipeline's); empty makes this run's own.
+        shared_mount: a local run_url is a mount every Ray node shares (else refused on a multi-node cluster).
     """
     storage.check_url(run_url, option="run_url")
     run_url = storage.absolute(run_url)
@@ -56,6 +58,7 @@ def train_model(run_url: str, train_config: dict[str, Any], data_config: dict[st
     if progress_artifact_id is None:
         progress_artifact_id = str(Progress(run_id, "train", f"training of sqz run {run_id}: epochs done").id)
     with ray_session(ray_address):
+        require_shared_storage(run_url, shared_mount=shared_mount, option="run_url")
         result = in_run(train_baseline, run_url)(run_url, train_config, data_config, progress_artifact_id)
     # Also when the training was reused (cached task, finished baseline): no epoch ran now.
     Progress.update(progress_artifact_id, 100.0, f"{result['epochs']} of {result['epochs']} epochs done - "

@@ -28,6 +28,8 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("run_id", pa.string()), ("epoch", pa.int32()), ("lr", pa.float64()), ("loss", pa.float64()),
         ("top1", pa.float64()), ("top5", pa.float64()), ("images_per_s", pa.float64()),
         ("data_wait_s", pa.float64()), ("wall_s", pa.float64()),
+        # Where the epoch ran (Ray node ids): rank 0's, and every worker's (sorted, comma-joined).
+        ("node_id", pa.string()), ("worker_node_ids", pa.string()),
     ]),
     "sweep_trials": pa.schema([
         ("run_id", pa.string()), ("trial_id", pa.string()), ("prune_mode", pa.string()),
@@ -37,6 +39,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         # Per-layer trials only (null for grid points): the target they were chosen for and
         # their {layer: {"threshold", "bits"}} settings as JSON.
         ("target", pa.string()), ("layer_settings", pa.string()),
+        ("node_id", pa.string()),  # the Ray node the trial ran on (null outside Ray)
     ]),
     # Trials a scheduler (ASHA) stopped during retraining: finished decisions, not rerun.
     "sweep_stopped": pa.schema([

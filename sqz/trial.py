@@ -346,6 +346,7 @@ def compress_and_evaluate(
         # The row has every sweep_trials column, so what is returned equals what is read back.
         "target": None,
         "layer_settings": None,
+        "node_id": None,  # set by the Ray layer, which knows the node
     }
     if spec.per_layer:
         settings = {

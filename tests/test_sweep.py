@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 import random
 import re
@@ -284,8 +285,12 @@ def _tune_trial_dirs(layout):
 
 
 @pytest.mark.slow
-def test_sweep_extended_grid_runs_only_the_missing_trials(ray_local, tmp_path, baseline_bytes, capsys):
+def test_sweep_extended_grid_runs_only_the_missing_trials(ray_local, tmp_path, baseline_bytes, caplog):
+    import ray
+
     from sqz.distributed.sweep import sweep
+
+    caplog.set_level(logging.INFO, logger="sqz")
 
     layout = _layout(tmp_path, baseline_bytes)
     common = dict(bits=(8, 4), retrain_epochs=0, quant=QuantConfig(finetune_epochs=0, distill_steps=0), max_concurrent=2)
@@ -294,8 +299,9 @@ def test_sweep_extended_grid_runs_only_the_missing_trials(ray_local, tmp_path, b
     files = [r["model_url"] for r in first] + [os.path.join(layout.run_url, "metrics", "sweep_trials", f"{r['trial_id']}.parquet") for r in first]
     stamps = _mtimes(files)
 
+    caplog.clear()
     second = sweep(layout, SweepConfig(thresholds=(0.5, 1.5), **common), DATA, ARCH)
-    assert "2 trial(s) to run, 2 already done" in capsys.readouterr().out
+    assert "2 trial(s) to run, 2 already done" in caplog.text
     assert sorted(r["trial_id"] for r in second) == ["std0.5-b4", "std0.5-b8", "std1.5-b4", "std1.5-b8"]
     assert _mtimes(files) == stamps  # finished trials untouched
     # Each grid point ran exactly once across both sweeps (one Tune trial folder each).
@@ -303,15 +309,17 @@ def test_sweep_extended_grid_runs_only_the_missing_trials(ray_local, tmp_path, b
     assert sorted(names) == sorted(r["trial_id"] for r in second)
     for row in second:
         assert row["size_bytes"] == os.path.getsize(row["model_url"])
+        assert row["node_id"] == ray.get_runtime_context().get_node_id()  # the one local node
     assert {r["trial_id"]: r["density"] for r in second}["std1.5-b8"] < {r["trial_id"]: r["density"] for r in second}["std0.5-b8"]
 
+    caplog.clear()
     sweep(layout, SweepConfig(thresholds=(1.5, 0.5), **common), DATA, ARCH)
-    assert "all 4 trial(s) already done" in capsys.readouterr().out
+    assert "all 4 trial(s) already done" in caplog.text
     assert len(metrics.read_table(layout.run_url, "sweep_trials")) == 4
 
 
 @pytest.mark.slow
-def test_asha_stops_a_losing_retrain_and_a_rerun_does_not_restart_it(ray_local, tmp_path, baseline_bytes, capsys):
+def test_asha_stops_a_losing_retrain_and_a_rerun_does_not_restart_it(ray_local, tmp_path, baseline_bytes, caplog):
     from sqz.distributed.sweep import sweep
 
     layout = _layout(tmp_path, baseline_bytes)
@@ -325,14 +333,15 @@ def test_asha_stops_a_losing_retrain_and_a_rerun_does_not_restart_it(ray_local, 
     assert not os.path.exists(layout.model_url("std3-b8"))  # stopped before quantization
     assert {r["trial_id"] for r in rows} | set(stopped) == {"std0.3-b8", "std0.5-b8", "std3-b8"}
     assert not {r["trial_id"] for r in rows} & set(stopped)
-    capsys.readouterr()
+    caplog.set_level(logging.INFO, logger="sqz")
+    caplog.clear()
     sweep(layout, config, DATA, ARCH)
-    out = capsys.readouterr().out
+    out = caplog.text
     assert "all 3 trial(s) already done" in out and "stopped early by ASHA" in out
 
 
 @pytest.mark.slow
-def test_per_layer_sweep_measures_sensitivity_once_and_meets_its_budget(ray_local, tmp_path, baseline_bytes, capsys):
+def test_per_layer_sweep_measures_sensitivity_once_and_meets_its_budget(ray_local, tmp_path, baseline_bytes, caplog):
     from sqz.distributed.sweep import sweep
 
     layout = _layout(tmp_path, baseline_bytes)
@@ -351,10 +360,11 @@ def test_per_layer_sweep_measures_sensitivity_once_and_meets_its_budget(ray_loca
     assert all(s == {"threshold": 1.5, "bits": 4} for s in settings.values())
     smallest = next(r["size_bytes"] for r in table if r["kind"] == "file" and (r["threshold"], r["bits"]) == (1.5, 4))
     assert abs(row["size_bytes"] - smallest) < 0.02 * smallest  # predicted bytes are the file's
-    capsys.readouterr()
+    caplog.set_level(logging.INFO, logger="sqz")
+    caplog.clear()
     sweep(layout, config, DATA, ARCH)
-    out = capsys.readouterr().out
-    assert "sensitivity: all 26 layer(s) and sizes already measured" in out and "all 1 trial(s) already done" in out
+    out = caplog.text
+    assert "all 26 layer(s) and sizes already measured" in out and "all 1 trial(s) already done" in out
 
 
 @pytest.mark.slow

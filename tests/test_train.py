@@ -363,6 +363,9 @@ def _epoch_files(run_url: str) -> dict[int, int]:
 @pytest.mark.slow
 @pytest.mark.integration
 def test_masked_retraining_keeps_pruned_weights_at_zero(ray_local, tmp_path):
+    import ray
+
+    from sqz import metrics
     from sqz.distributed.train import train
     from sqz.runs import RunLayout
 
@@ -374,6 +377,9 @@ def test_masked_retraining_keeps_pruned_weights_at_zero(ray_local, tmp_path):
     cfg = TrainConfig(epochs=1, lr=1e-5, masks_url=str(pruned), init_url=str(pruned), keep_checkpoints=1)
     result = train(layout, cfg, DataConfig())
     assert result.epochs == 1
+    (row,) = metrics.read_table(layout.run_url, "train_epochs").to_pylist()
+    node = ray.get_runtime_context().get_node_id()
+    assert row["node_id"] == node and row["worker_node_ids"] == node  # both workers on the one local node
     retrained = read_weights(layout.baseline_url)
     changed = False
     for name, mask in masks.items():

@@ -10,7 +10,9 @@ from typing import Iterator
 
 import ray
 
-__all__ = ["ray_session"]
+from sqz import storage
+
+__all__ = ["ray_session", "alive_nodes", "require_shared_storage"]
 
 # Ray puts unix sockets under its temp dir and those paths must stay under 107 bytes:
 # ".../session_<date>_<time>_<pid>/sockets/plasma_store" adds about 70 to the base.
@@ -49,3 +51,21 @@ def ray_session(address: str | None = None, *, workdir: str = ".", num_cpus: int
         ray.shutdown()
         if remove_after:
             shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def alive_nodes() -> int:
+    """How many Ray nodes are alive in the connected cluster."""
+    return sum(1 for node in ray.nodes() if node.get("Alive"))
+
+
+def require_shared_storage(url: str, *, shared_mount: bool = False, option: str = "--storage") -> None:
+    """Refuse a local storage path on a cluster of more than one node: each node would
+    write its checkpoints, trials and metrics to its own disk, and no node would see the
+    others'. ``shared_mount`` declares the path a mount every node shares (NFS, ...)."""
+    if shared_mount or not storage.is_local(url):
+        return
+    nodes = alive_nodes()
+    if nodes > 1:
+        raise ValueError(f"{option} {url}: a local path on a {nodes}-node Ray cluster, but nodes do not share a local "
+                         f"disk; use S3-compatible storage (s3://bucket/prefix), or --shared-mount if the path is a "
+                         f"mount every node shares")  # fmt: skip

@@ -22,6 +22,7 @@ import math
 import time
 from typing import Any, Callable
 
+import ray
 import torch
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
@@ -159,6 +160,7 @@ def _trial(config: dict[str, Any], *, baseline: bytes, points: dict[str, dict[st
         target=point.get("target"), device=_device(sweep_cfg),
         on_retrain_epoch=report_epoch if sweep_cfg.scheduler == "asha" else None,
     )  # fmt: skip
+    row["node_id"] = ray.get_runtime_context().get_node_id()
     # The file's per-layer byte account first: the sweep_trials row marks the trial done.
     account = codec.layer_sizes(storage.read_bytes(row["model_url"]))
     metrics.write_rows(layout.run_url, "compressed_layers", [{"run_id": layout.run_id, "model": name, **r} for r in account],

@@ -161,6 +161,11 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         return engine.scheduled_lr(train_cfg.lr, step - 1, total_steps, power=train_cfg.lr_power, warmup_steps=warmup_steps)
 
     loss_fn = partial(torch.nn.functional.cross_entropy, label_smoothing=train_cfg.label_smoothing)
+    # Which Ray nodes this training runs on, recorded in every epoch row.
+    node_id = ray.get_runtime_context().get_node_id()
+    nodes: list[Any] = [None] * world
+    torch.distributed.all_gather_object(nodes, node_id)
+    worker_node_ids = ",".join(sorted(set(nodes)))
     for epoch in range(start_epoch, train_cfg.epochs):
         if sampler is not None:
             sampler.set_epoch(epoch)
@@ -185,7 +190,7 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             "run_id": run_id, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
             "loss": loss_sum / images, "top1": result.top1, "top5": result.top5,
             "images_per_s": images / slowest.item(), "data_wait_s": data_wait / world,
-            "wall_s": time.perf_counter() - epoch_start,
+            "wall_s": time.perf_counter() - epoch_start, "node_id": node_id, "worker_node_ids": worker_node_ids,
         }  # fmt: skip
         last = epoch == train_cfg.epochs - 1
         with_checkpoint = last or (epoch + 1) % train_cfg.checkpoint_every == 0
