@@ -69,7 +69,6 @@ def _synthetic_tensors(image_size: int, seed: int, num_classes: int = 10, per_cl
     return templates[labels] + 0.8 * noise, labels
 
 
-
 def load_builtin(config: DataConfig, split: Split) -> Dataset:
     """The ``split`` of the built-in set ``config.url``; the same config gives the same split."""
     if config.url == "digits":

@@ -47,8 +47,6 @@ class SkippedImage:
     reason: str
 
 
-
-
 # Native decoders prefix their messages with "<function>, <source file>:<line>, ".
 _NATIVE_PREFIX = re.compile(r"^\w+, \S+:\d+, ")
 
