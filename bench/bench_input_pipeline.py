@@ -24,9 +24,13 @@ import argparse
 import logging
 import os
 import resource
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
+
+# The generated JPEGs are the tests' (tests/imagegen.py): test data, not part of sqz.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
 
 
 def _cpu_seconds() -> float:
@@ -85,9 +89,9 @@ def main() -> None:
     from sqz import engine
     from sqz.config import DataConfig
     from sqz.data import load_split, make_loader, read_manifest
-    from sqz.data_prepare import prepare
-    from sqz.imagegen import synthetic_wnids, write_imagenet_folder
+    from sqz.data.prepare import prepare
     from sqz.models import build_model
+    from imagegen import synthetic_wnids, write_imagenet_folder
 
     torch.set_num_threads(1)  # the consumer: one thread, as a training process per core would be
     src, dest = os.path.join(args.workdir, "src"), os.path.join(args.workdir, "parquet")

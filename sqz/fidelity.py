@@ -180,16 +180,13 @@ def _folder_sets(root: str, size: int, normalization: str) -> CalibrationSets:
 
 def _dataset_sets(url: str, size: int, normalization: str, limit: int) -> CalibrationSets:
     """A prepared dataset: its val split (or train), held out by a hash of the row number."""
-    from sqz.config import DataConfig
-    from sqz.data import ParquetImages, SkippedImage, read_manifest
+    from sqz.data import ImageTransform, ParquetImages, SkippedImage, read_manifest
 
     splits = read_manifest(url)["splits"]
     split = "val" if "val" in splits else "train"
-    data = DataConfig(url=url, image_size=size, normalization=normalization)  # type: ignore[arg-type]
-    from sqz.data import _transform
-
+    transform = ImageTransform(train=False, image_size=size, normalization=normalization)  # type: ignore[arg-type]
     calibration, held_out = [], []
-    for i, (image, _) in enumerate(ParquetImages(url, split, _transform(data, "val"))):
+    for i, (image, _) in enumerate(ParquetImages(url, split, transform)):
         if isinstance(image, SkippedImage):
             continue
         (held_out if _is_held_out(f"{split}/{i}") else calibration).append(image)

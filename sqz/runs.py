@@ -60,6 +60,8 @@ def _data_fingerprint(data_url: str) -> str:
     plan, or the folder's listing)."""
     import os
 
+    from sqz.data import is_prepared, read_manifest
+
     digest = hashlib.sha256()
     if data_url == "digits":
         from sklearn.datasets import load_digits
@@ -67,13 +69,11 @@ def _data_fingerprint(data_url: str) -> str:
         digest.update(load_digits().images.tobytes())
     elif data_url == "synthetic":
         digest.update(b"synthetic")
-    elif not storage.is_local(data_url) or os.path.exists(os.path.join(data_url.removeprefix("file://"), "dataset.json")):
-        from sqz.data import read_manifest
-
+    elif not storage.is_local(data_url) or is_prepared(data_url):
         # A prepared dataset (also on S3): its plan digest names every file, size and label.
         digest.update(read_manifest(data_url)["plan_digest"].encode())
     else:
-        root = data_url.removeprefix("file://")
+        root = storage.local_path(data_url)
         for folder, _, files in sorted(os.walk(root)):
             for name in sorted(files):
                 stat = os.stat(os.path.join(folder, name))

@@ -41,7 +41,8 @@ import pyarrow.fs as pafs
 __all__ = [
     "SUPPORTED_SCHEMES", "S3_REQUEST_ATTEMPTS", "RETRY_DEADLINE_S", "check_url", "absolute", "resolve", "join",
     "write_bytes", "read_bytes", "exists", "size_of", "is_local", "is_transient", "with_retries", "list_dir",
-    "walk", "delete_tree", "presigned_url", "PRESIGN_MAX_S",
+    "walk", "delete_tree", "local_path", "S3_SETTINGS_ENV", "s3_settings_env", "set_s3_endpoint", "s3_endpoint", "presigned_url",
+    "PRESIGN_MAX_S",
 ]  # fmt: skip
 
 SUPPORTED_SCHEMES = ("", "file", "s3")
@@ -55,6 +56,10 @@ S3_REQUEST_ATTEMPTS = 10
 RETRY_DEADLINE_S = 120.0
 _FIRST_DELAY_S = 0.5
 _MAX_DELAY_S = 8.0
+
+# Where S3 is, never who may use it: the variables the resolver reads besides the
+# credentials (which pyarrow reads itself). The endpoint pair in boto3's order of precedence.
+S3_SETTINGS_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION")
 
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -90,6 +95,32 @@ def check_url(url: str, option: str = "--storage") -> None:
 
 def is_local(url: str) -> bool:
     return _scheme(url) in ("", "file")
+
+
+def local_path(url: str) -> str:
+    """The absolute filesystem path of a local URL (a plain path or ``file://``)."""
+    if not is_local(url):
+        raise ValueError(f"{url!r} is not a local path")
+    return os.path.abspath(os.path.expanduser(url.removeprefix("file://")))
+
+
+def set_s3_endpoint(endpoint_url: str | None) -> None:
+    """Use ``endpoint_url`` (an ``--s3-endpoint`` option) for every s3:// URL from now on;
+    None keeps the environment's. It goes into the environment, so Ray workers started
+    from this process inherit it."""
+    if endpoint_url:
+        os.environ["AWS_ENDPOINT_URL_S3"] = endpoint_url
+
+
+def s3_endpoint() -> str | None:
+    """The S3 endpoint from the environment: ``AWS_ENDPOINT_URL_S3`` wins over ``AWS_ENDPOINT_URL``."""
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
+
+def s3_settings_env() -> dict[str, str]:
+    """This process's S3 location settings (:data:`S3_SETTINGS_ENV`), for processes on
+    other machines (Ray workers); credentials are never included, each machine brings its own."""
+    return {name: os.environ[name] for name in S3_SETTINGS_ENV if name in os.environ}
 
 
 class _RetryingS3FileSystem(pafs.S3FileSystem):
@@ -130,17 +161,16 @@ def resolve(url: str, *, endpoint_url: str | None = None, region: str | None = N
     check_url(url, option="storage url")
     scheme = _scheme(url)
     if scheme == "s3":
-        endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        endpoint = endpoint_url or s3_endpoint()
         region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
         path = url.split("://", 1)[1].rstrip("/")
         return _s3_filesystem(endpoint, region), path
-    path = url.removeprefix("file://")
-    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
+    return pafs.LocalFileSystem(), local_path(url)
 
 
 def absolute(url: str) -> str:
     """Local paths made absolute (Ray workers run in other directories); URLs unchanged."""
-    return url if not is_local(url) else os.path.abspath(os.path.expanduser(url.removeprefix("file://")))
+    return local_path(url) if is_local(url) else url
 
 
 def join(url: str, *parts: str) -> str:
@@ -279,6 +309,5 @@ def presigned_url(url: str, *, expires_s: int = PRESIGN_MAX_S) -> str:
     from botocore.config import Config
 
     bucket, _, key = url[len("s3://"):].partition("/")
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    client = boto3.client("s3", endpoint_url=endpoint, config=Config(signature_version="s3v4"))
+    client = boto3.client("s3", endpoint_url=s3_endpoint(), config=Config(signature_version="s3v4"))
     return client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=int(expires_s))

@@ -7,11 +7,11 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from imagegen import synthetic_wnids
 from safetensors.torch import save_file
 
 from sqz import metrics
 from sqz.cli import main
-from sqz.imagegen import synthetic_wnids
 
 def _released_model() -> str:
     """The released file: in shared/ beside the checkout (or inside it), or under

@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from imagegen import synthetic_wnids, write_image, write_imagenet_folder
 
 from sqz import storage
 from sqz.config import DataConfig
@@ -24,8 +25,7 @@ from sqz.data import (
     read_manifest,
     scan_split,
 )
-from sqz.data_prepare import prepare
-from sqz.imagegen import synthetic_wnids, write_image, write_imagenet_folder
+from sqz.data.prepare import prepare
 
 WNIDS = synthetic_wnids(3)
 SIZE = 64  # crop size: small keeps the tests fast; decode still sees ~320x240 JPEGs

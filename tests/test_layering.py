@@ -4,7 +4,7 @@ import sys
 
 CORE = ["sqz", "sqz.config", "sqz.models", "sqz.data", "sqz.engine", "sqz.compress", "sqz.storage",
         "sqz.metrics", "sqz.report", "sqz.runs", "sqz.trial", "sqz.cli", "sqz.checkpoint", "sqz.train_cli",
-        "sqz.data_prepare", "sqz.evaluation", "sqz.table2", "sqz.imagegen", "sqz.catalog", "sqz.runs_cli"]  # fmt: skip
+        "sqz.data.prepare", "sqz.evaluation", "sqz.table2", "sqz.catalog", "sqz.runs_cli"]  # fmt: skip
 
 
 def test_core_imports_neither_ray_nor_prefect():

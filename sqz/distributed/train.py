@@ -46,11 +46,6 @@ __all__ = ["TrainResult", "train", "per_worker_batch", "EpochWatcher", "format_e
 RUN_NAME = "ray-train"  # Ray Train's experiment folder under <run>/train/; fixed so reruns resume
 _log = logging.getLogger("sqz.train")
 
-# Where S3 is (not who may read it): the driver's endpoint (e.g. from --s3-endpoint) must
-# reach workers on other machines, which read the data and write metrics themselves.
-# Credentials are never forwarded; each machine brings its own.
-_STORAGE_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION")
-
 
 @dataclass(frozen=True)
 class TrainResult:
@@ -323,7 +318,9 @@ def train(layout: RunLayout, train_cfg: TrainConfig, data_cfg: DataConfig, *, pr
         train_loop_config={
             "train": config_to_dict(train_cfg), "data": config_to_dict(data_cfg),
             "run_url": layout.run_url, "run_id": layout.run_id, "progress": progress,
-            "storage_env": {k: os.environ[k] for k in _STORAGE_ENV if k in os.environ},
+            # The driver's S3 endpoint (e.g. from --s3-endpoint) must reach workers on other
+            # machines, which read the data and write metrics themselves.
+            "storage_env": storage.s3_settings_env(),
         },  # fmt: skip
         scaling_config=ScalingConfig(num_workers=train_cfg.workers, use_gpu=train_cfg.gpus_per_worker > 0,
                                      resources_per_worker=resources),  # fmt: skip

@@ -1,4 +1,4 @@
-"""Generated JPEG folders in the ImageNet layout, for tests, benchmarks and demos.
+"""Generated JPEG folders in the ImageNet layout, for tests and bench/bench_input_pipeline.py.
 
 Each class has its own colour and stripe orientation, with smooth random texture on top,
 so the files are real JPEGs of ImageNet-like size and byte count (a 500x375 image at
