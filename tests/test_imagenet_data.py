@@ -2,6 +2,7 @@
 on real JPEGs generated here (a few classes, ImageNet-like sizes)."""
 
 import json
+import logging
 import os
 import shutil
 
@@ -251,7 +252,7 @@ def test_parquet_reader_shards_ranks_disjointly_and_reshuffles(prepared_local):
     assert orders[0] != orders[1] or len(orders[0]) < 2
 
 
-def test_prepare_resumes_after_a_crash_and_is_idempotent(imagenet_src, tmp_path, capsys):
+def test_prepare_resumes_after_a_crash_and_is_idempotent(imagenet_src, tmp_path, caplog):
     dest = str(tmp_path / "pq")
     first = prepare(imagenet_src, dest, shard_mb=0.05, progress=False)
     shard = os.path.join(dest, first["splits"]["train"]["shards"][1]["path"])
@@ -262,13 +263,15 @@ def test_prepare_resumes_after_a_crash_and_is_idempotent(imagenet_src, tmp_path,
     assert not os.path.exists(os.path.join(dest, "dataset.json"))
     with pytest.raises(ValueError, match="not a prepared dataset"):
         check_data_url(dest)
-    capsys.readouterr()
+    caplog.set_level(logging.INFO, logger="sqz")
+    caplog.clear()
     second = prepare(imagenet_src, dest, shard_mb=0.05, progress=False)
     total = len(first["splits"]["train"]["shards"]) + len(first["splits"]["val"]["shards"])
-    assert f"1 shard(s) written, {total - 1} already there" in capsys.readouterr().out
+    assert f"1 shard(s) written, {total - 1} already there" in caplog.text
     assert second == first and open(shard, "rb").read() == before  # deterministic, same bytes
+    caplog.clear()
     prepare(imagenet_src, dest, shard_mb=0.05, progress=False)
-    assert "nothing to do" in capsys.readouterr().out
+    assert "nothing to do" in caplog.text
     with pytest.raises(ValueError, match="different plan"):
         prepare(imagenet_src, dest, shard_mb=1.0, progress=False)
     assert not [n for n in os.listdir(os.path.join(dest, "train")) if n.startswith(".")]  # no temporaries left

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -38,6 +39,8 @@ from sqz import storage
 from sqz.data.imagenet import SPLITS, SplitIndex, scan_split
 from sqz.data.parquet import MANIFEST_FORMAT, MANIFEST_NAME, MANIFEST_VERSION, PLAN_NAME, read_manifest
 from sqz.data.transforms import CorruptImageError, decode_image_bytes
+
+_log = logging.getLogger("sqz.data")
 
 __all__ = ["SHARD_SCHEMA", "ShardPlan", "plan_shards", "prepare"]
 
@@ -181,8 +184,8 @@ def prepare(
     if storage.exists(storage.join(dest_url, MANIFEST_NAME)):
         manifest = read_manifest(dest_url)
         if manifest.get("plan_digest") == digest:
-            print(f"{dest_url}: already complete ({sum(s['images'] for s in manifest['splits'].values()):,} images), "
-                  "nothing to do", flush=True)  # fmt: skip
+            _log.info("%s: already complete (%s images), nothing to do", dest_url,
+                      f"{sum(s['images'] for s in manifest['splits'].values()):,}")  # fmt: skip
             return manifest
 
     # 3. Write the missing shards, one at a time (each is a few hundred MB in memory).
@@ -221,7 +224,8 @@ def prepare(
     }  # fmt: skip
     storage.write_bytes(storage.join(dest_url, MANIFEST_NAME), json.dumps(manifest, indent=1).encode())
     for split, entry in manifest_splits.items():
-        print(f"{split}: {entry['images']:,} images in {len(entry['shards'])} shard(s); skipped "
-              f"{len(entry['skipped_corrupt'])} corrupt, {len(entry['skipped_non_image'])} non-image file(s)")  # fmt: skip
-    print(f"{dest_url}: {written} shard(s) written, {reused} already there", flush=True)
+        _log.info("%s: %s images in %d shard(s); skipped %d corrupt, %d non-image file(s)", split,
+                  f"{entry['images']:,}", len(entry["shards"]), len(entry["skipped_corrupt"]),
+                  len(entry["skipped_non_image"]))  # fmt: skip
+    _log.info("%s: %d shard(s) written, %d already there", dest_url, written, reused)
     return manifest
