@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import anyio.to_thread
-from prefect import Task
+from prefect import Task, task
 from prefect.artifacts import create_image_artifact, create_link_artifact
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE, CachePolicy
 from prefect.context import TaskRunContext
@@ -30,11 +30,13 @@ from prefect.serializers import JSONSerializer
 from prefect.tasks import exponential_backoff
 
 import sqz
-from sqz import catalog, storage
+from sqz import storage
+from sqz.runs import catalog
+from sqz.runs.claims import claim_run
 
 __all__ = [
     "RESULTS_FOLDER", "RunResultStorage", "CodeVersion", "CACHE_POLICY", "RETRYING", "CACHED", "NOT_CACHED",
-    "retry_unless_bad_input", "in_run", "code_version", "artifact_key", "publish_outputs",
+    "retry_unless_bad_input", "in_run", "code_version", "artifact_key", "publish_outputs", "claim_run_folder",
 ]  # fmt: skip
 
 RESULTS_FOLDER = "prefect-results"
@@ -160,3 +162,9 @@ def publish_outputs(run_url: str, *, include: Callable[[str, str], bool] = lambd
             create_image_artifact(image_url=f"data:image/png;base64,{image}", key=artifact_key(run_id, "pareto-plot"),
                                   description=f"Pareto frontier (size vs top-1) of sqz run {run_id}")  # fmt: skip
     return linked
+
+
+@task(name="claim-run", **RETRYING, **NOT_CACHED)
+def claim_run_folder(plan: dict[str, Any]) -> str:
+    """A command's first task: its run folder's manifest (and swept baseline) written."""
+    return claim_run(plan)

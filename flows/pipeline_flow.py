@@ -44,7 +44,8 @@ def squeeze_pipeline(config: dict[str, Any] | None = None, run_id: str | None = 
         seconds["ray_start"], clock = time.perf_counter() - clock, time.perf_counter()
         logger.info("[sqz] stage 1/3 train: %s, %d workers, %d epochs", pipeline.train.model,
                     pipeline.train.workers, pipeline.train.epochs)  # fmt: skip
-        baseline = train_model(run_url, values["train"], values["data"])
+        trained = train_model(run_url, values["train"], values["data"])
+        baseline = {k: v for k, v in trained.items() if k not in ("epoch_rows", "run_id")}
         seconds["train"], clock = time.perf_counter() - clock, time.perf_counter()
         logger.info("[sqz] stage 1/3 train done: top-1 %.2f, %d bytes", baseline["top1"], baseline["size_bytes"])
         logger.info("[sqz] stage 2/3 sweep: thresholds %s x bits %s", pipeline.sweep.thresholds, pipeline.sweep.bits)
