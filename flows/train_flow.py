@@ -18,8 +18,9 @@ from sqz.runs import RunLayout
 @task(name="train-baseline", **RETRYING, **CACHED)
 def train_baseline(run_url: str, train_config: dict[str, Any], data_config: dict[str, Any],
                    progress: bool = False) -> dict[str, Any]:  # fmt: skip
+    bars = {"progress": True} if progress else {}  # progress bars: only for an interactive terminal
     result = train(RunLayout(run_url), config_from_dict(TrainConfig, train_config), config_from_dict(DataConfig, data_config),
-                   progress=progress)  # fmt: skip
+                   **bars)  # fmt: skip
     return dataclasses.asdict(result)
 
 
