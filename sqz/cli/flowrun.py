@@ -32,12 +32,12 @@ class _BadInputOnce(logging.Filter):
     run's log on the API keeps every record."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.ERROR:
-            return True
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, (ValueError, FileNotFoundError)):
             return False
         text = record.getMessage()
+        if record.levelno < logging.ERROR and "Finished in state Failed" not in text:
+            return True
         return not any(f"{name}:" in text or f"{name}(" in text for name in ("ValueError", "FileNotFoundError"))
 
 
@@ -45,8 +45,9 @@ def _console_handlers() -> list[logging.Handler]:
     from prefect.logging.handlers import PrefectConsoleHandler
 
     seen: list[logging.Handler] = []
-    for logger in [logging.getLogger("prefect"), *(logging.getLogger(n) for n in list(logging.root.manager.loggerDict)
-                                                   if n.startswith("prefect."))]:  # fmt: skip
+    # Prefect's logging config puts its console handler on the root logger.
+    for logger in [logging.root, logging.getLogger("prefect"), *(logging.getLogger(n) for n in list(logging.root.manager.loggerDict)
+                                                                 if n.startswith("prefect."))]:  # fmt: skip
         for handler in getattr(logger, "handlers", []):
             if isinstance(handler, PrefectConsoleHandler) and handler not in seen:
                 seen.append(handler)
