@@ -36,7 +36,8 @@ def squeeze_pipeline(config: dict[str, Any] | None = None, run_id: str | None = 
     values = config_to_dict(pipeline)
     logger = get_run_logger()
     run_url = record_manifest(values, run_id)
-    logger.info("[sqz] run %s -> %s", RunLayout(run_url).run_id, run_url)
+    name = RunLayout(run_url).run_id
+    logger.info("[sqz] run %s -> %s", name, run_url)
     arch = {"name": pipeline.train.model, "kwargs": {"num_classes": pipeline.train.num_classes}}
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
@@ -44,17 +45,18 @@ def squeeze_pipeline(config: dict[str, Any] | None = None, run_id: str | None = 
         seconds["ray_start"], clock = time.perf_counter() - clock, time.perf_counter()
         logger.info("[sqz] stage 1/3 train: %s, %d workers, %d epochs", pipeline.train.model,
                     pipeline.train.workers, pipeline.train.epochs)  # fmt: skip
-        trained = train_model(run_url, values["train"], values["data"])
+        # Each stage's flow run is named after the run and the stage (the UI lists them so).
+        trained = train_model.with_options(flow_run_name=f"{name}-train")(run_url, values["train"], values["data"])
         baseline = {k: v for k, v in trained.items() if k not in ("epoch_rows", "run_id")}
         seconds["train"], clock = time.perf_counter() - clock, time.perf_counter()
         logger.info("[sqz] stage 1/3 train done: top-1 %.2f, %d bytes", baseline["top1"], baseline["size_bytes"])
         logger.info("[sqz] stage 2/3 sweep: thresholds %s x bits %s", pipeline.sweep.thresholds, pipeline.sweep.bits)
-        trials = sweep_compression(run_url, values["sweep"], values["data"], arch)
+        trials = sweep_compression.with_options(flow_run_name=f"{name}-sweep")(run_url, values["sweep"], values["data"], arch)
         seconds["sweep"], clock = time.perf_counter() - clock, time.perf_counter()
         logger.info("[sqz] stage 2/3 sweep done: %d trials", len(trials))
     baseline = {**baseline, "model": pipeline.train.model}
     logger.info("[sqz] stage 3/3 report")
-    summary = report_run(run_url, baseline, trials, pipeline.sweep.max_top1_drop)
+    summary = report_run.with_options(flow_run_name=f"{name}-report")(run_url, baseline, trials, pipeline.sweep.max_top1_drop)
     seconds["report"] = time.perf_counter() - clock
     logger.info("[sqz] stage 3/3 report done: %s", summary["report_url"])
     return {**summary, "stage_seconds": seconds}
