@@ -30,7 +30,8 @@ from prefect.artifacts import (
 )
 
 from flows.common import artifact_key
-from sqz import catalog, storage
+from sqz import storage
+from sqz.runs import catalog
 from sqz.logs import format_eta
 
 __all__ = ["link_expiry_s", "files_markdown", "publish_files", "embed_plot", "publish_report", "Progress"]

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio.to_thread
-from prefect import Task
+from prefect import Task, task
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE, CachePolicy
 from prefect.context import TaskRunContext
 from prefect.filesystems import WritableFileSystem
@@ -30,13 +30,34 @@ from prefect.tasks import exponential_backoff
 
 import sqz
 from sqz import storage
+from sqz.runs.claims import claim_run
 
 __all__ = [
     "RESULTS_FOLDER", "RunResultStorage", "CodeVersion", "CACHE_POLICY", "RETRYING", "CACHED", "NOT_CACHED",
     "retry_unless_bad_input", "in_run", "code_version", "artifact_key", "run_id_of", "run_tags", "label_flow_run",
+    "claim_run_folder",
 ]  # fmt: skip
 
 RESULTS_FOLDER = "prefect-results"
+
+
+def _send_sqz_logs_to_runs() -> None:
+    """sqz's own log lines (sqz.train's epochs, sqz.sweep's trials, storage retries) go
+    to the flow run's log, whichever process runs the flow: the CLI, a worker, a test.
+    Prefect does this for PREFECT_LOGGING_EXTRA_LOGGERS=sqz only when that is set before
+    Prefect is first imported; the handler is added here at most once either way."""
+    import logging
+
+    from prefect.logging.handlers import APILogHandler
+
+    logger = logging.getLogger("sqz")
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)  # INFO is what an operator reads in the run's log
+    if not any(isinstance(handler, APILogHandler) for handler in logger.handlers):
+        logger.addHandler(APILogHandler())
+
+
+_send_sqz_logs_to_runs()
 
 
 class RunResultStorage(WritableFileSystem):
@@ -170,3 +191,9 @@ def label_flow_run(name: str, tags: list[str] = ()) -> None:
     merged = sorted(set(context.flow_run.tags or []) | set(tags))
     with get_client(sync_client=True) as client:
         client.update_flow_run(context.flow_run.id, name=name, tags=merged)
+
+
+@task(name="claim-run", **RETRYING, **NOT_CACHED)
+def claim_run_folder(plan: dict[str, Any]) -> str:
+    """A command's first task: its run folder's manifest (and swept baseline) written."""
+    return claim_run(plan)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
 from flows.artifacts import publish_files
@@ -84,7 +84,8 @@ def compress_model(run_url: str, arch: dict[str, Any], data_config: dict[str, An
 def import_released_task(file_url: str, out_url: str, options: dict[str, Any], run_url: str | None) -> dict[str, Any]:
     from sqz.import_dc import ImportOptions, import_to
 
-    return import_to(file_url, out_url, ImportOptions(**options), run_url=run_url)
+    # Progress (calibration, budget retries) goes to the flow run's log.
+    return import_to(file_url, out_url, ImportOptions(**options), run_url=run_url, log=get_run_logger().info)
 
 
 @flow(name="import_released")

@@ -15,9 +15,9 @@ from typing import Any
 
 from prefect import flow, get_run_logger, tags, task
 
-from flows.artifacts import Progress, publish_files, publish_report
+from flows.artifacts import Progress
 from flows.common import NOT_CACHED, RETRYING, label_flow_run, run_tags
-from flows.report_flow import announce_sweep_finished, report_run
+from flows.report_flow import announce_sweep_finished, publish_run, report_run
 from flows.sweep_flow import sweep_compression
 from flows.train_flow import train_model
 from sqz.config import PipelineConfig, config_from_dict, config_to_dict
@@ -68,20 +68,23 @@ def squeeze_pipeline(config: dict[str, Any] | None = None, run_id: str | None = 
         require_shared_storage(pipeline.storage_url, shared_mount=shared_mount)  # before any work
         logger.info("stage 1/3 train: %s, %d workers, %d epochs", pipeline.train.model,
                     pipeline.train.workers, pipeline.train.epochs)  # fmt: skip
-        baseline = train_model(run_url, values["train"], values["data"], progress_artifact_id=str(train_progress.id),
-                               shared_mount=shared_mount)  # fmt: skip
+        # Each stage's flow run is named after the run and the stage at creation (the UI lists them so).
+        trained = train_model.with_options(flow_run_name=f"{run}/train")(
+            run_url, values["train"], values["data"], progress_artifact_id=str(train_progress.id), shared_mount=shared_mount)
+        baseline = {k: v for k, v in trained.items() if k not in ("epoch_rows", "run_id")}
         seconds["train"], clock = time.perf_counter() - clock, time.perf_counter()
         logger.info("stage 1/3 train done: top-1 %.2f, %d bytes", baseline["top1"], baseline["size_bytes"])
         logger.info("stage 2/3 sweep: thresholds %s x bits %s", pipeline.sweep.thresholds, pipeline.sweep.bits)
-        trials = sweep_compression(run_url, values["sweep"], values["data"], arch, progress_artifact_id=str(sweep_progress.id),
-                                   announce=False, shared_mount=shared_mount)  # fmt: skip
+        trials = sweep_compression.with_options(flow_run_name=f"{run}/sweep")(
+            run_url, values["sweep"], values["data"], arch, progress_artifact_id=str(sweep_progress.id), announce=False,
+            shared_mount=shared_mount)  # fmt: skip
         seconds["sweep"], clock = time.perf_counter() - clock, time.perf_counter()
         logger.info("stage 2/3 sweep done: %d trials", len(trials))
         baseline = {**baseline, "model": pipeline.train.model}
         logger.info("stage 3/3 report")
-        summary = report_run(run_url, baseline, trials, pipeline.sweep.max_top1_drop, publish=False)
-    publish_report(summary)
-    publish_files(run_url)
+        summary = report_run.with_options(flow_run_name=f"{run}/report")(
+            run_url, baseline, trials, pipeline.sweep.max_top1_drop, publish=False)
+    publish_run(summary, run_url)
     announce_sweep_finished(run_url, summary, pipeline.sweep.max_top1_drop, origin="squeeze_pipeline")
     seconds["report"] = time.perf_counter() - clock
     logger.info("stage 3/3 report done: %s", summary["report_url"])

@@ -1,4 +1,6 @@
-"""sweep_compression: the threshold x bits grid as parallel Ray Tune trials."""
+"""Sweeps: sweep_compression (the threshold x bits grid on a run's baseline, as parallel
+Ray Tune trials) and sweep_checkpoint (`sqz sweep`: claim a checkpoint's run folder,
+evaluate its baseline once, sweep, report)."""
 
 from __future__ import annotations
 
@@ -9,12 +11,15 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from flows.artifacts import Progress, publish_files
-from flows.common import CACHED, RETRYING, CodeVersion, in_run, label_flow_run, run_id_of, run_tags
-from flows.report_flow import announce_sweep_finished
+from flows.common import (
+    CACHED, NOT_CACHED, RETRYING, CodeVersion, claim_run_folder, in_run, label_flow_run, run_id_of, run_tags,
+)  # fmt: skip
+from flows.report_flow import announce_sweep_finished, publish_run, report_folder
 from sqz import storage
 from sqz.config import DataConfig, SweepConfig, config_from_dict
 from sqz.distributed.cluster import ray_session, require_shared_storage
 from sqz.distributed.sweep import sweep
+from sqz.evaluation import evaluate_baseline
 from sqz.logs import format_eta
 from sqz.report import choose_variant, load_run
 from sqz.runs import RunLayout
@@ -23,9 +28,8 @@ from sqz.runs import RunLayout
 _SWEEP_CACHE = {**CACHED, "cache_policy": (INPUTS - "progress_artifact_id") + TASK_SOURCE + CodeVersion()}
 
 
-@task(name="run-sweep", **RETRYING, **_SWEEP_CACHE)
-def run_sweep(run_url: str, sweep_config: dict[str, Any], data_config: dict[str, Any], arch: dict[str, Any],
-              progress_artifact_id: str | None = None) -> list[dict[str, Any]]:  # fmt: skip
+def _sweep_with_progress(run_url: str, sweep_config: dict[str, Any], data_config: dict[str, Any],
+                         arch: dict[str, Any], progress_artifact_id: str | None) -> list[dict[str, Any]]:  # fmt: skip
     started: dict[str, float] = {}
 
     def on_progress(finished: int, total: int) -> None:
@@ -38,6 +42,32 @@ def run_sweep(run_url: str, sweep_config: dict[str, Any], data_config: dict[str,
     layout = RunLayout(run_url)
     return sweep(layout, config_from_dict(SweepConfig, sweep_config), config_from_dict(DataConfig, data_config), arch,
                  on_progress=on_progress)  # fmt: skip
+
+
+@task(name="run-sweep", **RETRYING, **_SWEEP_CACHE)
+def run_sweep(run_url: str, sweep_config: dict[str, Any], data_config: dict[str, Any], arch: dict[str, Any],
+              progress_artifact_id: str | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    return _sweep_with_progress(run_url, sweep_config, data_config, arch, progress_artifact_id)
+
+
+# Not retried: a sweep stopped by Ctrl+C must stop; rerunning the command resumes it trial
+# by trial (its rows are the record of what finished).
+@task(name="sweep-trials", **NOT_CACHED)
+def sweep_trials(run_url: str, sweep_config: dict[str, Any], data_config: dict[str, Any], arch: dict[str, Any],
+                 progress_artifact_id: str | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    return _sweep_with_progress(run_url, sweep_config, data_config, arch, progress_artifact_id)
+
+
+@task(name="evaluate-baseline", **RETRYING, **NOT_CACHED)
+def evaluate_run_baseline(run_url: str, arch: dict[str, Any], data_config: dict[str, Any]) -> dict[str, Any]:
+    return evaluate_baseline(run_url, arch, config_from_dict(DataConfig, data_config))
+
+
+def _label(run_url: str, stage: str, arch: dict[str, Any], data_cfg: DataConfig, sweep_cfg: SweepConfig) -> str:
+    run_id = run_id_of(run_url)
+    label_flow_run(f"{run_id}/{stage}", run_tags(model=arch.get("name"), data_url=data_cfg.url, bits=sweep_cfg.bits,
+                                                 prune_mode=sweep_cfg.prune_mode))  # fmt: skip
+    return run_id
 
 
 @flow(name="sweep_compression")
@@ -63,9 +93,7 @@ def sweep_compression(run_url: str, sweep_config: dict[str, Any], data_config: d
     # Bad input fails here, before Ray starts.
     sweep_cfg = config_from_dict(SweepConfig, sweep_config)
     data_cfg = config_from_dict(DataConfig, data_config)
-    run_id = run_id_of(run_url)
-    label_flow_run(f"{run_id}/sweep", run_tags(model=arch.get("name"), data_url=data_cfg.url, bits=sweep_cfg.bits,
-                                               prune_mode=sweep_cfg.prune_mode))  # fmt: skip
+    run_id = _label(run_url, "sweep", arch, data_cfg, sweep_cfg)
     if progress_artifact_id is None:
         progress_artifact_id = str(Progress(run_id, "sweep", f"sweep of sqz run {run_id}: trials finished").id)
     with ray_session(ray_address):
@@ -83,3 +111,34 @@ def sweep_compression(run_url: str, sweep_config: dict[str, Any], data_config: d
             summary = {"run_id": run_id, "baseline": baseline, "trials": trials, "chosen": chosen}
             announce_sweep_finished(run_url, summary, sweep_cfg.max_top1_drop, origin="sweep_compression")
     return trials
+
+
+@flow(name="sweep_checkpoint")
+def sweep_checkpoint(plan: dict[str, Any], sweep_config: dict[str, Any], ray_address: str | None = None,
+                     max_drop: float = 0.5, shared_mount: bool = False) -> dict[str, Any]:  # fmt: skip
+    """`sqz sweep`: claim the checkpoint's run folder, evaluate its baseline once, run the
+    grid's missing trials, and report the run (smallest model within ``max_drop`` points).
+
+    Args:
+        plan: the run folder's claim from sqz.runs.claims.plan_sweep_run (run id, URL, checkpoint, arch, data).
+        sweep_config: SweepConfig fields: thresholds, bits, prune_mode, retrain_steps, max_concurrent, ...
+        ray_address: a Ray cluster (host:port or ray://host:10001); empty starts a local Ray.
+        max_drop: top-1 points the chosen variant may lose against the baseline.
+        shared_mount: a local run folder is a mount every Ray node shares (else refused on a multi-node cluster).
+    """
+    sweep_cfg = config_from_dict(SweepConfig, sweep_config)  # bad input fails here, before any work
+    data_cfg = config_from_dict(DataConfig, plan["data"])
+    if max_drop < 0:
+        raise ValueError(f"max_drop: must be >= 0, got {max_drop}")
+    run_url = claim_run_folder(plan)
+    run_id = _label(run_url, "sweep", plan["arch"], data_cfg, sweep_cfg)
+    progress = Progress(run_id, "sweep", f"sweep of sqz run {run_id}: trials finished")
+    evaluate_run_baseline(run_url, plan["arch"], plan["data"])
+    get_run_logger().info("sweep run %s -> %s", plan["run_id"], run_url)
+    with ray_session(ray_address):
+        require_shared_storage(run_url, shared_mount=shared_mount, option="run_url")
+        sweep_trials(run_url, sweep_config, plan["data"], plan["arch"], str(progress.id))
+    summary = report_folder(run_url, max_drop)
+    publish_run(summary, run_url)
+    announce_sweep_finished(run_url, summary, max_drop, origin="sweep_checkpoint")
+    return summary

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import functools
-import hashlib
 import json
 from dataclasses import field
 from typing import Annotated, Any, Literal
@@ -421,8 +420,7 @@ def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
 
 
 def derive_run_id(config: PipelineConfig) -> str:
-    """Same config, same id. The storage root is left out: moving a run keeps its id."""
-    payload = config_to_dict(config)
-    payload.pop("storage_url", None)
-    digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-    return f"run-{digest[:12]}"
+    """Same config, same id: sqz.runs.manifest.pipeline_run_id, the one derivation."""
+    from sqz.runs.manifest import pipeline_run_id  # sqz.runs imports this module
+
+    return pipeline_run_id(config)

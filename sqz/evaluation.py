@@ -19,7 +19,7 @@ from torch import nn
 from sqz import metrics, storage
 from sqz.config import DataConfig
 
-__all__ = ["LoadedModel", "load_model_file", "default_run_url", "evaluate_file"]
+__all__ = ["LoadedModel", "load_model_file", "default_run_url", "plan_evaluation", "evaluate_baseline", "evaluate_file"]
 
 DEFAULT_EVAL_RUN = "./sqz-runs/evaluations"
 
@@ -63,9 +63,11 @@ def load_model_file(url: str, *, arch: str | None = None) -> LoadedModel:
         run = _run_of(url)
         if run is None:
             raise ValueError(f"--arch: {url} does not name its architecture; give one of {', '.join(list_models())}")
-        from sqz.runs import read_manifest
+        from sqz.runs.manifest import read_manifest
 
-        arch = read_manifest(run)["config"]["train"]["model"]
+        arch = (read_manifest(run)["arch"] or {}).get("name")
+        if arch is None:
+            raise ValueError(f"--arch: the manifest of {run} names no architecture; give one of {', '.join(list_models())}")
     if "classifier.1.weight" not in state:
         raise ValueError(f"MODEL: {url} has no classifier.1.weight, so it is not a SqueezeNet state dict")
     num_classes = int(state["classifier.1.weight"].shape[0])
@@ -81,6 +83,54 @@ def load_model_file(url: str, *, arch: str | None = None) -> LoadedModel:
 def default_run_url(model_url: str) -> str:
     """Rows about a run's own model go to that run; others to ./sqz-runs/evaluations."""
     return _run_of(model_url) or DEFAULT_EVAL_RUN
+
+
+def _resolve(model_url: str, data_url: str, split: str, arch: str | None, image_size: int | None,
+             normalization: str | None, batch_size: int) -> tuple[LoadedModel, int, str, DataConfig]:  # fmt: skip
+    from sqz.data import check_data_url, num_classes_of
+    from sqz.models import MODEL_FACTS
+
+    check_data_url(data_url, splits=(split,))
+    loaded = load_model_file(model_url, arch=arch)
+    image_size = image_size or loaded.input.get("image_size") or MODEL_FACTS[loaded.arch].input_size
+    normalization = normalization or loaded.input.get("normalization") or "torchvision"
+    data_cfg = DataConfig(url=data_url, image_size=int(image_size), normalization=normalization, batch_size=batch_size)
+    classes = num_classes_of(data_cfg)
+    if classes != loaded.num_classes:
+        raise ValueError(f"--data: {data_url} has {classes} classes but the model predicts {loaded.num_classes}; "
+                         "labels would not line up")  # fmt: skip
+    return loaded, int(image_size), normalization, data_cfg
+
+
+def plan_evaluation(model_url: str, data_url: str, *, split: str = "val", arch: str | None = None,
+                    image_size: int | None = None, normalization: str | None = None,
+                    batch_size: int = 64) -> dict[str, Any]:  # fmt: skip
+    """What :func:`evaluate_file` will do, checked before it starts (a wrong file, data,
+    architecture or class count is a one-line ValueError): the model's architecture,
+    the input size and normalisation it will be fed."""
+    loaded, image_size, normalization, _ = _resolve(model_url, data_url, split, arch, image_size, normalization, batch_size)
+    return {"arch": loaded.arch, "image_size": image_size, "normalization": normalization}
+
+
+def evaluate_baseline(run_url: str, arch: dict[str, Any], data: DataConfig) -> dict[str, Any]:
+    """The run's baseline validation accuracy, once per run (its ``evaluations`` row)."""
+    from safetensors.torch import load as load_safetensors
+    from torch.utils.data import DataLoader
+
+    from sqz import engine
+    from sqz.data import load_split
+    from sqz.models import build_model
+
+    rows = [r for r in metrics.read_table(run_url, "evaluations").to_pylist() if r["model"] == "baseline" and r["split"] == "val"]
+    if rows:
+        return rows[-1]
+    model = build_model(arch["name"], **arch["kwargs"])
+    model.load_state_dict(load_safetensors(storage.read_bytes(storage.join(run_url, "models", "baseline.safetensors"))))
+    result = engine.evaluate(model, DataLoader(load_split(data, "val"), batch_size=256))
+    row = {"run_id": run_url.rstrip("/").rsplit("/", 1)[-1], "model": "baseline", "dataset": data.url, "split": "val",
+           "top1": result.top1, "top5": result.top5, "images": result.images}  # fmt: skip
+    metrics.write_rows(run_url, "evaluations", [row], writer_id="baseline-val")
+    return row
 
 
 def evaluate_file(
@@ -100,18 +150,9 @@ def evaluate_file(
     normalisation default to what the file records (the released model: 227, caffe),
     then to the architecture's input size and torchvision's normalisation."""
     from sqz import engine
-    from sqz.data import check_data_url, load_split, make_loader, num_classes_of
-    from sqz.models import MODEL_FACTS
+    from sqz.data import load_split, make_loader
 
-    check_data_url(data_url, splits=(split,))
-    loaded = load_model_file(model_url, arch=arch)
-    image_size = image_size or loaded.input.get("image_size") or MODEL_FACTS[loaded.arch].input_size
-    normalization = normalization or loaded.input.get("normalization") or "torchvision"
-    data_cfg = DataConfig(url=data_url, image_size=int(image_size), normalization=normalization, batch_size=batch_size)
-    classes = num_classes_of(data_cfg)
-    if classes != loaded.num_classes:
-        raise ValueError(f"--data: {data_url} has {classes} classes but the model predicts {loaded.num_classes}; "
-                         "labels would not line up")  # fmt: skip
+    loaded, image_size, normalization, data_cfg = _resolve(model_url, data_url, split, arch, image_size, normalization, batch_size)
     loader = make_loader(load_split(data_cfg, split), batch_size=batch_size, num_workers=workers)  # type: ignore[arg-type]
     result = engine.evaluate(loaded.model, loader)
     run_url = run_url or default_run_url(model_url)

@@ -21,6 +21,11 @@ __all__ = [
     "write_run_report",
     "load_run",
     "format_run_summary",
+    "pareto_rows",
+    "trial_rows",
+    "summary_lines",
+    "report_run_folder",
+    "check_run_folder",
 ]
 
 # 32-bit AlexNet, the paper's reference for every compression ratio: 61.1 M parameters
@@ -82,7 +87,16 @@ def _grid_order(trial: dict[str, Any]) -> tuple:
     return (per_layer, 0.0 if per_layer else threshold, -trial["bits"], trial["trial_id"])
 
 
+TRIAL_HEADERS = ["trial", "threshold", "bits", "density", "bytes", "top-1", "top-5", "vs AlexNet"]
+
+
 def trials_table(trials: Sequence[dict[str, Any]], chosen_id: str | None = None) -> str:
+    """Every trial as a markdown table (report.md)."""
+    return _table(TRIAL_HEADERS, trial_rows(trials, chosen_id))
+
+
+def trial_rows(trials: Sequence[dict[str, Any]], chosen_id: str | None = None) -> list[list[str]]:
+    """Every trial in grid order, one row of cells under TRIAL_HEADERS (* = chosen)."""
     rows = []
     for t in sorted(trials, key=_grid_order):
         mark = " *" if t["trial_id"] == chosen_id else ""
@@ -90,15 +104,24 @@ def trials_table(trials: Sequence[dict[str, Any]], chosen_id: str | None = None)
             f"{t['trial_id']}{mark}", _threshold_text(t), str(t["bits"]), f"{t['density']:.3f}",
             f"{t['size_bytes']:,}", f"{t['top1']:.2f}", f"{t['top5']:.2f}", f"{t['ratio_vs_alexnet_32bit']:,.0f}x",
         ])  # fmt: skip
-    return _table(["trial", "threshold", "bits", "density", "bytes", "top-1", "top-5", "vs AlexNet"], rows)
+    return rows
 
 
 def _float32_bytes(baseline: dict[str, Any]) -> int:
     return 4 * int(baseline["parameters"])
 
 
+PARETO_HEADERS = ["trial", "threshold", "bits", "density", "bytes", "vs float32", "top-1", "Δ top-1", "top-5"]
+
+
 def pareto_table(trials: Sequence[dict[str, Any]], baseline: dict[str, Any], chosen_id: str | None = None) -> str:
-    """The frontier, smallest first, against the baseline (float32 size, top-1)."""
+    """The frontier as a markdown table (report.md)."""
+    return _table(PARETO_HEADERS, pareto_rows(trials, baseline, chosen_id))
+
+
+def pareto_rows(trials: Sequence[dict[str, Any]], baseline: dict[str, Any], chosen_id: str | None = None) -> list[list[str]]:
+    """The frontier, smallest first, against the baseline (float32 size, top-1): one row
+    of cells per trial, under PARETO_HEADERS."""
     dense = _float32_bytes(baseline)
     rows = []
     for t in pareto_frontier(trials):
@@ -108,8 +131,7 @@ def pareto_table(trials: Sequence[dict[str, Any]], baseline: dict[str, Any], cho
             f"{t['size_bytes']:,}", f"{dense / t['size_bytes']:.1f}x", f"{t['top1']:.2f}",
             f"{t['top1'] - baseline['top1']:+.2f}", f"{t['top5']:.2f}",
         ])  # fmt: skip
-    headers = ["trial", "threshold", "bits", "density", "bytes", "vs float32", "top-1", "Δ top-1", "top-5"]
-    return _table(headers, rows)
+    return rows
 
 
 def pareto_png(trials: Sequence[dict[str, Any]], baseline: dict[str, Any], *, chosen: dict[str, Any] | None = None,
@@ -240,14 +262,12 @@ def load_run(run_url: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """(baseline, trials) of a finished run folder, from its files alone: the manifest
     names the model; top-1 comes from the ``evaluations`` table (sweep runs) or the last
     ``train_epochs`` row (pipeline runs); parameters are counted in the baseline file."""
-    import json
-
     from safetensors.torch import load as load_safetensors
 
     from sqz import metrics, storage
+    from sqz.runs.manifest import read_manifest
 
-    manifest = json.loads(storage.read_bytes(storage.join(run_url, "manifest.json")))
-    model = manifest.get("arch", {}).get("name") or manifest.get("config", {}).get("train", {}).get("model", "model")
+    model = (read_manifest(run_url)["arch"] or {}).get("name", "model")
     baseline_url = storage.join(run_url, "models", "baseline.safetensors")
     tensors = load_safetensors(storage.read_bytes(baseline_url))
     evaluations = [r for r in metrics.read_table(run_url, "evaluations").to_pylist()
@@ -267,28 +287,75 @@ def load_run(run_url: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     return baseline, trials
 
 
-def format_run_summary(run_id: str, baseline: dict[str, Any], trials: Sequence[dict[str, Any]], max_drop: float,
-                       *, stopped: int = 0) -> str:  # fmt: skip
-    """What ``sqz report`` and ``sqz sweep`` print: baseline, the Pareto table, the paper's
-    reference sizes, and the smallest model within ``max_drop`` points of the baseline."""
+def summary_lines(run_id: str, baseline: dict[str, Any], trials: Sequence[dict[str, Any]], max_drop: float,
+                  *, stopped: int = 0) -> tuple[list[str], list[str]]:  # fmt: skip
+    """The lines around the Pareto table that ``sqz report`` and ``sqz sweep`` print:
+    (before it: run and baseline; after it: the paper's reference sizes and the smallest
+    model within ``max_drop`` points of the baseline)."""
     dense = _float32_bytes(baseline)
     chosen = choose_variant(trials, baseline["top1"], max_drop)
-    lines = [
+    before = [
         f"run {run_id}",
         f"baseline {baseline['model']}: {baseline['parameters']:,} parameters, {dense:,} bytes as float32 "
         f"(file {baseline['size_bytes']:,}), top-1 {baseline['top1']:.2f}, top-5 {baseline['top5']:.2f}",
         f"Pareto frontier (size vs top-1): {len(pareto_frontier(trials))} of {len(trials)} trial(s)"
         + (f", {stopped} more stopped early by ASHA" if stopped else ""),
-        pareto_table(trials, baseline, chosen["trial_id"] if chosen else None),
+    ]  # fmt: skip
+    after = [
         "paper reference (SqueezeNet 4.8 MB -> 0.66 MB 8-bit, 0.47 MB 6-bit) at this baseline: "
         + ", ".join(f"{r['label']} 1/{r['ratio']:.1f} = {r['size_bytes']:,} bytes" for r in paper_reference_points(dense)),
-    ]  # fmt: skip
+    ]
     if chosen:
-        lines.append(
+        after.append(
             f"smallest within {max_drop:g} point(s) of the baseline: {chosen['trial_id']} - {chosen['size_bytes']:,} bytes, "
             f"top-1 {chosen['top1']:.2f} ({chosen['top1'] - baseline['top1']:+.2f}), density {chosen['density']:.3f}, "
             f"{dense / chosen['size_bytes']:.1f}x smaller than float32"
         )
     else:
-        lines.append(f"smallest within {max_drop:g} point(s) of the baseline: none")
-    return "\n".join(lines)
+        after.append(f"smallest within {max_drop:g} point(s) of the baseline: none")
+    return before, after
+
+
+def format_run_summary(run_id: str, baseline: dict[str, Any], trials: Sequence[dict[str, Any]], max_drop: float,
+                       *, stopped: int = 0) -> str:  # fmt: skip
+    """:func:`summary_lines` around the markdown Pareto table, as one text."""
+    before, after = summary_lines(run_id, baseline, trials, max_drop, stopped=stopped)
+    chosen = choose_variant(trials, baseline["top1"], max_drop)
+    return "\n".join([*before, pareto_table(trials, baseline, chosen["trial_id"] if chosen else None), *after])
+
+
+def check_run_folder(run_url: str) -> None:
+    """A one-line ValueError unless ``run_url`` is a run folder (it holds manifest.json)."""
+    from sqz import storage
+
+    storage.check_url(run_url, option="run_url")
+    if not storage.exists(storage.join(run_url, "manifest.json")):
+        raise ValueError(f"run_url: {run_url} is not a run folder (no manifest.json)")
+
+
+def report_run_folder(run_url: str, max_drop: float | None = None) -> dict[str, Any]:
+    """Report a finished run folder from its files: write report.md and pareto.png (when
+    it has trials) and return what a terminal shows: the summary lines, the Pareto
+    frontier's rows, the chosen trial and the report's URLs. ``max_drop`` defaults to the
+    run's own budget, else 1 point."""
+    from sqz import metrics, storage
+    from sqz.runs.layout import RunLayout
+    from sqz.runs.manifest import read_manifest
+
+    check_run_folder(run_url)
+    layout = RunLayout(storage.absolute(run_url))
+    if max_drop is None:
+        max_drop = float(read_manifest(layout.run_url)["config"].get("sweep", {}).get("max_top1_drop", 1.0))
+    baseline, trials = load_run(layout.run_url)
+    finished = {t["trial_id"] for t in trials}
+    stopped = len({r["trial_id"] for r in metrics.read_table(layout.run_url, "sweep_stopped").to_pylist()} - finished)
+    chosen = choose_variant(trials, baseline["top1"], max_drop)
+    before, after = summary_lines(layout.run_id, baseline, trials, max_drop, stopped=stopped)
+    out = {"run_id": layout.run_id, "run_url": layout.run_url, "baseline": baseline, "trials": trials,
+           "chosen": chosen, "max_drop": max_drop, "lines_before": before, "lines_after": after,
+           "pareto_headers": PARETO_HEADERS, "pareto_rows": pareto_rows(trials, baseline, chosen["trial_id"] if chosen else None),
+           "report_url": None, "plot_url": None, "report_markdown": None}  # fmt: skip
+    if trials:
+        written = write_run_report(layout.report_url, run_id=layout.run_id, baseline=baseline, trials=trials, max_drop=max_drop)
+        out.update(report_url=written["report_url"], plot_url=written["plot_url"], report_markdown=written["report_markdown"])
+    return out

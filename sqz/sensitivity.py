@@ -353,3 +353,24 @@ def choose_layer_settings(
         d -= drop
     return LayerChoice(target=target, amounts=amounts, bits=bits, predicted_bytes=int(best[total]) + overhead,
                        predicted_drop=100.0 * total / n)  # fmt: skip
+
+
+def layer_change_table(rows: Sequence[dict[str, Any]], config: SensitivityConfig, arch: dict[str, Any]) -> dict[str, Any]:
+    """The sensitivity rows as a table: one row per layer in network order, its weights,
+    then the top-1 change (points) with only that layer pruned at each threshold (t=) and
+    quantized at each bit width (b=). JSON-ready: {baseline_top1, images, headers, rows}."""
+    from sqz.models import build_model
+
+    base = next(r for r in rows if r["kind"] == "baseline")
+    levels, widths = prune_levels(config), [int(b) for b in config.bits]
+    curves: dict[str, dict[Any, float]] = {}
+    for r in rows:
+        if r["kind"] in ("prune", "bits") and r["images"] == base["images"]:
+            key = ("t", r["threshold"]) if r["kind"] == "prune" else ("b", r["bits"])
+            curves.setdefault(r["layer"], {"weights": r["weights"]})[key] = r["top1"] - base["top1"]
+    layers = [name for name in prunable_parameters(build_model(arch["name"], **arch["kwargs"])) if name in curves]
+    table = [[layer, f"{curves[layer]['weights']:,}"]
+             + [f"{curves[layer].get(('t', t), float('nan')):+.1f}" for t in levels]
+             + [f"{curves[layer].get(('b', b), float('nan')):+.1f}" for b in widths] for layer in layers]  # fmt: skip
+    headers = ["layer", "weights", *(f"t={t:g}" for t in levels), *(f"b={b}" for b in widths)]
+    return {"baseline_top1": base["top1"], "images": base["images"], "headers": headers, "rows": table}

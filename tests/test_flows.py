@@ -245,3 +245,36 @@ def test_sweep_finished_event_carries_the_chosen_variant(monkeypatch):
                                           "ratio_vs_float32": 11.35, "model_url": "s3://b/r/models/x.sqz"}  # fmt: skip
     assert first["payload"]["run_url"] == "s3://b/r" and first["payload"]["trials"] == 2
     assert second["payload"]["chosen"] is None and second["resource"]["sqz.origin"] == "squeeze_pipeline"
+
+
+@pytest.mark.slow
+def test_sqz_train_is_a_flow_run_whose_log_has_every_epoch(ray_local, tmp_path, capsys):
+    """`sqz train` runs as the train_model flow, named after its run; its per-epoch lines
+    are in the flow run's log as the Prefect API (and so the UI) serves it."""
+    import time
+    import uuid
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, LogFilter, LogFilterFlowRunId
+
+    from sqz.cli import main
+
+    run_id = f"log-{uuid.uuid4().hex[:8]}"  # unique on a server shared by many runs
+    assert main(["train", "--epochs", "2", "--workers", "1", "--storage", str(tmp_path), "--run-id", run_id]) == 0
+    out = capsys.readouterr().out
+    assert f"run {run_id}: squeezenet_small after 2 epochs" in out
+    with get_client(sync_client=True) as client:
+        (flow_run,) = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[f"{run_id}/train"])))
+        assert flow_run.state.is_completed()
+        deadline = time.monotonic() + 30  # the log handler ships records in batches
+        while True:
+            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run.id])))
+            lines = [log.message for log in logs]
+            if sum(": loss " in line and "top-1" in line for line in lines) >= 2 or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+    rows = sorted(metrics.read_table(str(tmp_path / run_id), "train_epochs").to_pylist(), key=lambda r: r["epoch"])
+    for row in rows:  # each epoch's line carries that epoch's numbers
+        assert any(line.startswith(f"epoch {row['epoch'] + 1}/2: loss ") and f"top-1 {row['top1']:.2f}" in line
+                   for line in lines), lines  # fmt: skip
+    assert len(rows) == 2

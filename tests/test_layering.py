@@ -1,24 +1,52 @@
+"""The import rules between layers (ARCHITECTURE.md): core imports neither Ray nor
+Prefect; the Ray layer (sqz.distributed) imports no Prefect; the CLI (sqz.cli) imports
+neither Ray nor torch (nor Prefect) at module level. Each check imports in a fresh
+interpreter and lists what got loaded."""
+
 import json
+import os
+import pkgutil
 import subprocess
 import sys
 
+import sqz
+
+CLI = ["sqz.cli", *(f"sqz.cli.{m.name}" for m in pkgutil.iter_modules([os.path.join(os.path.dirname(sqz.__file__), "cli")])
+                    if m.name != "__main__")]  # __main__ runs the command
+DISTRIBUTED = ["sqz.distributed", *(f"sqz.distributed.{m.name}" for m in pkgutil.iter_modules(
+    [os.path.join(os.path.dirname(sqz.__file__), "distributed")]))]  # fmt: skip
 CORE = ["sqz", "sqz.config", "sqz.models", "sqz.data", "sqz.engine", "sqz.compress", "sqz.storage",
-        "sqz.metrics", "sqz.report", "sqz.runs", "sqz.trial", "sqz.cli", "sqz.checkpoint", "sqz.train_cli",
-        "sqz.data.prepare", "sqz.evaluation", "sqz.table2", "sqz.catalog", "sqz.runs_cli"]  # fmt: skip
+        "sqz.metrics", "sqz.report", "sqz.runs", "sqz.runs.layout", "sqz.runs.manifest", "sqz.runs.claims",
+        "sqz.runs.catalog", "sqz.trial", "sqz.checkpoint", "sqz.data.prepare", "sqz.evaluation", "sqz.table2",
+        "sqz.byte_account", "sqz.sensitivity", "sqz.import_dc", "sqz.fidelity", "sqz.logs",
+        *CLI]  # fmt: skip
+
+
+def _loaded_after_importing(modules: list[str], roots: tuple[str, ...]) -> list[str]:
+    code = (
+        "import importlib, json, sys\n"
+        f"for name in {modules!r}: importlib.import_module(name)\n"
+        f"print(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}} & {set(roots)!r})))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def test_core_imports_neither_ray_nor_prefect():
-    code = (
-        "import importlib, json, sys\n"
-        f"for name in {CORE!r}: importlib.import_module(name)\n"
-        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'prefect'))))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+    assert _loaded_after_importing(CORE, ("ray", "prefect")) == []
 
 
-def test_distributed_layer_does_import_ray():
-    # The check above is only meaningful if the detector sees ray when it is imported.
-    code = "import sys, sqz.distributed.cluster; print('ray' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip().splitlines()[-1] == "True"
+def test_cli_imports_neither_ray_nor_torch_nor_prefect_at_module_level():
+    assert len(CLI) > 10  # every command's module is in the list
+    assert _loaded_after_importing(CLI, ("ray", "torch", "prefect")) == []
+
+
+def test_ray_layer_imports_no_prefect():
+    assert len(DISTRIBUTED) > 3
+    assert _loaded_after_importing(DISTRIBUTED, ("prefect",)) == []
+
+
+def test_detector_sees_what_is_imported():
+    # The checks above are only meaningful if the detector sees a package when it is imported.
+    assert _loaded_after_importing(["sqz.distributed.cluster"], ("ray", "prefect")) == ["ray"]
+    assert _loaded_after_importing(["flows.common"], ("prefect",)) == ["prefect"]

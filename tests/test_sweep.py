@@ -459,8 +459,8 @@ def test_report_prints_the_pareto_table_and_writes_the_plot(tmp_path, baseline_b
     run = _fake_run(tmp_path, baseline_bytes, kind)
     assert main(["report", str(run), "--max-drop", "1"]) == 0
     out = capsys.readouterr().out
-    table = [line for line in out.splitlines() if line.startswith("| std")]
-    assert [line.split()[1] for line in table] == ["std0.9-b6", "std0.6-b8", "std0.3-b8"]  # frontier only, by size
+    table = [line for line in out.splitlines() if line.startswith("std")]
+    assert [line.split()[0] for line in table] == ["std0.9-b6", "std0.6-b8", "std0.3-b8"]  # frontier only, by size
     assert "smallest within 1 point(s) of the baseline: std0.9-b6 - 200,000 bytes" in out
     dense = 4 * sum(p.numel() for p in _model(baseline_bytes).parameters())
     assert f"1/7.3 = {round(dense * 0.66 / 4.8):,} bytes" in out and f"1/10.2 = {round(dense * 0.47 / 4.8):,} bytes" in out

@@ -253,10 +253,10 @@ def test_init_that_does_not_fit_the_model_fails_before_ray(tmp_path):
 
 
 def test_recipes_and_retraining_defaults():
-    from sqz.cli import _build_parser
-    from sqz.train_cli import train_configs
+    from sqz.cli import build_parser
+    from sqz.cli.train import train_configs
 
-    parse = _build_parser().parse_args
+    parse = build_parser().parse_args
     data, train = train_configs(parse(["train"]))
     assert (train.optimizer, train.lr, train.epochs, data.batch_size) == ("adamw", 5e-4, 12, 16)
     assert (train.warmup_epochs, train.weight_decay, train.label_smoothing, data.shift_augment) == (1.0, 0.05, 0.1, 2)

@@ -1,6 +1,6 @@
 """The runs under a storage root: list them, describe one, name its outputs, delete one.
 
-A folder is a run when it holds ``manifest.json`` (written first by every pipeline run),
+A folder is a run when it holds ``manifest.json`` (written first by every command that makes a run),
 so listing a root never mistakes some other folder for a run, and deleting refuses to
 remove a folder that is not one.
 """
@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from sqz import metrics, storage
-from sqz.runs import RunLayout, read_manifest
+from sqz.runs.layout import RunLayout
+from sqz.runs.manifest import read_manifest
 
 __all__ = ["list_runs", "describe_run", "run_outputs", "delete_run"]
 
@@ -22,12 +23,12 @@ def _is_run(run_url: str) -> bool:
 def _summary(run_url: str) -> dict[str, Any]:
     manifest = read_manifest(run_url)
     files = storage.walk(run_url)
-    config = manifest.get("config", {})
     return {
         "run_id": RunLayout(run_url).run_id,
         "run_url": run_url,
-        "model": config.get("train", {}).get("model"),
-        "data": config.get("data", {}).get("url"),
+        "kind": manifest["kind"],
+        "model": (manifest["arch"] or {}).get("name"),
+        "data": manifest["config"].get("data", {}).get("url"),
         "epochs": metrics.read_table(run_url, "train_epochs").num_rows,
         "trials": metrics.read_table(run_url, "sweep_trials").num_rows,
         "reported": storage.exists(RunLayout(run_url).report_url),

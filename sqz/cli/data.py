@@ -1,0 +1,48 @@
+"""`sqz data prepare`: an ImageNet-layout folder as Parquet shards, as the
+prepare_dataset flow."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from sqz.cli.args import list_of, one_of, positive_float, positive_int
+from sqz.cli.flowrun import run_flow
+from sqz.cli.options import add_s3_endpoint, use_s3_endpoint
+
+__all__ = ["add_parser", "command"]
+
+
+def add_parser(sub: Any, parser_class: type) -> None:
+    data = sub.add_parser("data", help="dataset tools: prepare Parquet shards from an ImageNet-layout folder")
+    data_sub = data.add_subparsers(dest="data_command", required=True, parser_class=parser_class)
+    prepare = data_sub.add_parser(
+        "prepare", help="convert an ImageNet-layout folder into Parquet shards (local or s3://)",
+        description="Write SRC's train/ and val/ as Parquet shards of JPEG bytes + label under DEST_URL, with "
+        "dataset.json last. Resumable and idempotent: a rerun skips the shards already written.",
+    )  # fmt: skip
+    prepare.add_argument("src", help="folder with train/<wnid>/*.JPEG and val/ (class folders, or flat + ground truth)")
+    prepare.add_argument("dest_url", help="where the shards go: a local path or s3://bucket/prefix")
+    prepare.add_argument("--splits", type=list_of(one_of("train", "val")), default=None,
+                         help="splits to convert, comma-separated (default: those SRC has)")  # fmt: skip
+    prepare.add_argument("--shard-mb", type=positive_float, default=256.0, help="source bytes per shard, in MB (default: 256)")
+    prepare.add_argument("--workers", type=positive_int, default=4, help="threads reading and checking images (default: 4)")
+    add_s3_endpoint(prepare)
+    prepare.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def command(args: argparse.Namespace) -> int:
+    from sqz.storage import check_url
+
+    check_url(args.dest_url, option="DEST_URL")
+    use_s3_endpoint(args)
+
+    def flow():
+        from flows.data_flow import prepare_dataset
+
+        return prepare_dataset
+
+    name = f"prepare-{args.dest_url.rstrip('/').rsplit('/', 1)[-1]}"
+    run_flow(flow, name, src=args.src, dest_url=args.dest_url, splits=list(args.splits) if args.splits else None,
+             shard_mb=args.shard_mb, workers=args.workers, progress=not args.no_progress)  # fmt: skip
+    return 0

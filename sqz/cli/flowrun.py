@@ -1,0 +1,70 @@
+"""Running a command's Prefect flow: Prefect's settings, the flow run's name, and bad
+input reported once.
+
+Prefect is imported here only when a command runs its flow, so `sqz --help` and input
+errors answer without it. With PREFECT_API_URL set, flow runs go to that server (and
+its UI); without, to an ephemeral API that Prefect starts for the process."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Callable
+
+__all__ = ["prefect_defaults", "run_flow"]
+
+
+def prefect_defaults() -> None:
+    """Environment Prefect reads at import; call before importing flows/ (CLI and bench)."""
+    # The ephemeral API needs ~13 s to start on 2 cores, close to Prefect's 20 s default.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # sqz's own log records (progress, a storage operation retried) go to the flow run's logs too.
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "sqz")
+    if os.environ.get("PREFECT_HOME"):
+        # Prefect creates its home without parents; a fresh ./.work/prefect would fail.
+        os.makedirs(os.path.expanduser(os.environ["PREFECT_HOME"]), exist_ok=True)
+
+
+class _BadInputOnce(logging.Filter):
+    """Drops Prefect's console copies of a bad-input failure (a ValueError: its
+    traceback, "Finished in state Failed"): the CLI prints it as one line. The flow
+    run's log on the API keeps every record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, (ValueError, FileNotFoundError)):
+            return False
+        text = record.getMessage()
+        if record.levelno < logging.ERROR and "Finished in state Failed" not in text:
+            return True
+        return not any(f"{name}:" in text or f"{name}(" in text for name in ("ValueError", "FileNotFoundError"))
+
+
+def _console_handlers() -> list[logging.Handler]:
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    seen: list[logging.Handler] = []
+    # Prefect's logging config puts its console handler on the root logger.
+    for logger in [logging.root, logging.getLogger("prefect"), *(logging.getLogger(n) for n in list(logging.root.manager.loggerDict)
+                                                                 if n.startswith("prefect."))]:  # fmt: skip
+        for handler in getattr(logger, "handlers", []):
+            if isinstance(handler, PrefectConsoleHandler) and handler not in seen:
+                seen.append(handler)
+    return seen
+
+
+def run_flow(flow_of: Callable[[], Any], name: str, **parameters: Any) -> Any:
+    """Call the flow that ``flow_of()`` imports, its run named ``name`` (the sqz run id
+    and stage, shown in the UI), with ``parameters``."""
+    prefect_defaults()
+    flow = flow_of()
+    handlers = _console_handlers()
+    quiet = _BadInputOnce()
+    for handler in handlers:
+        handler.addFilter(quiet)
+    try:
+        return flow.with_options(flow_run_name=name)(**parameters)
+    finally:
+        for handler in handlers:
+            handler.removeFilter(quiet)
