@@ -48,13 +48,22 @@ def _send_sqz_logs_to_runs() -> None:
     Prefect is first imported; the handler is added here at most once either way."""
     import logging
 
+    from prefect.context import FlowRunContext, TaskRunContext
     from prefect.logging.handlers import APILogHandler
+
+    class RunLogHandler(APILogHandler):
+        """Prefect's API handler, silent outside a flow or task run: sqz is also a library
+        used without Prefect (a notebook, a test), where there is no run log to write to."""
+
+        def emit(self, record: logging.LogRecord) -> None:
+            if getattr(record, "flow_run_id", None) or FlowRunContext.get() or TaskRunContext.get():
+                super().emit(record)
 
     logger = logging.getLogger("sqz")
     if logger.level == logging.NOTSET:
         logger.setLevel(logging.INFO)  # INFO is what an operator reads in the run's log
     if not any(isinstance(handler, APILogHandler) for handler in logger.handlers):
-        logger.addHandler(APILogHandler())
+        logger.addHandler(RunLogHandler())
 
 
 _send_sqz_logs_to_runs()

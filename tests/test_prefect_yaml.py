@@ -7,7 +7,7 @@ import yaml
 from sqz.config import DataConfig, PipelineConfig, SweepConfig, TrainConfig, config_from_dict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FLOWS = {"squeeze_pipeline", "train_model", "sweep_compression", "compress_model", "report_run", "import_released"}
+FLOWS = {"squeeze_pipeline", "train_model", "sweep_compression", "compress_model", "report_saved_run", "import_released"}
 CONFIGS = {"train_config": TrainConfig, "data_config": DataConfig, "sweep_config": SweepConfig, "config": PipelineConfig}
 
 
