@@ -374,12 +374,13 @@ def test_trials_share_a_gpu(ray_local, tmp_path, baseline_bytes):
 
 @pytest.mark.slow
 @pytest.mark.integration
-def test_interrupted_sqz_sweep_reruns_only_the_missing_trials(tmp_path, baseline_bytes):
+def test_interrupted_sqz_sweep_reruns_only_the_missing_trials(tmp_path, baseline_bytes, ray_address):
     checkpoint = tmp_path / "baseline.safetensors"
     checkpoint.write_bytes(baseline_bytes)
     storage_root = tmp_path / "runs"
+    # Against the session's Ray: interrupting the driver ends its job, not the cluster.
     args = [sys.executable, "-m", "sqz.cli", "sweep", "--checkpoint", str(checkpoint), "--storage", str(storage_root),
-            "--run-id", "interrupted", "--thresholds", "0.2,0.4,0.6", "--bits", "8,4", "--retrain-epochs", "0",
+            "--ray-address", ray_address, "--run-id", "interrupted", "--thresholds", "0.2,0.4,0.6", "--bits", "8,4", "--retrain-epochs", "0",
             "--finetune-epochs", "0", "--distill-steps", "0", "--max-concurrent", "1"]  # fmt: skip
     rows_dir = storage_root / "interrupted" / "metrics" / "sweep_trials"
     # Interrupt the driver (Ctrl+C) once two trials have written their rows.
