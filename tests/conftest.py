@@ -1,13 +1,21 @@
-"""Shared fixtures: one local Ray per session, a moto S3 server, GPU skipping.
+"""Shared fixtures: one Prefect server, one local Ray and one moto S3 server per session,
+GPU skipping.
 
 Environment first: Ray and Prefect read these when imported, so they are set before any
 test module imports them (this file is loaded before the tests are collected).
+
+One Prefect server for the whole session: every flow, in this process or in an `sqz`
+subprocess, talks to it through PREFECT_API_URL instead of starting Prefect's ephemeral
+API (~13 s per process on 2 cores). It starts here, in the background, so that it boots
+while the tests are collected; the autouse ``prefect_api`` fixture waits until it answers.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -30,6 +38,33 @@ os.environ["AWS_ACCESS_KEY_ID"] = "testing"
 os.environ["AWS_SECRET_ACCESS_KEY"] = "testing"
 os.environ.pop("AWS_SESSION_TOKEN", None)
 
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_prefect_server() -> tuple[subprocess.Popen, str, str]:
+    """`prefect server start` on a free 127.0.0.1 port, its own home (database, log) in the
+    session folder, in its own process group (stopped by its pid at session end)."""
+    home = os.path.join(SESSION_DIR, "prefect-server")
+    os.makedirs(home)
+    port = free_port()
+    # The UI is served too (the browser test opens it); it must call this server's API,
+    # not the default port 4200's.
+    env = {**os.environ, "PREFECT_HOME": home, "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api"}
+    env.pop("PREFECT_API_URL", None)
+    with open(os.path.join(home, "server.log"), "wb") as log:
+        process = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "prefect"), "server", "start",
+                                    "--host", "127.0.0.1", "--port", str(port)],
+                                   env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    return process, f"http://127.0.0.1:{port}/api", home
+
+
+PREFECT_SERVER, PREFECT_API, PREFECT_SERVER_HOME = _start_prefect_server()
+os.environ["PREFECT_API_URL"] = PREFECT_API  # read by Prefect at import, and inherited by subprocesses
+
 import pytest  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,14 +82,42 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-def pytest_sessionfinish(session, exitstatus):
+def _stop_prefect_server_and_clean_up() -> None:
+    """SIGTERM to the server's process group (the one it was started in), then SIGKILL;
+    then the session folder goes."""
+    if PREFECT_SERVER.poll() is None:
+        os.killpg(PREFECT_SERVER.pid, signal.SIGTERM)
+        try:
+            PREFECT_SERVER.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(PREFECT_SERVER.pid, signal.SIGKILL)
+            PREFECT_SERVER.wait(timeout=10)
     shutil.rmtree(SESSION_DIR, ignore_errors=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# At interpreter exit, not at session finish: Prefect sends its last logs and events to the
+# API from threads it drains just before the atexit hooks run, and this hook, registered
+# before Prefect is imported, runs after Prefect's own.
+atexit.register(_stop_prefect_server_and_clean_up)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_api():
+    """The session's Prefect server (PREFECT_API_URL), once it answers on /api/health.
+
+    Autouse: every command may run a flow, in-process or in a subprocess."""
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            if urllib.request.urlopen(f"{PREFECT_API}/health", timeout=2).status == 200:
+                break
+        except OSError:
+            pass
+        if time.monotonic() > deadline or PREFECT_SERVER.poll() is not None:
+            log = open(os.path.join(PREFECT_SERVER_HOME, "server.log"), errors="replace").read()[-2000:]
+            raise RuntimeError(f"prefect server did not answer within 180 s: {log}")
+        time.sleep(0.25)
+    yield PREFECT_API
 
 
 @pytest.fixture(scope="session")
@@ -64,6 +127,15 @@ def ray_local():
 
     with ray_session(workdir=SESSION_DIR, num_cpus=2):
         yield
+
+
+@pytest.fixture(scope="session")
+def ray_address(ray_local):
+    """The shared local Ray's address, for `sqz ... --ray-address` in a subprocess: the
+    command connects to it (~1 s) instead of starting its own Ray (~6-10 s)."""
+    import ray
+
+    return ray.get_runtime_context().gcs_address
 
 
 @pytest.fixture(scope="session")
@@ -113,3 +185,46 @@ def digits_data():
     from sqz.config import DataConfig
 
     return DataConfig(url="digits")
+
+
+@pytest.fixture(scope="session")
+def trained_baseline(tmp_path_factory):
+    """One digits baseline for every test that needs a trained model: squeezenet_small
+    trained in-process with the digits recipe (warm-up, lr 5e-4, batch 16, shifts, label
+    smoothing) cut to 4 epochs: well above chance, so a badly pruned trial is
+    distinguishable from a good one. Returns its safetensors file (read-only by agreement)."""
+    import torch
+    from safetensors.torch import save_file
+    from torch.utils.data import DataLoader
+
+    from sqz import engine
+    from sqz.config import TRAIN_RECIPES, DataConfig, TrainConfig
+    from sqz.data import load_split
+    from sqz.models import build_model
+
+    recipe = TRAIN_RECIPES["digits"]
+    train_cfg = TrainConfig(**{**recipe["train"], "epochs": 4})
+    data_cfg = DataConfig(**recipe["data"])
+    torch.manual_seed(0)
+    model = build_model("squeezenet_small", num_classes=10)
+    loader = DataLoader(load_split(data_cfg, "train"), batch_size=data_cfg.batch_size, shuffle=True,
+                        generator=torch.Generator().manual_seed(0))  # fmt: skip
+    optimizer = engine.make_optimizer(model.parameters(), train_cfg.optimizer, lr=train_cfg.lr,
+                                      weight_decay=train_cfg.weight_decay)  # fmt: skip
+    total, warmup, step = train_cfg.epochs * len(loader), round(train_cfg.warmup_epochs * len(loader)), 0
+
+    def lr_at_step() -> float:
+        nonlocal step
+        step += 1
+        return engine.scheduled_lr(train_cfg.lr, step - 1, total, warmup_steps=warmup)
+
+    def loss_fn(logits, targets):
+        return torch.nn.functional.cross_entropy(logits, targets, label_smoothing=train_cfg.label_smoothing)
+
+    for _ in range(train_cfg.epochs):
+        engine.train_one_epoch(model, loader, optimizer, lr_at_step=lr_at_step, loss_fn=loss_fn)
+    top1 = engine.evaluate(model, DataLoader(load_split(DataConfig(url="digits"), "val"), batch_size=256)).top1
+    assert top1 > 80, f"the shared baseline trained to only {top1:.1f}% top-1"
+    path = tmp_path_factory.mktemp("trained-baseline") / "baseline.safetensors"
+    save_file(model.state_dict(), str(path))
+    return path

@@ -1,4 +1,5 @@
-"""The whole `sqz run`: real Ray Train, Ray Tune and Prefect (ephemeral API), tiny settings."""
+"""The whole `sqz run`: real Ray Train, Ray Tune and Prefect, tiny settings. The command
+runs in a subprocess against the session's Ray (--ray-address) and Prefect server."""
 
 import json
 import os
@@ -22,17 +23,17 @@ ARGS = ["--epochs", "3", "--prune-mode", "std", "--thresholds", "0.3,0.6,0.9", "
         "--finetune-epochs", "1", "--run-id", "tiny"]  # fmt: skip
 
 
-def _sqz_run(cwd, storage):
+def _sqz_run(cwd, storage, ray_address):
     sqz = os.path.join(os.path.dirname(sys.executable), "sqz")
-    return subprocess.run([sqz, "run", "--storage", storage, *ARGS], cwd=cwd, capture_output=True,
-                          text=True, timeout=900)  # fmt: skip
+    return subprocess.run([sqz, "run", "--storage", storage, "--ray-address", ray_address, *ARGS], cwd=cwd,
+                          capture_output=True, text=True, timeout=900)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
+def finished_run(tmp_path_factory, ray_address):
     cwd = tmp_path_factory.mktemp("pipeline")
     storage = str(cwd / "runs")
-    first = _sqz_run(cwd, storage)
+    first = _sqz_run(cwd, storage, ray_address)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     return cwd, os.path.join(storage, "tiny"), first
 
@@ -88,11 +89,11 @@ def test_decoded_file_predicts_like_the_quantized_model_in_memory(finished_run):
 
 @pytest.mark.slow
 @pytest.mark.integration
-def test_rerun_reuses_training_and_trials(finished_run):
+def test_rerun_reuses_training_and_trials(finished_run, ray_address):
     cwd, run_dir, _ = finished_run
     models = os.path.join(run_dir, "models")
     stamps = {name: os.stat(os.path.join(models, name)).st_mtime_ns for name in os.listdir(models)}
-    again = _sqz_run(cwd, os.path.dirname(run_dir))
+    again = _sqz_run(cwd, os.path.dirname(run_dir), ray_address)
     assert again.returncode == 0, again.stderr[-3000:]
     # Prefect's cache answers first (same inputs, same code): neither stage runs again.
     logs = again.stdout + again.stderr

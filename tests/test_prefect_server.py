@@ -1,6 +1,6 @@
 """The pipeline deployed to a real Prefect server and run by a process worker.
 
-Starts `prefect server` on a free 127.0.0.1 port with its own PREFECT_HOME, deploys
+On the session's `prefect server` (tests/conftest.py) and its local Ray, deploys
 prefect.yaml's `squeeze-pipeline-local` with `prefect deploy`, runs it through
 `prefect worker start --pool sqz-local`, and reads the flow-run states and artifacts back
 through Prefect's API. Every wait is bounded; every process is stopped by its pid.
@@ -13,12 +13,10 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 import pytest
 from prefect.deployments import run_deployment
@@ -34,12 +32,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PREFECT = os.path.join(os.path.dirname(sys.executable), "prefect")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _stop(process: subprocess.Popen) -> None:
     """SIGTERM to the process group we started (the server runs uvicorn in a child)."""
     if process.poll() is None:
@@ -52,33 +44,10 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory):
-    home = tmp_path_factory.mktemp("prefect-server")
-    port = _free_port()
-    # The UI is served too (the browser test opens it); it must call this server's API,
-    # not the default port 4200's.
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api", "PYTHONPATH": ROOT}  # fmt: skip
-    env.pop("PREFECT_API_URL", None)
-    log = open(home / "server.log", "wb")
-    server = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                              env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-    api = f"http://127.0.0.1:{port}/api"
-    deadline = time.monotonic() + 180
-    try:
-        while True:
-            try:
-                if urllib.request.urlopen(f"{api}/health", timeout=2).status == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise RuntimeError(f"prefect server did not answer within 180 s: {(home / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.5)
-        yield api, {**env, "PREFECT_API_URL": api}
-    finally:
-        _stop(server)
-        log.close()
+def prefect_server(prefect_api):
+    """The session's Prefect server (tests/conftest.py), and the environment for the
+    `prefect` commands and the worker run against it."""
+    return prefect_api, {**os.environ, "PREFECT_API_URL": prefect_api, "PYTHONPATH": ROOT}
 
 
 def _prefect(env, *args, timeout=300):
@@ -88,9 +57,10 @@ def _prefect(env, *args, timeout=300):
 
 
 @pytest.fixture(scope="module")
-def served_pipeline(prefect_server, tmp_path_factory, request):
-    """squeeze_pipeline deployed from prefect.yaml, run by a process worker; yields
-    (api, flow run id, storage URL, folder with the worker's log) once it has ended."""
+def served_pipeline(prefect_server, ray_address, tmp_path_factory, request):
+    """squeeze_pipeline deployed from prefect.yaml, run by a process worker on the
+    session's Ray; returns (api, flow run id, storage URL, folder with the worker's log)
+    once it has ended."""
     api, env = prefect_server
     tmp_path = tmp_path_factory.mktemp("served")
     env = {**env, "SQZ_PROJECT_DIR": ROOT}  # the deployment's pull step starts runs here
@@ -109,7 +79,8 @@ def served_pipeline(prefect_server, tmp_path_factory, request):
     ))  # fmt: skip
     with temporary_settings({PREFECT_API_URL: api}):
         flow_run = run_deployment("squeeze_pipeline/squeeze-pipeline-local", timeout=0,
-                                  parameters={"config": config, "run_id": "served", "workdir": workdir})  # fmt: skip
+                                  parameters={"config": config, "run_id": "served", "workdir": workdir,
+                                              "ray_address": ray_address})  # the session's Ray, not one more  # fmt: skip
 
         worker_log = open(tmp_path / "worker.log", "wb")
         worker = subprocess.Popen([PREFECT, "worker", "start", "--pool", "sqz-local", "--type", "process"],

@@ -252,6 +252,9 @@ def test_s3_run_survives_a_server_restart_and_writes_no_secret(s3_endpoint, tmp_
     request.addfinalizer(lambda: shutil.rmtree(workdir, ignore_errors=True))
     env = {**os.environ, "AWS_ACCESS_KEY_ID": key_id, "AWS_SECRET_ACCESS_KEY": secret, "AWS_REGION": "us-east-1",
            "AWS_ENDPOINT_URL_S3": front.url, "PREFECT_HOME": os.path.join(workdir, "prefect")}  # fmt: skip
+    # Its own ephemeral API, not the session's server: Prefect's database (logs, artifacts,
+    # parameters) lands in the workdir, among the files checked for the secret below.
+    env.pop("PREFECT_API_URL", None)
     out, err = open(tmp_path / "stdout.txt", "wb"), open(tmp_path / "stderr.txt", "wb")
     args = ["--storage", f"s3://{bucket}/runs", "--epochs", "1", "--workers", "1", "--prune-mode", "std", "--thresholds", "0.3,0.9",
             "--bits", "4", "--retrain-epochs", "0", "--finetune-epochs", "0", "--distill-steps", "0", "--run-id", "restarted"]  # fmt: skip

@@ -16,14 +16,13 @@ import time
 
 import pytest
 import torch
-from safetensors.torch import save
 from torch.utils.data import DataLoader
 
 from sqz import engine, metrics, sensitivity, storage
 from sqz.cli import main
 from sqz.compress import decode
 from sqz.compress.prune import prunable_parameters, prune_
-from sqz.config import TRAIN_RECIPES, DataConfig, PruneConfig, QuantConfig, SensitivityConfig, SweepConfig, TrainConfig
+from sqz.config import DataConfig, PruneConfig, QuantConfig, SensitivityConfig, SweepConfig
 from sqz.data import load_split
 from sqz.models import build_model
 from sqz.runs import RunLayout
@@ -33,35 +32,10 @@ ARCH = {"name": "squeezenet_small", "kwargs": {"num_classes": 10}}
 DATA = DataConfig(url="digits")
 
 
-@pytest.fixture(scope="module")
-def baseline_bytes():
-    """A digits model trained in-process with the digits recipe (warm-up, lr 5e-4, batch
-    16, shifts, label smoothing) cut to 4 epochs: well above chance, so a badly pruned
-    trial is distinguishable from a good one."""
-    recipe = TRAIN_RECIPES["digits"]
-    train_cfg = TrainConfig(**{**recipe["train"], "epochs": 4})
-    data_cfg = DataConfig(**recipe["data"])
-    torch.manual_seed(0)
-    model = build_model(ARCH["name"], **ARCH["kwargs"])
-    loader = DataLoader(load_split(data_cfg, "train"), batch_size=data_cfg.batch_size, shuffle=True,
-                        generator=torch.Generator().manual_seed(0))  # fmt: skip
-    optimizer = engine.make_optimizer(model.parameters(), train_cfg.optimizer, lr=train_cfg.lr,
-                                      weight_decay=train_cfg.weight_decay)  # fmt: skip
-    total, warmup, step = train_cfg.epochs * len(loader), round(train_cfg.warmup_epochs * len(loader)), 0
-
-    def lr_at_step() -> float:
-        nonlocal step
-        step += 1
-        return engine.scheduled_lr(train_cfg.lr, step - 1, total, warmup_steps=warmup)
-
-    def loss_fn(logits, targets):
-        return torch.nn.functional.cross_entropy(logits, targets, label_smoothing=train_cfg.label_smoothing)
-
-    for _ in range(train_cfg.epochs):
-        engine.train_one_epoch(model, loader, optimizer, lr_at_step=lr_at_step, loss_fn=loss_fn)
-    top1 = engine.evaluate(model, DataLoader(load_split(DATA, "val"), batch_size=256)).top1
-    assert top1 > 80, f"the sweep tests' baseline trained to only {top1:.1f}% top-1"
-    return save(model.state_dict())
+@pytest.fixture
+def baseline_bytes(trained_baseline):
+    """The session's trained digits baseline (tests/conftest.py), as safetensors bytes."""
+    return trained_baseline.read_bytes()
 
 
 def _model(baseline_bytes):
@@ -384,12 +358,13 @@ def test_trials_share_a_gpu(ray_local, tmp_path, baseline_bytes):
 
 @pytest.mark.slow
 @pytest.mark.integration
-def test_interrupted_sqz_sweep_reruns_only_the_missing_trials(tmp_path, baseline_bytes):
+def test_interrupted_sqz_sweep_reruns_only_the_missing_trials(tmp_path, baseline_bytes, ray_address):
     checkpoint = tmp_path / "baseline.safetensors"
     checkpoint.write_bytes(baseline_bytes)
     storage_root = tmp_path / "runs"
+    # Against the session's Ray: interrupting the driver ends its job, not the cluster.
     args = [sys.executable, "-m", "sqz.cli", "sweep", "--checkpoint", str(checkpoint), "--storage", str(storage_root),
-            "--run-id", "interrupted", "--thresholds", "0.2,0.4,0.6", "--bits", "8,4", "--retrain-epochs", "0",
+            "--ray-address", ray_address, "--run-id", "interrupted", "--thresholds", "0.2,0.4,0.6", "--bits", "8,4", "--retrain-epochs", "0",
             "--finetune-epochs", "0", "--distill-steps", "0", "--max-concurrent", "1"]  # fmt: skip
     rows_dir = storage_root / "interrupted" / "metrics" / "sweep_trials"
     # Interrupt the driver (Ctrl+C) once two trials have written their rows.

@@ -421,9 +421,11 @@ def test_killed_worker_recovers_from_the_last_checkpoint(ray_local, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.integration
-def test_rerun_after_the_driver_is_killed_resumes_from_s3_at_the_next_epoch(tmp_path, s3_bucket):
+def test_rerun_after_the_driver_is_killed_resumes_from_s3_at_the_next_epoch(tmp_path, s3_bucket, ray_address):
     storage_url = f"{s3_bucket}/runs"  # moto's S3 server; endpoint and keys come from the environment
-    command = [*SQZ, "train", "--epochs", "3", "--storage", storage_url, "--run-id", "resumable"]
+    # Both drivers join the session's Ray: killing one ends its job (its Train workers
+    # with it), and the rerun finds the checkpoints on S3, not in the cluster.
+    command = [*SQZ, "train", "--epochs", "3", "--storage", storage_url, "--run-id", "resumable", "--ray-address", ray_address]
     run_url, train_url = f"{storage_url}/resumable", f"{storage_url}/resumable/train"
     log = open(tmp_path / "first.log", "w")
     driver = subprocess.Popen(command, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -434,7 +436,7 @@ def test_rerun_after_the_driver_is_killed_resumes_from_s3_at_the_next_epoch(tmp_
         os.kill(driver.pid, signal.SIGKILL)  # the driver, half-way: no chance to clean up
         driver.wait(timeout=30)
     finally:
-        _kill_session(driver.pid)  # then the local Ray it had started
+        _kill_session(driver.pid)  # then anything else it had started
         log.close()
     resume_from = _latest_checkpoint_epoch(train_url) + 1
     assert resume_from < 3
