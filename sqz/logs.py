@@ -14,21 +14,14 @@ import sys
 
 __all__ = ["configure_console", "format_eta", "terminal_bar"]
 
-_FORMAT = "%(asctime)s | %(name)s - %(message)s"
-
 
 def configure_console(level: int = logging.INFO) -> None:
-    """sqz's INFO lines on stderr, once.
-
-    The ``sqz`` logger propagates to the root logger; when the root logger has no handler
-    yet, a plain stderr handler is added. Prefect, imported later, sees that handler and
-    keeps it (it then leaves the root logger alone), so each line is printed once."""
+    """Let sqz's INFO lines through. They propagate to the root logger, where the
+    process's console handler prints them: Prefect's (every working command runs a flow,
+    and Prefect puts its console handler on the root logger), so each line is printed
+    once, formatted like Prefect's own. No handler is added here: one on the root logger
+    before Prefect's import would make Prefect keep it instead of its own."""
     logging.getLogger("sqz").setLevel(level)
-    root = logging.getLogger()
-    if not root.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(_FORMAT, datefmt="%H:%M:%S"))
-        root.addHandler(handler)
 
 
 def format_eta(seconds: float) -> str:

@@ -57,7 +57,7 @@ def _counting(monkeypatch, module, name):
 def test_bad_input_fails_at_once_and_transient_errors_are_retried(monkeypatch, tmp_path):
     calls = []
 
-    def flaky_train(layout, train_cfg, data_cfg):
+    def flaky_train(layout, train_cfg, data_cfg, **options):
         calls.append(layout.run_url)
         if len(calls) < 3:
             raise OSError("AWS Error SLOW_DOWN during PutObject operation: Please reduce your request rate.")
