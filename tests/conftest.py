@@ -15,13 +15,14 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+
+from processes import stop_process_group
 
 # Short base: Ray's unix socket paths under it must stay below 107 bytes.
 SESSION_DIR = tempfile.mkdtemp(prefix="sqzt-", dir="/tmp")
@@ -83,15 +84,8 @@ def pytest_collection_modifyitems(config, items):
 
 
 def _stop_prefect_server_and_clean_up() -> None:
-    """SIGTERM to the server's process group (the one it was started in), then SIGKILL;
-    then the session folder goes."""
-    if PREFECT_SERVER.poll() is None:
-        os.killpg(PREFECT_SERVER.pid, signal.SIGTERM)
-        try:
-            PREFECT_SERVER.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(PREFECT_SERVER.pid, signal.SIGKILL)
-            PREFECT_SERVER.wait(timeout=10)
+    """The server's process group ended (SIGTERM, then SIGKILL); then the session folder goes."""
+    stop_process_group(PREFECT_SERVER)
     shutil.rmtree(SESSION_DIR, ignore_errors=True)
 
 

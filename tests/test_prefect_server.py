@@ -12,7 +12,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,7 @@ from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from prefect_readback import by_kind, keyed, links, read_run_tree
+from processes import stop_process_group
 from sqz import metrics
 from sqz.config import DataConfig, PipelineConfig, SweepConfig, TrainConfig, config_to_dict
 
@@ -30,17 +30,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PREFECT = os.path.join(os.path.dirname(sys.executable), "prefect")
-
-
-def _stop(process: subprocess.Popen) -> None:
-    """SIGTERM to the process group we started (the server runs uvicorn in a child)."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +85,7 @@ def served_pipeline(prefect_server, ray_address, tmp_path_factory, request):
                     assert worker.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
                     time.sleep(2)
         finally:
-            _stop(worker)
+            stop_process_group(worker)
             worker_log.close()
     return api, flow_run.id, storage_url, tmp_path
 
