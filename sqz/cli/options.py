@@ -41,7 +41,11 @@ def add_location_options(parser: argparse.ArgumentParser, *, run_id_help: str) -
     parser.add_argument("--storage", default="./sqz-runs", help="root URL for runs: a local path or s3://bucket/prefix (default: ./sqz-runs)")
     add_s3_endpoint(parser)
     parser.add_argument("--run-id", default=None, help=run_id_help)
-    parser.add_argument("--ray-address", default=None, help="Ray cluster to use (ray://host:10001 or auto); default: start a local Ray")
+    parser.add_argument("--ray-address", default=None,
+                        help="Ray cluster to use (host:6379, ray://host:10001 or auto); default: start a local Ray")
+    parser.add_argument("--shared-mount", action="store_true",
+                        help="the local --storage path is a mount every Ray node shares (NFS, ...); without it a local "
+                             "path is refused on a cluster of more than one node")  # fmt: skip
 
 
 def add_retrain_options(parser: argparse.ArgumentParser) -> None:

@@ -119,6 +119,6 @@ def command(args: argparse.Namespace) -> int:
         return squeeze_pipeline
 
     summary = run_flow(flow, f"{args.run_id or pipeline_run_id(config)}/pipeline", config=config_to_dict(config),
-                       run_id=args.run_id, ray_address=args.ray_address, workdir=".")  # fmt: skip
+                       run_id=args.run_id, ray_address=args.ray_address, workdir=".", shared_mount=args.shared_mount)  # fmt: skip
     print_summary(summary)
     return 0

@@ -95,7 +95,8 @@ def command(args: argparse.Namespace) -> int:
 
     try:
         summary = run_flow(flow, f"{plan['run_id']}/sweep", plan=plan, sweep_config=config_to_dict(sweep_cfg),
-                           ray_address=args.ray_address, max_drop=args.max_drop)  # fmt: skip
+                           ray_address=args.ray_address, max_drop=args.max_drop,
+                           shared_mount=args.shared_mount)  # fmt: skip
     except RuntimeError as exc:  # trials failed or the sweep was interrupted: rerunning resumes it
         print(f"sqz sweep: error: {_one_line(exc)}", file=sys.stderr)
         return 1

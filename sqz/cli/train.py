@@ -143,7 +143,7 @@ def command(args: argparse.Namespace) -> int:
         return train_model
 
     result = run_flow(flow, f"{plan['run_id']}/train", run_url=plan["run_url"], train_config=config_to_dict(train),
-                      data_config=config_to_dict(data), ray_address=args.ray_address, plan=plan, num_cpus=num_cpus,
+                      data_config=config_to_dict(data), ray_address=args.ray_address, plan=plan, num_cpus=num_cpus, shared_mount=args.shared_mount,
                       progress=sys.stdout.isatty())  # fmt: skip
     print_table(["epoch", "lr", "loss", "top-1", "top-5", "img/s", "wait s", "wall s"],
                 [[r["epoch"] + 1, f"{r['lr']:.3g}", f"{r['loss']:.3f}", f"{r['top1']:.2f}", f"{r['top5']:.2f}",

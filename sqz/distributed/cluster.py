@@ -37,7 +37,12 @@ def ray_session(address: str | None = None, *, workdir: str = ".", num_cpus: int
         yield
         return
     if address:
-        ray.init(address=address, log_to_driver=True)
+        # Every task and actor of this job (Train workers, Tune trials, Ray Data reads) on
+        # every node gets this process's S3 endpoint and region, e.g. from --s3-endpoint:
+        # nodes started elsewhere do not have them. Credentials are never sent; each node
+        # brings its own.
+        settings = storage.s3_settings_env()
+        ray.init(address=address, log_to_driver=True, runtime_env={"env_vars": settings} if settings else None)
         try:
             yield
         finally:

@@ -18,7 +18,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import contextvars
 import math
+import threading
 import time
 from typing import Any, Callable
 
@@ -26,6 +28,7 @@ import ray
 import torch
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
+from ray.util.client import ray as ray_client
 from ray.tune.execution import class_cache as _tune_class_cache
 
 from sqz import metrics, sensitivity, storage
@@ -46,6 +49,11 @@ __all__ = ["sweep", "grid_points", "per_layer_points", "sensitivity_config_of", 
 _tune_env_vars = getattr(_tune_class_cache, "ENV_VARS_TO_PROPAGATE", None)
 if isinstance(_tune_env_vars, set):
     _tune_env_vars.difference_update({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN"})
+
+
+# Restarts of one trial after its node or worker died; a trial that fails by itself (a bug,
+# a bad config) fails this many more times before the sweep says so.
+TRIAL_RETRIES = 2
 
 
 def grid_points(sweep_cfg: SweepConfig) -> list[dict[str, Any]]:
@@ -203,10 +211,16 @@ def _scheduler(sweep_cfg: SweepConfig) -> _StopRecordingASHA | None:
                               max_t=rounds + 1, grace_period=1, reduction_factor=2)  # fmt: skip
 
 
+def _announce(trial: str, outcome: str, finished: int, total: int, eta_s: float) -> None:
+    left = total - finished
+    _log.info("trial %s done: %s; %d of %d left, ETA %s", trial, outcome, left, total, format_eta(eta_s) if left else "0s")
+
+
 class _Progress(tune.Callback):
     """In the driver, as each trial ends: a log line (trial id, bytes, top-1, trials left,
     ETA) and ``on_progress(finished, total)``. Tune calls its callbacks in the driver
-    process, so the line reaches the driver's log handlers (the flow run's log too)."""
+    process, so the line reaches the driver's log handlers (the flow run's log too).
+    Not used through Ray Client: Tune's driver then runs on the cluster (see _TrialWatcher)."""
 
     def __init__(self, on_progress: Callable[[int, int], None] | None, finished: int, total: int) -> None:
         self.on_progress, self.finished, self.total = on_progress, finished, total
@@ -216,21 +230,70 @@ class _Progress(tune.Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.finished += 1
         self.ended_here += 1
-        left = self.total - self.finished
-        eta = (time.monotonic() - self.started) / self.ended_here * left
+        eta = (time.monotonic() - self.started) / self.ended_here * (self.total - self.finished)
         result = trial.last_result or {}
         if "size_bytes" in result:
             outcome = f"{int(result['size_bytes']):,} bytes, top-1 {float(result['top1']):.2f}"
         else:  # stopped early by ASHA: no file was written
             outcome = f"stopped early at top-1 {float(result.get('top1', float('nan'))):.2f}"
-        _log.info("trial %s done: %s; %d of %d left, ETA %s", trial.config.get("trial_id", trial.trial_id),
-                  outcome, left, self.total, format_eta(eta) if left else "0s")  # fmt: skip
+        _announce(trial.config.get("trial_id", trial.trial_id), outcome, self.finished, self.total, eta)
         if self.on_progress is not None:
             self.on_progress(self.finished, self.total)
         if self.bar is not None:
             self.bar.update(1)
             if self.finished >= self.total:
                 self.bar.close()
+
+
+class _TrialWatcher:
+    """Through Ray Client, ``Tuner.fit`` runs on the cluster, and so do Tune's callbacks:
+    a callback there can reach neither this process's logs nor its Prefect run. Instead,
+    this thread in the driver follows the run's ``sweep_trials`` rows (a row marks a trial
+    done) and announces each new one, as :class:`_Progress` does in-process."""
+
+    def __init__(self, run_url: str, todo: set[str], on_progress: Callable[[int, int], None] | None,
+                 finished: int, total: int, interval_s: float = 2.0) -> None:  # fmt: skip
+        self.run_url, self.todo, self.on_progress = run_url, set(todo), on_progress
+        self.finished, self.total, self.interval_s = finished, total, interval_s
+        self.started, self.ended_here = time.monotonic(), 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def poll(self) -> None:
+        for row in metrics.read_table(self.run_url, "sweep_trials").to_pylist():
+            if row["trial_id"] not in self.todo:
+                continue
+            self.todo.discard(row["trial_id"])
+            self.finished += 1
+            self.ended_here += 1
+            eta = (time.monotonic() - self.started) / self.ended_here * (self.total - self.finished)
+            _announce(row["trial_id"], f"{int(row['size_bytes']):,} bytes, top-1 {float(row['top1']):.2f}",
+                      self.finished, self.total, eta)  # fmt: skip
+            if self.on_progress is not None:
+                self.on_progress(self.finished, self.total)
+
+    def _follow(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.poll()
+            except Exception as exc:  # a progress line must never end a sweep
+                _log.debug("trial watcher: %s", exc)
+
+    def __enter__(self) -> "_TrialWatcher":
+        # The caller's context (Prefect's flow run) goes along, so the lines land in its log.
+        self._thread = threading.Thread(target=contextvars.copy_context().run, args=(self._follow,),
+                                        name="sqz-trial-watcher", daemon=True)  # fmt: skip
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        try:
+            self.poll()  # the last trials, written since the last poll
+        except Exception as exc:
+            _log.debug("trial watcher: %s", exc)
 
 
 def sweep(layout: RunLayout, sweep_cfg: SweepConfig, data_cfg: DataConfig, arch: dict[str, Any], *,
@@ -268,6 +331,7 @@ def sweep(layout: RunLayout, sweep_cfg: SweepConfig, data_cfg: DataConfig, arch:
         )
         fs, path = storage.resolve(storage.join(layout.run_url, "tune"))
         scheduler = _scheduler(sweep_cfg)
+        remote_driver = ray_client.is_connected()  # a ray:// address: Tune's driver runs on the cluster
         tuner = tune.Tuner(
             trainable,
             param_space={"trial_id": tune.grid_search([p["trial_id"] for p in todo])},
@@ -276,9 +340,16 @@ def sweep(layout: RunLayout, sweep_cfg: SweepConfig, data_cfg: DataConfig, arch:
                 trial_dirname_creator=lambda trial: f"{trial.config['trial_id']}_{trial.trial_id}",
             ),
             run_config=tune.RunConfig(name="ray-tune", storage_path=path, storage_filesystem=fs, verbose=0,
-                                      callbacks=[_Progress(on_progress, finished, len(points))]),
+                                      # A trial whose node dies (or whose worker crashes) runs again
+                                      # on a live node; finished trials are never rerun.
+                                      failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES),
+                                      callbacks=[] if remote_driver else [_Progress(on_progress, finished, len(points))]),
         )
-        results = tuner.fit()
+        if remote_driver:
+            with _TrialWatcher(layout.run_url, {p["trial_id"] for p in todo}, on_progress, finished, len(points)):
+                results = tuner.fit()
+        else:
+            results = tuner.fit()
         if scheduler is not None:
             for name, decision in scheduler.stopped.items():
                 row = {"run_id": layout.run_id, "trial_id": name, **decision, "reason": "asha"}

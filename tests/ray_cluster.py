@@ -1,0 +1,132 @@
+"""A real two-node Ray cluster on this machine, for the `cluster` tests: `ray start --head`
+and `ray start --address` as separate process groups, each node with its own temp dir, each
+ended by its own process id.
+
+Two nodes on one machine need RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1 (with 0 the second node
+panics); Ray then resolves 127.0.0.1 to the machine's interface address for traffic
+between the nodes, which stays on this machine. Clients connect through 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from processes import stop_process_group
+
+RAY = os.path.join(os.path.dirname(sys.executable), "ray")
+NODE_ENV = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1",
+    # The Ray Client proxy forks a server per client; gRPC's fork handlers in the proxy then
+    # abort that child at random ("ev_epoll1_linux.cc: Check failed: next_worker->state ==
+    # KICKED", ray-project/ray#63202). The child execs at once, so the handlers are not needed.
+    "GRPC_ENABLE_FORK_SUPPORT": "false",
+}
+
+
+class TwoNodeRayCluster:
+    """Head (1 CPU, GCS on ``gcs_port``, Ray Client server on ``client_port``) and one
+    worker node (1 CPU). ``address`` and ``client_address`` are what `sqz --ray-address` takes."""
+
+    def __init__(self, base_dir: str, gcs_port: int, client_port: int):
+        if 10002 <= client_port <= 19999:
+            raise ValueError(f"client port {client_port} lies in Ray's worker port range 10002-19999")
+        self.base_dir, self.gcs_port, self.client_port = base_dir, gcs_port, client_port
+        self.address = f"127.0.0.1:{gcs_port}"
+        self.client_address = f"ray://127.0.0.1:{client_port}"
+        self.head: subprocess.Popen | None = None
+        self.worker: subprocess.Popen | None = None
+        self._workers_started = 0
+
+    def _start_node(self, name: str, args: list[str]) -> subprocess.Popen:
+        # Temp dirs stay short: Ray's unix socket paths under them must stay below 107 bytes.
+        temp_dir = os.path.join(self.base_dir, name)
+        os.makedirs(temp_dir, exist_ok=True)
+        log = open(os.path.join(self.base_dir, f"{name}.log"), "wb")
+        # --block keeps `ray start` in the foreground as the parent of the node's processes,
+        # so the node is ended through this process's group, not by `ray stop` (which would
+        # end every Ray on the machine, the session's local one included).
+        command = [RAY, "start", *args, "--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--temp-dir", temp_dir,
+                   "--disable-usage-stats", "--block"]  # fmt: skip
+        with log:
+            return subprocess.Popen(command, env={**os.environ, **NODE_ENV}, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)  # fmt: skip
+
+    def start(self, timeout_s: float = 120) -> None:
+        try:
+            self.head = self._start_node("head", ["--head", "--port", str(self.gcs_port), "--include-dashboard", "false",
+                                                  "--ray-client-server-port", str(self.client_port)])  # fmt: skip
+            self.wait_for_nodes(1, timeout_s)
+            self.start_worker(timeout_s)
+        except BaseException:
+            self.stop()  # nothing is left running when start-up fails
+            raise
+
+    def start_worker(self, timeout_s: float = 120) -> None:
+        """Start (or, after :meth:`kill_worker_raylet`, restart) the second node and wait until it is alive."""
+        if self.worker is not None:
+            stop_process_group(self.worker, grace_s=10)
+        self._workers_started += 1
+        self.worker = self._start_node(f"node{self._workers_started}", ["--address", self.address])
+        self.wait_for_nodes(2, timeout_s)
+
+    def nodes(self) -> list[dict]:
+        """The cluster's nodes as Ray's GCS lists them (a fresh client process: the test
+        process is connected to the session's local Ray)."""
+        script = ("import json, ray; ray.init(address=%r, logging_level='ERROR', log_to_driver=False); "
+                  "print(json.dumps([{'node_id': n['NodeID'], 'alive': n['Alive'], 'head': "
+                  "'node:__internal_head__' in n['Resources'] or n.get('IsHeadNode', False)} for n in ray.nodes()]))"
+                  ) % self.address  # fmt: skip
+        out = subprocess.run([sys.executable, "-c", script], env={**os.environ, **NODE_ENV}, capture_output=True,
+                             text=True, timeout=60)  # fmt: skip
+        if out.returncode != 0:
+            raise RuntimeError(f"could not list the cluster's nodes: {out.stderr[-1000:]}")
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    def alive_node_ids(self) -> list[str]:
+        return [n["node_id"] for n in self.nodes() if n["alive"]]
+
+    def head_node_id(self) -> str:
+        return next(n["node_id"] for n in self.nodes() if n["alive"] and n["head"])
+
+    def wait_for_nodes(self, count: int, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for name, process in (("head", self.head), (f"node{self._workers_started}", self.worker)):
+                if process is not None and process.poll() is not None:
+                    raise RuntimeError(f"the Ray {name} node exited: {self.log(name)[-1500:]}")
+            try:
+                if len(self.alive_node_ids()) == count:
+                    return
+            except (RuntimeError, subprocess.TimeoutExpired):
+                pass  # the GCS is not up yet
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the Ray cluster did not reach {count} live node(s) within {timeout_s:.0f} s")
+            time.sleep(1)
+
+    def raylet_pid(self) -> int:
+        """The second node's raylet: a child of its `ray start` process."""
+        assert self.worker is not None
+        children = subprocess.run(["pgrep", "-P", str(self.worker.pid), "-x", "raylet"], capture_output=True, text=True)
+        pids = [int(p) for p in children.stdout.split()]
+        if len(pids) != 1:
+            raise RuntimeError(f"expected one raylet under pid {self.worker.pid}, found {pids}")
+        return pids[0]
+
+    def kill_worker_raylet(self) -> None:
+        """The second node dies as a machine would: its raylet is killed outright."""
+        os.kill(self.raylet_pid(), signal.SIGKILL)
+
+    def log(self, name: str) -> str:
+        with open(os.path.join(self.base_dir, f"{name}.log"), errors="replace") as f:
+            return f.read()
+
+    def stop(self) -> None:
+        """Worker first, then head; each by its own process group."""
+        for process in (self.worker, self.head):
+            if process is not None:
+                stop_process_group(process, grace_s=10)
