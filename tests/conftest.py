@@ -132,6 +132,31 @@ def ray_address(ray_local):
     return ray.get_runtime_context().gcs_address
 
 
+def free_port_outside(low: int, high: int) -> int:
+    """A free 127.0.0.1 port not in [low, high] (e.g. Ray's worker ports)."""
+    for _ in range(100):
+        port = free_port()
+        if not low <= port <= high:
+            return port
+    raise RuntimeError(f"no free port outside {low}-{high} in 100 tries")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A real two-node Ray cluster (1 CPU each) on this machine, for the `cluster` tests,
+    started on first use (~15 s) and ended, node by node, at session end. Its client
+    port stays outside Ray's worker ports (10002-19999)."""
+    from ray_cluster import TwoNodeRayCluster
+
+    cluster = TwoNodeRayCluster(os.path.join(SESSION_DIR, "rc"), free_port_outside(10002, 19999),
+                                free_port_outside(10002, 19999))  # fmt: skip
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """moto's S3 server on a free 127.0.0.1 port, stopped (by its pid) at session end."""

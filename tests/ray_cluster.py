@@ -67,7 +67,7 @@ class TwoNodeRayCluster:
             raise
 
     def start_worker(self, timeout_s: float = 120) -> None:
-        """Start (or, after :meth:`kill_worker_raylet`, restart) the second node and wait until it is alive."""
+        """Start (or, after :meth:`kill_worker_node`, restart) the second node and wait until it is alive."""
         if self.worker is not None:
             stop_process_group(self.worker, grace_s=10)
         self._workers_started += 1
@@ -117,9 +117,14 @@ class TwoNodeRayCluster:
             raise RuntimeError(f"expected one raylet under pid {self.worker.pid}, found {pids}")
         return pids[0]
 
-    def kill_worker_raylet(self) -> None:
-        """The second node dies as a machine would: its raylet is killed outright."""
-        os.kill(self.raylet_pid(), signal.SIGKILL)
+    def kill_worker_node(self) -> int:
+        """The second node dies as a machine would: its raylet, its workers and agents are
+        killed outright (SIGKILL to the node's process group), so no task of it can finish
+        after the kill. Returns the raylet's pid."""
+        raylet = self.raylet_pid()
+        assert self.worker is not None
+        os.killpg(self.worker.pid, signal.SIGKILL)
+        return raylet
 
     def log(self, name: str) -> str:
         with open(os.path.join(self.base_dir, f"{name}.log"), errors="replace") as f:

@@ -1,0 +1,152 @@
+"""`sqz run` on a real two-node Ray cluster (tests/ray_cluster.py) with S3 storage (moto):
+placement on both nodes through a GCS address, the Ray Client path (ray://), the loss of
+a node mid-sweep, and the refusal of a local --storage path on more than one node.
+
+Every `sqz` command runs as a subprocess against the session's Prefect server; every wait
+is bounded; the cluster's nodes are ended by their process ids (conftest's ``ray_cluster``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+
+import boto3
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from sqz import metrics
+from sqz.compress import codec
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.integration]
+
+SQZ = os.path.join(os.path.dirname(sys.executable), "sqz")
+# One epoch of training on two workers (one per node), then 1-CPU trials, one per node at a time.
+TINY = ["--epochs", "1", "--workers", "2", "--bits", "6", "--max-concurrent", "2"]
+
+
+def _start_sqz_run(cwd, address: str, storage_url: str, *args: str, log=None) -> subprocess.Popen:
+    return subprocess.Popen([SQZ, "run", "--ray-address", address, "--storage", storage_url, *TINY, *args], cwd=cwd,
+                            stdout=log or subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+
+
+def _finish(process: subprocess.Popen, timeout_s: float = 600) -> str:
+    try:
+        out, _ = process.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        out, _ = process.communicate()
+        pytest.fail(f"sqz run did not finish within {timeout_s:.0f} s: {(out or '')[-3000:]}")
+    return out or ""
+
+
+def _node_ids(rows: list[dict], column: str) -> set[str]:
+    return {node for row in rows for node in row[column].split(",")}
+
+
+def test_local_storage_is_refused_with_one_line_on_two_nodes(ray_cluster, tmp_path):
+    result = subprocess.run([SQZ, "run", "--ray-address", ray_cluster.address, "--storage", str(tmp_path / "runs"), *TINY],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("sqz run: error:")]
+    assert len(errors) == 1, result.stderr[-3000:]
+    assert "a local path on a 2-node Ray cluster" in errors[0] and "s3://" in errors[0] and "--shared-mount" in errors[0]
+    assert not (tmp_path / "runs").exists()  # refused before anything was written
+
+
+def test_sqz_run_places_train_workers_and_trials_on_both_nodes(ray_cluster, s3_bucket, tmp_path):
+    nodes = set(ray_cluster.alive_node_ids())
+    assert len(nodes) == 2
+    out = _finish(_start_sqz_run(tmp_path, ray_cluster.address, f"{s3_bucket}/runs", "--thresholds", "0.33,0.25",
+                                 "--retrain-steps", "20", "--run-id", "two-nodes"))  # fmt: skip
+    assert "chosen:" in out, out[-3000:]
+    run_url = f"{s3_bucket}/runs/two-nodes"
+    epochs = metrics.read_table(run_url, "train_epochs").to_pylist()
+    trials = metrics.read_table(run_url, "sweep_trials").to_pylist()
+    assert len(epochs) == 1 and len(trials) == 2
+    assert _node_ids(epochs, "worker_node_ids") == nodes  # one Train worker on each node
+    assert {row["node_id"] for row in trials} == nodes  # the two trials ran side by side, one per node
+    print(f"train workers on {sorted(_node_ids(epochs, 'worker_node_ids'))}; trials on "
+          f"{sorted((row['trial_id'], row['node_id']) for row in trials)}")  # fmt: skip
+
+
+def _tune_errors(log_path: str) -> list[datetime]:
+    """When Tune saw a trial fail (its "Trial ... errored ... at <time>" lines), in UTC."""
+    text = open(log_path, errors="replace").read()
+    stamps = re.findall(r"Trial \S+ errored after \d+ iterations at (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)", text)
+    return [datetime.strptime(s, "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc) for s in stamps]
+
+
+def test_ray_client_run_survives_the_loss_of_a_node_mid_sweep(ray_cluster, s3_bucket, s3_endpoint, tmp_path):
+    """Through ray://: the second node (its raylet and workers) is killed while trials run; the sweep still
+    completes, interrupted trials rerun on the head, finished ones are not redone, every
+    object is readable from S3, and the node rejoins."""
+    head = ray_cluster.head_node_id()
+    second = next(n for n in ray_cluster.alive_node_ids() if n != head)
+    run_url = f"{s3_bucket}/runs/node-loss"
+    log_path = str(tmp_path / "sqz-run.log")
+    with open(log_path, "w") as log:
+        # Four trials, two at a time: while the first finishes, the second node runs another.
+        run = _start_sqz_run(tmp_path, ray_cluster.client_address, f"{s3_bucket}/runs", "--thresholds", "0.33,0.25",
+                             "--bits", "6,4", "--retrain-steps", "80", "--run-id", "node-loss", log=log)  # fmt: skip
+        try:
+            deadline = time.monotonic() + 600
+            while not (done_before := metrics.read_table(run_url, "sweep_trials").to_pylist()):
+                assert run.poll() is None, open(log_path).read()[-3000:]
+                assert time.monotonic() < deadline, "no trial finished within 600 s"
+                time.sleep(0.5)
+            killed_at = datetime.now(timezone.utc)
+            ray_cluster.kill_worker_node()
+            done_before = metrics.read_table(run_url, "sweep_trials").to_pylist()  # also any written just before the kill
+            _finish(run)
+        finally:
+            if run.poll() is None:
+                run.kill()
+    completed_at = datetime.now(timezone.utc)
+    out = open(log_path).read()
+    assert run.returncode == 0 and "chosen:" in out, out[-3000:]
+
+    trials = {row["trial_id"]: row for row in metrics.read_table(run_url, "sweep_trials").to_pylist()}
+    assert len(trials) == 4
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    bucket = s3_bucket.removeprefix("s3://")
+
+    def written_at(url: str) -> datetime:
+        return s3.head_object(Bucket=bucket, Key=url.removeprefix(f"{s3_bucket}/"))["LastModified"]
+
+    # Finished before the kill: not redone (their files were not written again).
+    for row in done_before:
+        assert written_at(trials[row["trial_id"]]["model_url"]) <= killed_at, row["trial_id"]
+    # Finished after the kill: on the head, the only node left.
+    after = [row for trial_id, row in trials.items() if trial_id not in {r["trial_id"] for r in done_before}]
+    assert after and all(row["node_id"] == head for row in after)
+    errored = [t for t in _tune_errors(log_path) if t >= killed_at.replace(microsecond=0)]
+    assert errored, "Tune never saw a trial fail: the kill landed between trials"  # an interrupted trial was rerun
+    assert second in _node_ids(metrics.read_table(run_url, "train_epochs").to_pylist(), "worker_node_ids")
+
+    # Every object the run wrote is in S3 and reads back whole: models decode, tables parse.
+    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="runs/node-loss/")
+            for o in page.get("Contents", [])]  # fmt: skip
+    assert len(keys) > 10
+    for key in keys:
+        data = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        if key.endswith(".sqz"):
+            codec.decode(data)
+        elif key.endswith(".parquet"):
+            assert pq.read_table(pa.BufferReader(data)).num_rows > 0
+    assert not [k for k in keys if "/.tmp" in k or ".tmp-" in k]  # no half-written temporaries
+
+    rejoin_started = time.monotonic()
+    ray_cluster.start_worker()
+    rejoined = set(ray_cluster.alive_node_ids())
+    assert len(rejoined) == 2 and head in rejoined and second not in rejoined  # a new node id: a fresh raylet
+    print(f"node loss timeline (UTC): kill {killed_at:%H:%M:%S.%f}; Tune saw the trial fail {errored[0]:%H:%M:%S}; "
+          f"sweep and run complete {completed_at:%H:%M:%S.%f}; node rejoined after {time.monotonic() - rejoin_started:.1f} s; "
+          f"head {head[:12]}, lost node {second[:12]}; trials before the kill "
+          f"{sorted((r['trial_id'], r['node_id'][:12]) for r in done_before)}, after "
+          f"{sorted((r['trial_id'], r['node_id'][:12]) for r in after)}")  # fmt: skip
