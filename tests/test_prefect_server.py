@@ -1,8 +1,11 @@
-"""The pipeline deployed to a real Prefect server and run by a process worker.
+"""A scheduled cloud run, simulated whole: the pipeline deployed to a real Prefect server,
+picked up by a process worker, run on a real two-node Ray cluster with S3 storage.
 
-On the session's `prefect server` (tests/conftest.py) and its local Ray, deploys
-prefect.yaml's `squeeze-pipeline-local` with `prefect deploy`, runs it through
-`prefect worker start --pool sqz-local`, and reads the flow-run states and artifacts back
+On the session's `prefect server` (tests/conftest.py), deploys prefect.yaml's
+`squeeze-pipeline-local` with `prefect deploy`, creates a run of it, and lets
+`prefect worker start --pool sqz-local` run it against the session's two-node Ray cluster
+(tests/ray_cluster.py) through ray://, as infra/'s deployments reach theirs, writing to a
+bucket on the session's moto S3 server. Then reads the flow-run states and artifacts back
 through Prefect's API. Every wait is bounded; every process is stopped by its pid.
 """
 
@@ -16,14 +19,17 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
+import uuid
 
+import boto3
 import pytest
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from prefect_readback import by_kind, keyed, links, read_run_tree
 from processes import stop_process_group
-from sqz import metrics
+from sqz import metrics, storage
 from sqz.config import DataConfig, PipelineConfig, SweepConfig, TrainConfig, config_to_dict
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -46,22 +52,32 @@ def _prefect(env, *args, timeout=300):
 
 
 @pytest.fixture(scope="module")
-def served_pipeline(prefect_server, ray_address, tmp_path_factory, request):
+def served_pipeline(prefect_server, ray_cluster, s3_endpoint, tmp_path_factory, request):
     """squeeze_pipeline deployed from prefect.yaml, run by a process worker on the
-    session's Ray; returns (api, flow run id, storage URL, folder with the worker's log)
-    once it has ended."""
+    two-node cluster with S3 storage; returns (api, flow run id, run URL, folder with the
+    worker's log) once it has ended."""
     api, env = prefect_server
     tmp_path = tmp_path_factory.mktemp("served")
-    env = {**env, "SQZ_PROJECT_DIR": ROOT}  # the deployment's pull step starts runs here
+    bucket = f"sqz-served-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
+    # The worker and its flow runs find the bucket as a cloud deployment would: the S3
+    # endpoint and region in their environment (credentials: moto's, from conftest). The
+    # test process reads the run back the same way.
+    s3_env = {"AWS_ENDPOINT_URL_S3": s3_endpoint, "AWS_REGION": "us-east-1"}
+    patch = pytest.MonkeyPatch()
+    request.addfinalizer(patch.undo)
+    for name, value in s3_env.items():
+        patch.setenv(name, value)
+    env = {**env, **s3_env, "SQZ_PROJECT_DIR": ROOT}  # the deployment's pull step starts runs here
     _prefect(env, "work-pool", "create", "sqz-local", "--type", "process")
     out = _prefect(env, "deploy", "--name", "squeeze-pipeline-local")
     assert "squeeze_pipeline/squeeze-pipeline-local" in out
 
-    storage_url = str(tmp_path / "runs")
-    workdir = tempfile.mkdtemp(prefix="sq", dir="/tmp")  # Ray's socket paths under it stay short
+    storage_url = f"s3://{bucket}/runs"
+    workdir = tempfile.mkdtemp(prefix="sq", dir="/tmp")
     request.addfinalizer(lambda: shutil.rmtree(workdir, ignore_errors=True))
     config = config_to_dict(PipelineConfig(
-        data=DataConfig(), train=TrainConfig(epochs=1, workers=1),
+        data=DataConfig(), train=TrainConfig(epochs=1, workers=2),
         sweep=SweepConfig(thresholds=(0.3, 0.9), bits=(4,), retrain_epochs=0, max_concurrent=2,
                           quant={"bits": 8, "finetune_epochs": 0, "distill_steps": 0}),
         storage_url=storage_url,
@@ -69,7 +85,7 @@ def served_pipeline(prefect_server, ray_address, tmp_path_factory, request):
     with temporary_settings({PREFECT_API_URL: api}):
         flow_run = run_deployment("squeeze_pipeline/squeeze-pipeline-local", timeout=0,
                                   parameters={"config": config, "run_id": "served", "workdir": workdir,
-                                              "ray_address": ray_address})  # the session's Ray, not one more  # fmt: skip
+                                              "ray_address": ray_cluster.client_address})  # fmt: skip
 
         worker_log = open(tmp_path / "worker.log", "wb")
         worker = subprocess.Popen([PREFECT, "worker", "start", "--pool", "sqz-local", "--type", "process"],
@@ -87,11 +103,17 @@ def served_pipeline(prefect_server, ray_address, tmp_path_factory, request):
         finally:
             stop_process_group(worker)
             worker_log.close()
-    return api, flow_run.id, storage_url, tmp_path
+    return api, flow_run.id, f"{storage_url}/served", tmp_path
+
+
+def _linked_object(link: str) -> str:
+    """The s3:// URL a presigned link opens (path-style: /bucket/key)."""
+    assert link.startswith("http://127.0.0.1:") and "X-Amz-Signature=" in link, link
+    return "s3://" + urllib.parse.unquote(urllib.parse.urlsplit(link).path).lstrip("/")
 
 
 def test_deployed_pipeline_runs_through_a_process_worker(served_pipeline):
-    api, flow_run_id, storage_url, tmp_path = served_pipeline
+    api, flow_run_id, run_url, tmp_path = served_pipeline
     with temporary_settings({PREFECT_API_URL: api}):
         from prefect.client.orchestration import get_client
 
@@ -104,8 +126,7 @@ def test_deployed_pipeline_runs_through_a_process_worker(served_pipeline):
     assert tree["task_runs"] and all(t.state.is_completed() for t in tree["task_runs"])
 
     kinds = by_kind(tree["artifacts"])
-    run_url = os.path.join(storage_url, "served")
-    report = open(os.path.join(run_url, "report", "report.md")).read()
+    report = storage.read_bytes(f"{run_url}/report/report.md").decode()
     (report_artifact,) = keyed(tree["artifacts"], "-report")
     assert re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "pareto.png", report_artifact.data) == report
     trials = metrics.read_table(run_url, "sweep_trials").to_pylist()
@@ -114,11 +135,14 @@ def test_deployed_pipeline_runs_through_a_process_worker(served_pipeline):
     rows = json.loads(table) if isinstance(table, str) else table
     assert len(trials) == 2 and sorted(r["trial_id"] for r in rows) == sorted(t["trial_id"] for t in trials)
     assert sorted(a.data for a in kinds["progress"]) == [100.0, 100.0]  # training and sweep
-    linked = links(tree["artifacts"])
-    expected = {f"file://{t['model_url']}" for t in trials} | {f"file://{run_url}/models/baseline.safetensors",
-                                                               f"file://{run_url}/report/report.md"}  # fmt: skip
-    expected |= {f"file://{url}" for table in ("train_epochs", "sweep_trials") for url in metrics.table_files(run_url, table)}
+    linked = {_linked_object(link) for link in links(tree["artifacts"])}
+    expected = {t["model_url"] for t in trials} | {f"{run_url}/models/baseline.safetensors", f"{run_url}/report/report.md"}
+    expected |= {url for table in ("train_epochs", "sweep_trials") for url in metrics.table_files(run_url, table)}
     assert expected <= linked
+    # It ran on the cluster: the Train workers and the two trials on both of its nodes.
+    epochs = metrics.read_table(run_url, "train_epochs").to_pylist()
+    assert len({node for row in epochs for node in row["worker_node_ids"].split(",")}) == 2
+    assert len({row["node_id"] for row in trials}) == 2
     print("artifacts of the deployed pipeline run:")
     for artifact in sorted(tree["artifacts"], key=lambda a: (a.type, a.key or "")):
         print(f"  {artifact.type:9} {artifact.key or '-':48} {str(artifact.data).splitlines()[0][:80]}")
