@@ -32,7 +32,7 @@ from processes import stop_process_group
 from sqz import metrics, storage
 from sqz.config import DataConfig, PipelineConfig, SweepConfig, TrainConfig, config_to_dict
 
-pytestmark = [pytest.mark.slow, pytest.mark.integration]
+pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.cluster]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PREFECT = os.path.join(os.path.dirname(sys.executable), "prefect")
