@@ -117,13 +117,36 @@ class TwoNodeRayCluster:
             raise RuntimeError(f"expected one raylet under pid {self.worker.pid}, found {pids}")
         return pids[0]
 
+    def worker_node_runs(self, actor_class: str) -> bool:
+        """Whether an actor of ``actor_class`` (e.g. Tune's ``ImplicitFunc`` trial actor) is
+        alive on the second node: Ray titles its worker processes ``ray::<class>...``."""
+        found = subprocess.run(["pgrep", "-P", str(self.raylet_pid()), "-f", f"^ray::{actor_class}"],
+                               capture_output=True, text=True)  # fmt: skip
+        return bool(found.stdout.split())
+
+    def _descendants(self, pid: int) -> list[int]:
+        children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+        return [p for child in map(int, children) for p in (child, *self._descendants(child))]
+
     def kill_worker_node(self) -> int:
-        """The second node dies as a machine would: its raylet, its workers and agents are
-        killed outright (SIGKILL to the node's process group), so no task of it can finish
-        after the kill. Returns the raylet's pid."""
-        raylet = self.raylet_pid()
+        """The second node dies as a machine would: its raylet and every process under it
+        (workers, agents) are killed outright, so no task of it finishes after the kill.
+        Ray workers run in sessions of their own, so the node's process group is not enough:
+        its process tree is collected first (children are re-parented once the raylet dies).
+        Returns the raylet's pid."""
         assert self.worker is not None
-        os.killpg(self.worker.pid, signal.SIGKILL)
+        raylet = self.raylet_pid()
+        tree = [self.worker.pid, *self._descendants(self.worker.pid)]
+        for pid in tree:
+            try:
+                os.kill(pid, signal.SIGSTOP)  # nothing in the tree acts (or forks) while it is being killed
+            except ProcessLookupError:
+                pass
+        for pid in tree:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         return raylet
 
     def log(self, name: str) -> str:
