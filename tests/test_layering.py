@@ -9,6 +9,8 @@ import pkgutil
 import subprocess
 import sys
 
+import pytest
+
 import sqz
 
 CLI = ["sqz.cli", *(f"sqz.cli.{m.name}" for m in pkgutil.iter_modules([os.path.join(os.path.dirname(sqz.__file__), "cli")])
@@ -51,11 +53,13 @@ def test_cli_parser_builds_without_torch_ray_or_prefect():
     assert _loaded_after_importing(["sqz.cli"], ("ray", "torch", "prefect"), then=building) == []
 
 
+@pytest.mark.slow
 def test_ray_layer_imports_no_prefect():
     assert len(DISTRIBUTED) > 3
     assert _loaded_after_importing(DISTRIBUTED, ("prefect",)) == []
 
 
+@pytest.mark.slow
 def test_detector_sees_what_is_imported():
     # The checks above are only meaningful if the detector sees a package when it is imported.
     assert _loaded_after_importing(["sqz.distributed.cluster"], ("ray", "prefect")) == ["ray"]
