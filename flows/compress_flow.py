@@ -112,7 +112,7 @@ def import_released(file_url: str, out_url: str, bits: int | None = None, method
         calibration_images: calibration crops used (a fixed subset; the rest is held out for fidelity).
         run_url: a run folder whose fidelity table gets the result's row; empty: none.
     """
-    from sqz.import_dc import ImportOptions
+    from sqz.config import ImportOptions
 
     options = {"bits": bits, "method": method, "calibrate": calibrate, "size_budget": size_budget, "weighting": weighting,
                "distill_steps": distill_steps, "distill_lr": distill_lr, "calibration_images": calibration_images}  # fmt: skip

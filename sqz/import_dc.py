@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -22,9 +21,10 @@ import torch
 from sqz.compress import codec
 from sqz.compress.dcnet import load_dcnet
 from sqz.compress.kmeans import distill_codebooks_, quantize_
-from sqz.config import QuantConfig
+# ImportOptions lives in sqz.config (torch-free: the CLI builds its parser from the defaults).
+from sqz.config import ImportOptions
 from sqz.data import normalize_batch
-from sqz.fidelity import (allocate_bits, calibration_sets, check_calibration_source, fidelity, fisher_importance,
+from sqz.fidelity import (allocate_bits, calibration_sets, fidelity, fisher_importance,
                           layer_bit_options, logits_of, quantize_with_bits_, smallest_file, subsample)  # fmt: skip
 
 __all__ = ["ImportOptions", "import_released", "import_to", "BUDGET_BITS", "RELEASED_INPUT"]
@@ -32,51 +32,6 @@ __all__ = ["ImportOptions", "import_released", "import_to", "BUDGET_BITS", "RELE
 RELEASED_INPUT = {"image_size": 227, "normalization": "caffe"}  # Caffe's convention, recorded in the file
 BUDGET_BITS = (3, 4, 5, 6, 7, 8)  # the widths a byte budget chooses among, per layer
 _FISHER_BATCH = 32
-
-
-@dataclass(frozen=True)
-class ImportOptions:
-    bits: int | None = None  # re-cluster at this width (None: keep the released codebooks, unless a budget)
-    method: str = "exact"
-    calibrate: str | None = None  # photos | a folder of images | a prepared dataset
-    size_budget: int | None = None  # bytes; per-layer widths from BUDGET_BITS
-    weighting: str = "fisher"  # with calibrate: "fisher" or "none" (weight MSE)
-    # The defaults are what bench/bench_fidelity.py measured (a few CPU minutes each): the
-    # distillation loss was still falling at 32 steps, so more steps may pay where compute is.
-    distill_steps: int = 32  # with calibrate: centroid fine-tuning steps (0: none)
-    distill_lr: float = 1e-4
-    distill_batch: int = 16
-    calibration_images: int = 384  # calibration crops used (a fixed subset)
-    fisher_images: int = 256  # of those, the ones the Fisher pass sees
-    seed: int = 0
-    quant: QuantConfig = field(init=False)
-
-    def __post_init__(self) -> None:
-        if self.bits is not None and not 1 <= self.bits <= 8:
-            raise ValueError(f"--bits: must be in 1..8, got {self.bits}")
-        object.__setattr__(self, "quant", QuantConfig(bits=self.bits or 8, method=self.method))  # validates the method
-        if self.size_budget is not None and not (int(self.size_budget) == self.size_budget and self.size_budget > 0):
-            raise ValueError(f"--size-budget: must be a positive number of bytes, got {self.size_budget}")
-        if self.weighting not in ("fisher", "none"):
-            raise ValueError(f"--weighting: must be fisher or none, got {self.weighting!r}")
-        if self.distill_steps < 0:
-            raise ValueError(f"--distill-steps: must be >= 0, got {self.distill_steps}")
-        if not self.distill_lr > 0:
-            raise ValueError(f"--distill-lr: must be positive, got {self.distill_lr}")
-        if self.distill_batch < 1 or self.calibration_images < 1 or self.fisher_images < 1:
-            raise ValueError("--calibration-images/--fisher-images/distill batch: must be at least 1")
-        if self.calibrate is not None:
-            check_calibration_source(self.calibrate)
-            if self.bits is None and self.size_budget is None:
-                raise ValueError("--calibrate: give --bits or --size-budget (the released codebooks are kept as they are otherwise)")
-
-    @property
-    def uses_fisher(self) -> bool:
-        return self.calibrate is not None and self.weighting == "fisher"
-
-    @property
-    def uses_distillation(self) -> bool:
-        return self.calibrate is not None and self.distill_steps > 0
 
 
 def import_released(source: bytes, options: ImportOptions, *, log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:

@@ -33,6 +33,12 @@ os.environ["PREFECT_HOME"] = os.path.join(SESSION_DIR, "prefect")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "120"
 os.makedirs(os.environ["PREFECT_HOME"], exist_ok=True)
+# OpenMP threads that sleep when idle instead of spinning. torch's 2 intra-op threads spin
+# between parallel regions; with the session's Prefect server, Ray and moto sharing the
+# 2 cores, a spinning thread that lost its core stalls every region: 4 digits epochs took
+# 82 s instead of 7 s beside one busy process (5 s quiet either way). Read by libgomp when
+# torch loads, and inherited by every subprocess and Ray worker.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # moto's dummy credentials, set before any Ray starts so that Ray's worker processes
 # (Ray Data read tasks on s3://) inherit them; a developer's real keys never reach tests.
 os.environ["AWS_ACCESS_KEY_ID"] = "testing"

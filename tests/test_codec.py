@@ -109,6 +109,7 @@ def _repack(header: dict, payload: bytes) -> bytes:
     return struct.pack("<4sHHII", b"SQZ\0", version, 0, len(packed), len(raw)) + packed + struct.pack("<I", zlib.crc32(packed)) + payload
 
 
+@pytest.mark.slow
 @settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_fuzzed_files_fail_cleanly(data):
@@ -134,6 +135,7 @@ _SHAPES = [p.shape for p in decode(_SMALL).parameters()]
 
 
 # Each example decodes a whole model (~0.1 s): 400 keep the test near 40 s.
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data(), st.sampled_from(["v3", "v2"]))
 def test_hostile_files_with_valid_checksums_fail_cleanly(data, which):

@@ -43,6 +43,7 @@ def test_image_folder_layout(tmp_path):
     assert len(val) == 4 and val.classes == ["n01", "n02"] and val[0][0].shape == (3, 32, 32)
 
 
+@pytest.mark.slow
 def test_training_lowers_loss_and_evaluate_counts(digits_data):
     torch.manual_seed(0)
     model = build_model("squeezenet_small", num_classes=10)

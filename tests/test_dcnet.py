@@ -28,6 +28,7 @@ def test_released_model_reads_with_the_documented_counts(released_bytes):
     assert all(len(torch.unique(t)) <= 256 for t in weights)
 
 
+@pytest.mark.slow
 @needs_release
 def test_reencoded_as_sqz_is_lossless_and_smaller(released_bytes, tmp_path, capsys):
     model = load_dcnet(released_bytes)

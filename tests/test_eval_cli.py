@@ -63,6 +63,7 @@ def temple_val(tmp_path_factory):
 
 
 @needs_release
+@pytest.mark.slow
 def test_released_model_with_caffe_convention_gets_the_photo_right(released_sqz, temple_val, tmp_path, capsys):
     run = str(tmp_path / "evals")
     # No --normalize: the .sqz records the Caffe convention (227, BGR, mean) at import.

@@ -9,6 +9,8 @@ import pkgutil
 import subprocess
 import sys
 
+import pytest
+
 import sqz
 
 CLI = ["sqz.cli", *(f"sqz.cli.{m.name}" for m in pkgutil.iter_modules([os.path.join(os.path.dirname(sqz.__file__), "cli")])
@@ -22,10 +24,13 @@ CORE = ["sqz", "sqz.config", "sqz.models", "sqz.data", "sqz.engine", "sqz.compre
         *CLI]  # fmt: skip
 
 
-def _loaded_after_importing(modules: list[str], roots: tuple[str, ...]) -> list[str]:
+def _loaded_after_importing(modules: list[str], roots: tuple[str, ...], then: str = "") -> list[str]:
+    """The packages among ``roots`` loaded once ``modules`` are imported and the ``then``
+    statement ran."""
     code = (
         "import importlib, json, sys\n"
         f"for name in {modules!r}: importlib.import_module(name)\n"
+        f"{then}\n"
         f"print(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}} & {set(roots)!r})))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -41,12 +46,22 @@ def test_cli_imports_neither_ray_nor_torch_nor_prefect_at_module_level():
     assert _loaded_after_importing(CLI, ("ray", "torch", "prefect")) == []
 
 
+def test_cli_parser_builds_without_torch_ray_or_prefect():
+    # `sqz --help` builds every command's parser, whose help shows the configs' defaults:
+    # those must come from torch-free modules (sqz.config), not from the modules that run them.
+    building = "import sqz.cli; assert 'import-dc' in sqz.cli.build_parser().format_help()"
+    assert _loaded_after_importing(["sqz.cli"], ("ray", "torch", "prefect"), then=building) == []
+
+
+@pytest.mark.slow
 def test_ray_layer_imports_no_prefect():
     assert len(DISTRIBUTED) > 3
     assert _loaded_after_importing(DISTRIBUTED, ("prefect",)) == []
 
 
+@pytest.mark.slow
 def test_detector_sees_what_is_imported():
-    # The checks above are only meaningful if the detector sees a package when it is imported.
-    assert _loaded_after_importing(["sqz.distributed.cluster"], ("ray", "prefect")) == ["ray"]
+    # The checks above are only meaningful if the detector sees a package when it is imported,
+    # by a module or by the ``then`` statement (torch here; the parser check runs its code so).
+    assert _loaded_after_importing(["sqz.distributed.cluster"], ("ray", "prefect", "torch"), then="import torch") == ["ray", "torch"]
     assert _loaded_after_importing(["flows.common"], ("prefect",)) == ["prefect"]

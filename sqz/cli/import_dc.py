@@ -14,7 +14,7 @@ __all__ = ["add_parser", "command"]
 
 
 def add_parser(sub: Any) -> None:
-    from sqz.import_dc import ImportOptions
+    from sqz.config import ImportOptions
 
     import_dc = sub.add_parser("import-dc", help="convert the released Deep Compression .net file to .sqz",
                                description="Read the Deep Compression authors' compressed_SqueezeNet.net into "
@@ -47,7 +47,7 @@ def add_parser(sub: Any) -> None:
 def command(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from sqz.import_dc import ImportOptions
+    from sqz.config import ImportOptions
 
     if args.calibrate is None and (args.weighting is not None or args.distill_steps is not None):
         raise ValueError("--weighting/--distill-steps: need --calibrate (the images they are computed on)")
