@@ -61,3 +61,28 @@ def test_sweep_logs_a_line_per_finished_trial_with_what_is_left(caplog):
     lines = [r.getMessage() for r in caplog.records if r.name == "sqz.sweep"]
     assert lines[0].startswith("trial density0.33-b6 done: 256,908 bytes, top-1 98.89; 2 of 4 left, ETA ")
     assert lines[1].startswith("trial density0.25-b4 done: stopped early at top-1 40.00; 1 of 4 left")
+
+
+def test_trial_watcher_announces_the_rows_of_the_trials_it_waits_for(tmp_path, caplog):
+    """Through ray://, Tune's callbacks run on the cluster: the driver follows the
+    sweep_trials rows instead, and announces only the trials of this sweep, once each."""
+    from sqz.distributed.sweep import _TrialWatcher
+
+    run_url = str(tmp_path / "run")
+
+    def row(trial_id: str, size: int, top1: float) -> dict:
+        return {"run_id": "r", "trial_id": trial_id, "size_bytes": size, "top1": top1}
+
+    metrics.write_rows(run_url, "sweep_trials", [row("density0.5-b8", 400000, 98.0)], writer_id="density0.5-b8")  # done before
+    calls = []
+    caplog.set_level(logging.INFO, logger="sqz")
+    with _TrialWatcher(run_url, {"density0.33-b6", "density0.25-b4"}, lambda done, total: calls.append((done, total)),
+                       finished=1, total=3, interval_s=0.05):  # fmt: skip
+        metrics.write_rows(run_url, "sweep_trials", [row("density0.33-b6", 256908, 98.89)], writer_id="density0.33-b6")
+        metrics.write_rows(run_url, "sweep_trials", [row("density0.25-b4", 201074, 96.11)], writer_id="density0.25-b4")
+    assert calls == [(2, 3), (3, 3)]
+    lines = [r.getMessage() for r in caplog.records if r.name == "sqz.sweep"]
+    # Both rows may land in one poll, in either order: what each line says, and the count down.
+    assert sorted(line.split(";")[0] for line in lines) == ["trial density0.25-b4 done: 201,074 bytes, top-1 96.11",
+                                                            "trial density0.33-b6 done: 256,908 bytes, top-1 98.89"]
+    assert "; 1 of 3 left, ETA " in lines[0] and lines[1].endswith("; 0 of 3 left, ETA 0s")

@@ -18,9 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import contextvars
 import math
-import threading
 import time
 from typing import Any, Callable
 
@@ -33,6 +31,7 @@ from ray.tune.execution import class_cache as _tune_class_cache
 
 from sqz import metrics, sensitivity, storage
 from sqz.compress import codec
+from sqz.distributed.follow import RowFollower
 from sqz.logs import format_eta, terminal_bar
 from sqz.config import DataConfig, PruneConfig, SensitivityConfig, SweepConfig, config_from_dict, config_to_dict
 from sqz.runs import RunLayout
@@ -245,19 +244,20 @@ class _Progress(tune.Callback):
                 self.bar.close()
 
 
-class _TrialWatcher:
+class _TrialWatcher(RowFollower):
     """Through Ray Client, ``Tuner.fit`` runs on the cluster, and so do Tune's callbacks:
     a callback there can reach neither this process's logs nor its Prefect run. Instead,
     this thread in the driver follows the run's ``sweep_trials`` rows (a row marks a trial
     done) and announces each new one, as :class:`_Progress` does in-process."""
 
+    thread_name = "sqz-trial-watcher"
+
     def __init__(self, run_url: str, todo: set[str], on_progress: Callable[[int, int], None] | None,
                  finished: int, total: int, interval_s: float = 2.0) -> None:  # fmt: skip
+        super().__init__(interval_s)
         self.run_url, self.todo, self.on_progress = run_url, set(todo), on_progress
-        self.finished, self.total, self.interval_s = finished, total, interval_s
+        self.finished, self.total = finished, total
         self.started, self.ended_here = time.monotonic(), 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def poll(self) -> None:
         for row in metrics.read_table(self.run_url, "sweep_trials").to_pylist():
@@ -271,29 +271,6 @@ class _TrialWatcher:
                       self.finished, self.total, eta)  # fmt: skip
             if self.on_progress is not None:
                 self.on_progress(self.finished, self.total)
-
-    def _follow(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                self.poll()
-            except Exception as exc:  # a progress line must never end a sweep
-                _log.debug("trial watcher: %s", exc)
-
-    def __enter__(self) -> "_TrialWatcher":
-        # The caller's context (Prefect's flow run) goes along, so the lines land in its log.
-        self._thread = threading.Thread(target=contextvars.copy_context().run, args=(self._follow,),
-                                        name="sqz-trial-watcher", daemon=True)  # fmt: skip
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-        try:
-            self.poll()  # the last trials, written since the last poll
-        except Exception as exc:
-            _log.debug("trial watcher: %s", exc)
 
 
 def sweep(layout: RunLayout, sweep_cfg: SweepConfig, data_cfg: DataConfig, arch: dict[str, Any], *,

@@ -12,12 +12,10 @@ validation top-1 and always the latest. Rank 0 writes one ``train_epochs`` row p
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import math
 import os
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -38,6 +36,7 @@ from sqz.compress.prune import attach_masks_
 from sqz.config import DataConfig, TrainConfig, config_from_dict, config_to_dict
 from sqz.data import load_split, make_loader, read_manifest
 from sqz.distributed import stream
+from sqz.distributed.follow import RowFollower
 from sqz.models import build_model, count_parameters
 from sqz.runs import RunLayout
 
@@ -204,7 +203,7 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                              checkpoint_dir_name=f"checkpoint_epoch-{epoch:04d}")  # fmt: skip
 
 
-class EpochWatcher:
+class EpochWatcher(RowFollower):
     """Follows the run's ``train_epochs`` rows from the driver while Ray Train runs.
 
     Rank 0 writes one row per epoch into the run's storage; the driver reads them back
@@ -213,14 +212,15 @@ class EpochWatcher:
     ``on_epoch`` with the progress: epoch k of n, images/s, ETA. Epochs finished by an
     earlier, interrupted run count as done and are not announced again."""
 
+    thread_name = "sqz-epoch-watcher"
+
     def __init__(self, run_url: str, epochs: int, on_epoch: Callable[[dict[str, Any]], None] | None = None,
                  interval_s: float = 2.0, bar: bool = False) -> None:  # fmt: skip
-        self.run_url, self.epochs, self.on_epoch, self.interval_s = run_url, epochs, on_epoch, interval_s
+        super().__init__(interval_s)
+        self.run_url, self.epochs, self.on_epoch = run_url, epochs, on_epoch
         self.seen = {row["epoch"] for row in self._rows()}
         self.bar = terminal_bar(epochs, "train", "epoch", initial=len(self.seen)) if bar else None
         self.wall_s: list[float] = []
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def _rows(self) -> list[dict[str, Any]]:
         return metrics.read_table(self.run_url, "train_epochs").to_pylist()
@@ -247,29 +247,8 @@ class EpochWatcher:
             announced.append(progress)
         return announced
 
-    def _follow(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                self.poll()
-            except Exception as exc:  # a progress line must never end a training
-                _log.debug("epoch watcher: %s", exc)
-
-    def __enter__(self) -> "EpochWatcher":
-        # The caller's context (e.g. Prefect's flow run) goes along, so that log records
-        # from this thread are attributed to the same run.
-        self._thread = threading.Thread(target=contextvars.copy_context().run, args=(self._follow,),
-                                        name="sqz-epoch-watcher", daemon=True)  # fmt: skip
-        self._thread.start()
-        return self
-
     def __exit__(self, *exc_info: Any) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-        try:
-            self.poll()  # the last epochs, written just before fit() returned
-        except Exception as exc:
-            _log.debug("epoch watcher: %s", exc)
+        super().__exit__(*exc_info)
         if self.bar is not None:
             self.bar.close()
 
