@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -117,11 +118,12 @@ class TwoNodeRayCluster:
             raise RuntimeError(f"expected one raylet under pid {self.worker.pid}, found {pids}")
         return pids[0]
 
-    def worker_node_runs(self, actor_class: str) -> bool:
-        """Whether an actor of ``actor_class`` (e.g. Tune's ``ImplicitFunc`` trial actor) is
-        alive on the second node: Ray titles its worker processes ``ray::<class>...``."""
-        found = subprocess.run(["pgrep", "-P", str(self.raylet_pid()), "-f", f"^ray::{actor_class}"],
-                               capture_output=True, text=True)  # fmt: skip
+    def worker_node_runs(self, actor_method: str) -> bool:
+        """Whether the second node is executing ``actor_method`` (e.g. ``ImplicitFunc.train``,
+        a Tune trial at work) right now: Ray titles a worker process
+        ``ray::<class>.<method>`` while it runs that method and ``ray::<class>`` when idle."""
+        pattern = "^ray::" + re.escape(actor_method) + "([^A-Za-z0-9_]|$)"
+        found = subprocess.run(["pgrep", "-P", str(self.raylet_pid()), "-f", pattern], capture_output=True, text=True)
         return bool(found.stdout.split())
 
     def _descendants(self, pid: int) -> list[int]:

@@ -100,8 +100,9 @@ def test_ray_client_sweep_survives_the_loss_of_a_node(ray_cluster, s3_bucket, s3
                                cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, text=True)  # fmt: skip
         try:
             deadline = time.monotonic() + 600
-            # The kill lands once a trial has finished and while another runs on the second node.
-            while not (metrics.read_table(run_url, "sweep_trials").num_rows and ray_cluster.worker_node_runs("ImplicitFunc")):
+            # The kill lands once a trial has finished and while another is at work on the second node
+            # (not merely an idle trial actor that has finished).
+            while not (metrics.read_table(run_url, "sweep_trials").num_rows and ray_cluster.worker_node_runs("ImplicitFunc.train")):
                 assert run.poll() is None, open(log_path).read()[-3000:]
                 assert time.monotonic() < deadline, "no trial finished within 600 s with another on the second node"
                 time.sleep(0.5)
