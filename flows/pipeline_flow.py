@@ -10,7 +10,6 @@ progress, the report with its plot, the trials table and the run's files.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from typing import Any
 
@@ -53,23 +52,21 @@ def squeeze_pipeline(config: dict[str, Any] | None = None, run_id: str | None = 
     pipeline = config_from_dict(PipelineConfig, config or {})  # bad input fails here, before any work
     values = config_to_dict(pipeline)
     logger = get_run_logger()
+    labels = run_tags(model=pipeline.train.model, data_url=pipeline.data.url, bits=pipeline.sweep.bits,
+                      prune_mode=pipeline.sweep.prune_mode)  # fmt: skip
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(ray_session(ray_address, workdir=workdir))
+    with ray_session(ray_address, workdir=workdir), tags(*labels):
         seconds["ray_start"], clock = time.perf_counter() - clock, time.perf_counter()
         # Checked on the connected cluster, before the run folder is claimed or anything written.
         require_shared_storage(pipeline.storage_url, shared_mount=shared_mount)
         run_url = record_manifest(values, run_id)
         run = RunLayout(run_url).run_id
-        labels = run_tags(model=pipeline.train.model, data_url=pipeline.data.url, bits=pipeline.sweep.bits,
-                          prune_mode=pipeline.sweep.prune_mode)  # fmt: skip
         label_flow_run(f"{run}/pipeline", labels)
         logger.info("run %s -> %s", run, run_url)
         train_progress = Progress(run, "train", f"training of sqz run {run}: epochs done")
         sweep_progress = Progress(run, "sweep", f"sweep of sqz run {run}: trials finished")
         arch = {"name": pipeline.train.model, "kwargs": {"num_classes": pipeline.train.num_classes}}
-        stack.enter_context(tags(*labels))
         logger.info("stage 1/3 train: %s, %d workers, %d epochs", pipeline.train.model,
                     pipeline.train.workers, pipeline.train.epochs)  # fmt: skip
         # Each stage's flow run is named after the run and the stage at creation (the UI lists them so).

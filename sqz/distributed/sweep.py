@@ -15,6 +15,7 @@ keeps every finished trial and raises, naming how many are left; the rerun does 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -25,9 +26,9 @@ from typing import Any, Callable
 import ray
 import torch
 from ray import tune
+from ray.tune.execution import class_cache as _tune_class_cache
 from ray.tune.schedulers import ASHAScheduler
 from ray.util.client import ray as ray_client
-from ray.tune.execution import class_cache as _tune_class_cache
 
 from sqz import metrics, sensitivity, storage
 from sqz.compress import codec
@@ -322,10 +323,9 @@ def sweep(layout: RunLayout, sweep_cfg: SweepConfig, data_cfg: DataConfig, arch:
                                       failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES),
                                       callbacks=[] if remote_driver else [_Progress(on_progress, finished, len(points))]),
         )
-        if remote_driver:
-            with _TrialWatcher(layout.run_url, {p["trial_id"] for p in todo}, on_progress, finished, len(points)):
-                results = tuner.fit()
-        else:
+        watcher = (_TrialWatcher(layout.run_url, {p["trial_id"] for p in todo}, on_progress, finished, len(points))
+                   if remote_driver else contextlib.nullcontext())  # fmt: skip
+        with watcher:
             results = tuner.fit()
         if scheduler is not None:
             for name, decision in scheduler.stopped.items():
