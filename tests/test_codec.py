@@ -235,9 +235,12 @@ def _roundtrip_layer(weights, shape):
     for mode in range(len(context_coder.POSITION_MODELS)):
         blob = context_coder.encode_positions(flags, rows, kernel, mode)
         assert np.array_equal(context_coder.decode_positions(blob, rows, weights.size // rows, kernel, positions.size, mode), flags)
-    for model in (0, 7, 13, 27, 31):  # every flag bit on and off
-        blob = context_coder.encode_codes(levels, flags, rows, kernel, negatives, distinct.size - negatives, model)
-        assert np.array_equal(context_coder.decode_codes(blob, flags, rows, kernel, negatives, distinct.size - negatives, model), levels)
+    predictor = context_coder.fit_predictor(levels, flags, rows, kernel, negatives, distinct)
+    assert len(predictor) == context_coder.PREDICTOR_TAPS and all(abs(c) <= context_coder.COEFFICIENT_LIMIT for c in predictor)
+    for model in (0, 7, 13, 27, 31, 32, 45, 63):  # every flag bit on and off
+        blob = context_coder.encode_codes(levels, flags, rows, kernel, negatives, distinct.size - negatives, model, distinct, predictor)
+        decoded = context_coder.decode_codes(blob, flags, rows, kernel, negatives, distinct.size - negatives, model, distinct, predictor)
+        assert np.array_equal(decoded, levels)
 
 
 @pytest.mark.parametrize("bits", range(1, 9))
@@ -319,6 +322,32 @@ def test_context_decoders_on_random_bytes_keep_their_invariants():
         assert flags.size == rows * inner and int(flags.sum()) == nonzero
         negatives = int(rng.integers(0, 256))
         positives = max(1, int(rng.integers(0, 257 - negatives)))
-        levels = context_coder.decode_codes(data, flags, rows, kernel, negatives, positives, int(rng.integers(0, context_coder.CODE_MODELS)))
+        book = np.sort(rng.standard_normal(negatives + positives)).astype(np.float32)
+        taps = [int(c) for c in rng.integers(-context_coder.COEFFICIENT_LIMIT, context_coder.COEFFICIENT_LIMIT + 1, context_coder.PREDICTOR_TAPS)]
+        levels = context_coder.decode_codes(data, flags, rows, kernel, negatives, positives, int(rng.integers(0, context_coder.CODE_MODELS)), book, taps)
         if levels is not None:
             assert np.array_equal(levels != 0, flags != 0) and levels.min() >= -negatives and levels.max() <= positives
+
+
+def test_codes_predictor_is_fitted_stored_and_checked():
+    """A layer whose neighbouring weights are alike: the encoder picks the prediction
+    context (model bit 32) and stores its taps; a file whose taps are missing or out of
+    range is refused with a clear error."""
+    torch.manual_seed(0)
+    model = build_model("squeezenet_small", num_classes=2)
+    weights = [p for p in model.parameters() if p.dim() == 4 and p.shape[-1] == 3]
+    with torch.no_grad():
+        for p in weights:  # smooth kernels: each tap a small step from its left neighbour
+            p.copy_(torch.cumsum(torch.randn_like(p) * 0.1, dim=-1) + torch.randn(p.shape[:2] + (1, 1)))
+    quantize_(model, QuantConfig(bits=6))
+    data = encode(model)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), decode(data).state_dict().values()))
+    header, payload = read_header(data)
+    predicted = [e for e in header["tensors"] if isinstance(e.get("codes_model"), int) and e["codes_model"] & 32]
+    assert predicted and all(len(e["codes_predictor"]) == context_coder.PREDICTOR_TAPS for e in predicted)
+    for bad in (None, [1] * 5, [context_coder.COEFFICIENT_LIMIT + 1] + [0] * 5, [True] * 6):
+        hostile = json.loads(json.dumps(header))
+        entry = next(e for e in hostile["tensors"] if e["name"] == predicted[0]["name"])
+        entry["codes_predictor"] = bad
+        with pytest.raises(CorruptFileError, match="codes predictor"):
+            decode(_repack(hostile, bytes(payload)))

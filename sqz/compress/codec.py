@@ -236,16 +236,19 @@ def _shared_streams_v3(encoder: _Encoder, name: str, shape: list[int], distinct:
         ((m, context_coder.encode_positions(flags, rows, kernel, i)) for i, m in enumerate(context_coder.POSITION_MODELS)),
         key=lambda item: len(item[1]),
     )  # fmt: skip
+    predictor = context_coder.fit_predictor(levels, flags, rows, kernel, negatives, distinct)
     code_model, code_blob = min(
-        ((m, context_coder.encode_codes(levels, flags, rows, kernel, negatives, distinct.size - negatives, m)) for m in _CODE_MODELS_TRIED),
+        ((m, context_coder.encode_codes(levels, flags, rows, kernel, negatives, distinct.size - negatives, m, distinct, predictor))
+         for m in _CODE_MODELS_TRIED),
         key=lambda item: len(item[1]),
     )  # fmt: skip
+    extra = {"codes_predictor": predictor} if code_model & _PREDICTOR_BIT else {}
     encoder.add_blobs(
         name, shape, "shared",
         [("codebook", "context", distinct.size, distinct.size, codebook),
          ("positions", "context", numel, positions.size, position_blob),
          ("codes", "context", distinct.size, positions.size, code_blob)],
-        positions_model=position_model, codes_model=code_model, entropy_bound_bytes=bound,
+        positions_model=position_model, codes_model=code_model, entropy_bound_bytes=bound, **extra,
     )  # fmt: skip
 
 
@@ -256,7 +259,8 @@ def _shared_streams_v3(encoder: _Encoder, name: str, shape: list[int], distinct:
 # released model's 26 layers at 8 bits among those measured: 1 on most 1x1 layers, 27
 # or 31 on the 3x3 and 7x7 ones. Without the sign split the magnitudes of both signs
 # share one tree, which measured worse on every layer.
-_CODE_MODELS_TRIED = (1, 13, 27, 31)
+_PREDICTOR_BIT = 32
+_CODE_MODELS_TRIED = (1, 13, 27, 31, 33, 37, 41, 45)
 
 
 def _layout(shape: list[int]) -> tuple[int, int]:
@@ -389,6 +393,12 @@ def _decode_shared_v3(entry: dict[str, Any], expected: torch.Tensor, data: bytes
         raise CorruptFileError(f"{name}: unknown positions model {position_model!r}")
     if not isinstance(code_model, int) or isinstance(code_model, bool) or not 0 <= code_model < context_coder.CODE_MODELS:
         raise CorruptFileError(f"{name}: unknown codes model {code_model!r}")
+    predictor = entry.get("codes_predictor") if code_model & _PREDICTOR_BIT else None
+    if code_model & _PREDICTOR_BIT and not (
+        isinstance(predictor, list) and len(predictor) == context_coder.PREDICTOR_TAPS
+        and all(isinstance(c, int) and not isinstance(c, bool) and abs(c) <= context_coder.COEFFICIENT_LIMIT for c in predictor)
+    ):  # fmt: skip
+        raise CorruptFileError(f"{name}: codes predictor {predictor!r} is not {context_coder.PREDICTOR_TAPS} integers within ±{context_coder.COEFFICIENT_LIMIT}")
     codebook = context_coder.decode_codebook(data[:cb_bytes], size)
     if codebook is None or not np.isfinite(codebook).all() or (codebook == 0).any() or (np.diff(codebook) <= 0).any():
         raise CorruptFileError(f"{name}: codebook stream does not decode to distinct ascending non-zero values")
@@ -398,7 +408,8 @@ def _decode_shared_v3(entry: dict[str, Any], expected: torch.Tensor, data: bytes
     if flags is None:
         raise CorruptFileError(f"{name}: positions stream does not decode")
     negatives = int(np.searchsorted(codebook, 0))
-    levels = context_coder.decode_codes(data[cb_bytes + pos_bytes :], flags, rows, kernel, negatives, size - negatives, code_model)
+    levels = context_coder.decode_codes(data[cb_bytes + pos_bytes :], flags, rows, kernel, negatives, size - negatives, code_model,
+                                        codebook, predictor)  # fmt: skip
     if levels is None:
         raise CorruptFileError(f"{name}: codes stream does not decode")
     index = np.where(levels < 0, levels + negatives, levels + negatives - 1)
