@@ -351,3 +351,21 @@ def test_codes_predictor_is_fitted_stored_and_checked():
         entry["codes_predictor"] = bad
         with pytest.raises(CorruptFileError, match="codes predictor"):
             decode(_repack(hostile, bytes(payload)))
+
+
+def test_float_tensors_roundtrip_through_the_context_coder():
+    """Every float32 bit pattern comes back: NaN payloads, infinities, -0.0, subnormals;
+    a file stores a bias this way only where it is smaller than the byte planes."""
+    rng = np.random.default_rng(3)
+    special = np.array([np.nan, -np.inf, np.inf, -0.0, 0.0, 1e-45, -3e-39, 3.4e38], dtype=np.float32)
+    for values in (special, rng.standard_normal(1000).astype(np.float32) * 0.1, np.zeros(0, np.float32),
+                   rng.integers(0, 2**32, 500, dtype=np.uint64).astype(np.uint32).view(np.float32)):  # fmt: skip
+        decoded = context_coder.decode_floats(context_coder.encode_floats(values), values.size)
+        assert np.array_equal(decoded.view(np.uint32), values.view(np.uint32))
+    for _ in range(200):  # garbage: None or exactly the count asked for
+        data = rng.integers(0, 256, int(rng.integers(0, 100)), dtype=np.uint8).tobytes()
+        decoded = context_coder.decode_floats(data, 37)
+        assert decoded is None or (decoded.dtype == np.float32 and decoded.size == 37)
+    header, _ = read_header(_SMALL)
+    kinds = {tuple(s[0] for s in e["streams"]) for e in header["tensors"] if e["kind"] == "float"}
+    assert ("floats",) in kinds

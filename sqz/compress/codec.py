@@ -293,7 +293,13 @@ def encode(model: nn.Module, *, arch: dict[str, Any] | None = None, meta: dict[s
             bound = round(_entropy_bytes(codes) + _entropy_bytes(gaps), 1)
             shared_streams(encoder, name, shape, distinct, codes, positions, bound)
         else:
-            encoder.add(name, shape, "float", [(f"b{i}", plane, 256) for i, plane in enumerate(_byte_planes(values))])
+            planes = _Encoder()
+            planes.add(name, shape, "float", [(f"b{i}", plane, 256) for i, plane in enumerate(_byte_planes(values))])
+            context = context_coder.encode_floats(values) if version == 3 else None
+            if context is not None and len(context) < len(planes.payload):
+                encoder.add_blobs(name, shape, "float", [("floats", "context", 256, values.size, context)])
+            else:
+                encoder.add(name, shape, "float", [(f"b{i}", plane, 256) for i, plane in enumerate(_byte_planes(values))])
     header = {
         "format": "sqz",
         "version": version,
@@ -358,6 +364,9 @@ _ROLES = {
     2: {"float": ["b0", "b1", "b2", "b3"], "shared": ["cb0", "cb1", "cb2", "cb3", "codes", "gaps"]},
     3: {"float": ["b0", "b1", "b2", "b3"], "shared": ["codebook", "positions", "codes"]},
 }
+# Version 3 may also store a float tensor as one context-coded stream (``encode_floats``),
+# where that is smaller than its byte planes.
+_CONTEXT_FLOATS = ["floats"]
 
 
 def _streams_of(entry: dict[str, Any], name: str, version: int) -> list[list[Any]]:
@@ -366,11 +375,13 @@ def _streams_of(entry: dict[str, Any], name: str, version: int) -> list[list[Any
     if kind not in roles:
         raise CorruptFileError(f"{name}: unknown tensor kind {kind!r}")
     streams = entry.get("streams")
-    if not isinstance(streams, list) or [s[0] if isinstance(s, list) and s else None for s in streams] != roles[kind]:
+    found = [s[0] if isinstance(s, list) and s else None for s in streams] if isinstance(streams, list) else None
+    context_floats = version == 3 and kind == "float" and found == _CONTEXT_FLOATS
+    if found != roles[kind] and not context_floats:
         raise CorruptFileError(f"{name}: streams are not {roles[kind]}")
     if not all(len(s) == 5 for s in streams):
         raise CorruptFileError(f"{name}: a stream description is not [role, coder, alphabet, count, bytes]")
-    coders = ("context",) if version == 3 and kind == "shared" else tuple(_CODERS)
+    coders = ("context",) if (version == 3 and kind == "shared") or context_floats else tuple(_CODERS)
     for role, coder, alphabet, count, size in streams:
         if coder not in coders or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (alphabet, count, size)):
             raise CorruptFileError(f"{name} {role}: malformed stream description")
@@ -425,6 +436,13 @@ def _decode_tensor(entry: dict[str, Any], expected: torch.Tensor, data: bytes, v
     streams = _streams_of(entry, name, version)
     if version == 3 and entry["kind"] == "shared":
         return _decode_shared_v3(entry, expected, data, streams)
+    if streams[0][0] == "floats":
+        if streams[0][3] != numel:
+            raise CorruptFileError(f"{name}: {streams[0][3]} values stored for {numel} weights")
+        values = context_coder.decode_floats(data, numel)
+        if values is None:
+            raise CorruptFileError(f"{name}: floats stream does not decode")
+        return torch.from_numpy(values).view(expected.shape)
     decoded, offset = {}, 0
     for role, coder, alphabet, count, size in streams:
         if role.startswith(("b", "cb")) and alphabet != 256:
@@ -547,7 +565,8 @@ def layer_sizes(data: bytes) -> list[dict[str, Any]]:
             rows.append(dict(
                 common, nonzero=weights, bits=32, code_bytes=size, index_bytes=0, overhead_bytes=0,
                 entropy_bound_bytes=float(4 * weights),
-                codes_model="float32 byte planes, order-0 " + "/".join(coders[f"b{i}"] for i in range(4)),
+                codes_model="float32 context (sign+exponent tree, mantissa)" if "floats" in coders
+                else "float32 byte planes, order-0 " + "/".join(coders[f"b{i}"] for i in range(4)),
                 positions_model="", codebook_model="",
             ))  # fmt: skip
     return rows
