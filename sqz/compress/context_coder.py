@@ -72,7 +72,8 @@ PREDICTOR_TAPS = 6
 _COEFFICIENT_ONE = 64
 COEFFICIENT_LIMIT = 1024
 _QBOOK_BITS = 16
-_PREDICTION_CLASSES = 17
+_PREDICTION_CLASSES = 33
+_PREDICTED_TOP_LEVELS = 4
 _MASK32 = 0xFFFFFFFF
 
 # Encoder state: low, range, cache, cache_size, write position, overflow flag.
@@ -561,6 +562,7 @@ def _code_levels(dec, st, buf, levels, flags, rows, inner, kernel, negatives, po
     while (width + 1) * (width + 1) <= kernel:
         width += 1  # square kernels: the weight above is ``width`` back in the scan
     classes = _PREDICTION_CLASSES if use_predictor else 4
+    top_levels = _PREDICTED_TOP_LEVELS if use_predictor else 3
     sets = 2 * classes * 4
     sign_probs = _new_probs(3 * classes * 4)
     mag_probs = _new_probs(sets * tree)
@@ -642,7 +644,7 @@ def _code_levels(dec, st, buf, levels, flags, rows, inner, kernel, negatives, po
                 b = (m >> d) & 1 if not dec else 0
                 # with ``top_only`` the contexts split only the first 3 levels of the tree
                 # (the coarse magnitude); the finer bits share one set and learn faster
-                level_set = context_set if (not top_only or depth - 1 - d < 3) else shared_set
+                level_set = context_set if (not top_only or depth - 1 - d < top_levels) else shared_set
                 s, b = _bit(dec, s, buf, mag_probs, level_set * tree + node, b)
                 node = (node << 1) | b
             m = node - tree
