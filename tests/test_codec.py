@@ -167,7 +167,10 @@ def test_hostile_files_with_valid_checksums_fail_cleanly(data, which):
         entry["kind"] = data.draw(st.sampled_from(["float", "shared", "raw", 7]))
     else:
         entry["shape"] = data.draw(st.lists(st.integers(0, 2**31), max_size=4))
-    entry["crc"] = zlib.crc32(bytes(payload[start : start + size]))
+    if which == "v3":
+        header["payload_crc"] = zlib.crc32(bytes(payload))
+    else:
+        entry["crc"] = zlib.crc32(bytes(payload[start : start + size]))
     candidate = _repack(header, bytes(payload))
     try:
         model = decode(candidate)
