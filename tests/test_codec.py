@@ -319,7 +319,7 @@ def test_context_decoders_on_random_bytes_keep_their_invariants():
         nonzero = int(rng.integers(1, rows * inner + 1))
         codebook = context_coder.decode_codebook(data, int(rng.integers(1, 257)))
         assert codebook is None or (codebook.dtype == np.float32 and codebook.size >= 1)
-        flags = context_coder.decode_positions(data, rows, inner, kernel, nonzero, int(rng.integers(0, 3)))
+        flags = context_coder.decode_positions(data, rows, inner, kernel, nonzero, int(rng.integers(0, len(context_coder.POSITION_MODELS))))
         if flags is None:
             continue
         assert flags.size == rows * inner and int(flags.sum()) == nonzero

@@ -53,7 +53,7 @@ from numba import njit
 __all__ = ["POSITION_MODELS", "CODE_MODELS", "COEFFICIENT_LIMIT", "PREDICTOR_TAPS", "fit_predictor", "quantised_codebook", "encode_codebook", "decode_codebook", "encode_positions",
            "decode_positions", "encode_codes", "decode_codes", "encode_floats", "decode_floats", "signed_levels"]  # fmt: skip
 
-POSITION_MODELS = ("gaps", "sig", "sig+col")
+POSITION_MODELS = ("gaps", "sig", "sig+col", "sig+rate")
 CODE_MODELS = 64  # 32 = the prediction context (see ``fit_predictor``); flag bits: 16 = left + upper neighbours in the kernel instead of the previous, 1 = sign split, 2 = previous level in the kernel, 4 = kernel count / row scale, 8 = contexts on the top tree levels only
 
 _PROB_BITS = 15
@@ -423,7 +423,8 @@ def _code_positions(dec, st, buf, flags, rows, inner, kernel, nonzero, mode):
         _store(st, s)
         return 0
     kernel_classes = kernel if kernel <= 9 else 10
-    probs = _new_probs(kernel_classes * 3 * 2 * 5)
+    probs = _new_probs(kernel_classes * 3 * 6 * 5)
+    column_counts = np.zeros(inner if mode == 3 else 1, dtype=np.int64)
     left_to_place = nonzero
     for r in range(rows):
         row_count = 0
@@ -441,13 +442,18 @@ def _code_positions(dec, st, buf, flags, rows, inner, kernel, nonzero, mode):
             kc = k if kernel <= 9 else (k * 10) // kernel
             left = 0 if k == 0 else 1 + flags[idx - 1]
             ctx = kc * 3 + left
-            if mode == 2:
-                above = flags[idx - inner] if r > 0 else 0
+            if mode >= 2:
+                if mode == 2:
+                    above = flags[idx - inner] if r > 0 else 0
+                else:
+                    # the share of this column kept in the rows so far (an input channel
+                    # that matters keeps more of its weights in every output channel)
+                    above = 0 if r < 4 else 1 + min(4, (5 * column_counts[j]) // r)
                 if j < 8:
                     density = 0
                 else:
                     density = 1 + min(3, (4 * row_count) // j)
-                ctx = (ctx * 2 + above) * 5 + density
+                ctx = (ctx * 6 + above) * 5 + density
             else:
                 ctx = ctx * 10
             bit = flags[idx] if not dec else 0
@@ -455,6 +461,8 @@ def _code_positions(dec, st, buf, flags, rows, inner, kernel, nonzero, mode):
             flags[idx] = bit
             row_count += bit
             left_to_place -= bit
+            if mode == 3:
+                column_counts[j] += bit
     _store(st, s)
     return 0
 
