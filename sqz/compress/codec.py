@@ -265,13 +265,15 @@ def _shared_streams_v3(encoder: _Encoder, name: str, shape: list[int], distinct:
 
 # Code models tried per layer (bit 1 = sign-split magnitudes, 2 = previous level in the
 # kernel, 4 = the kernel's non-zero count / the row's scale, 8 = those contexts on the
-# top three levels of the magnitude tree only, 16 = the left and upper neighbours in the
-# kernel instead of the previous level). These four were the only winners on the
-# released model's 26 layers at 8 bits among those measured: 1 on most 1x1 layers, 27
-# or 31 on the 3x3 and 7x7 ones. Without the sign split the magnitudes of both signs
-# share one tree, which measured worse on every layer.
+# top levels of the magnitude tree only, 16 = the left and upper neighbours in the
+# kernel instead of the previous level, 32 = the place of a linear prediction from the
+# neighbours among the codebook values instead of either). These five were the only
+# winners on the released model's 26 layers, at 8 bits and re-clustered at 6, among
+# those measured (33, 37, 45 never won): 1 on most 1x1 layers, 27 or 31 on most 3x3
+# ones, 41 on conv1, the classifier and one or two 3x3 layers. Without the sign split
+# the magnitudes of both signs share one tree, which measured worse on every layer.
 _PREDICTOR_BIT = 32
-_CODE_MODELS_TRIED = (1, 13, 27, 31, 33, 37, 41, 45)
+_CODE_MODELS_TRIED = (1, 13, 27, 31, 41)
 
 
 def _layout(shape: list[int]) -> tuple[int, int]:
