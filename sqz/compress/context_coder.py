@@ -84,7 +84,7 @@ from numba import njit
 __all__ = ["POSITION_MODELS", "CODE_MODELS", "COEFFICIENT_LIMIT", "PREDICTOR_TAPS", "fit_predictor", "quantised_codebook", "encode_codebook", "decode_codebook", "encode_positions",
            "decode_positions", "encode_codes", "decode_codes", "encode_floats", "decode_floats", "signed_levels"]  # fmt: skip
 
-POSITION_MODELS = ("gaps", "sig", "sig+col", "sig+rate")
+POSITION_MODELS = ("gaps", "sig", "sig+col", "sig+rate", "sig+kernel")
 CODE_MODELS = 64  # 32 = the prediction context (see ``fit_predictor``); flag bits: 16 = left + upper neighbours in the kernel instead of the previous, 1 = sign split, 2 = previous level in the kernel, 4 = kernel count / row scale, 8 = contexts on the top tree levels only
 
 _PROB_BITS = 15
@@ -454,27 +454,36 @@ def _code_positions(dec, st, buf, flags, rows, inner, kernel, nonzero, mode):
         _store(st, s)
         return 0
     kernel_classes = kernel if kernel <= 9 else 10
-    probs = _new_probs(kernel_classes * 3 * 6 * 5)
+    probs = _new_probs(kernel_classes * 10 * 6 * 5)
     column_counts = np.zeros(inner if mode == 3 else 1, dtype=np.int64)
     left_to_place = nonzero
     for r in range(rows):
         row_count = 0
+        kept = 0
         for j in range(inner):
             idx = r * inner + j
             remaining = numel - idx
+            k = j % kernel
+            if k == 0:
+                kept = 0  # weights kept so far in this kernel
             if left_to_place == 0:
                 flags[idx] = 0
                 continue
             if left_to_place == remaining:
                 flags[idx] = 1
                 left_to_place -= 1
+                kept += 1
                 continue
-            k = j % kernel
             kc = k if kernel <= 9 else (k * 10) // kernel
             left = 0 if k == 0 else 1 + flags[idx - 1]
             ctx = kc * 3 + left
             if mode >= 2:
-                if mode == 2:
+                if mode == 4:
+                    # the kernel's own kept weights so far: kernels differ in strength far
+                    # more than a binomial count would (3x3 layers of the released model)
+                    ctx = kc * 10 + (min(9, kept) if kernel <= 9 else min(9, (kept * 10) // kernel))
+                    above = left
+                elif mode == 2:
                     above = flags[idx - inner] if r > 0 else 0
                 else:
                     # the share of this column kept in the rows so far (an input channel
@@ -491,6 +500,7 @@ def _code_positions(dec, st, buf, flags, rows, inner, kernel, nonzero, mode):
             s, bit = _bit(dec, s, buf, probs, ctx, bit)
             flags[idx] = bit
             row_count += bit
+            kept += bit
             left_to_place -= bit
             if mode == 3:
                 column_counts[j] += bit
