@@ -30,7 +30,8 @@ Streams of one layer (each its own arithmetic-coded byte string):
 - positions: either one significance flag per weight (context: position in the kernel,
   the flag before it in the kernel, and in ``sig+col`` the same weight of the previous
   output channel and the row's density so far, in ``sig+rate`` the share of the column
-  kept in the rows so far and the row's density) or the gap before each non-zero weight
+  kept in the rows so far and the row's density, in ``sig+kernel`` the count of weights
+  kept so far in the same kernel) or the gap before each non-zero weight
   (Exp-Golomb, length class conditioned on the previous gap's); the encoder codes each
   and keeps the smallest (``POSITION_MODELS``);
 - codes: for each non-zero weight its signed level (0 = pruned; -r / +r = the r-th
@@ -46,25 +47,29 @@ Streams of one layer (each its own arithmetic-coded byte string):
   the top mantissa bit with a context, the other 22 bypassed.
 
 What was measured on the released Deep Compression SqueezeNet (8-bit, 524,894 B before
-this round of work, 522,078 B after; "sim" = an ideal-code-length simulation in Python
+this round of work, 520,978 B after; "sim" = an ideal-code-length simulation in Python
 of the same adaptive estimator, not the coder itself):
 - kept: the predictor (bit 32): values of neighbouring weights correlate (r = 0.5-0.8
   left/up in the later 3x3 layers, 0.7 in conv1, 0.46 between adjacent classifier rows:
-  neighbouring ImageNet classes), codes 375,190 -> 373,772 B; float coder, biases 14,980
-  -> 14,138 B; one payload CRC instead of one per tensor, header 1,827 -> 1,427 B;
-  ``sig+rate`` positions 115,695 -> 115,580 B.
+  neighbouring ImageNet classes), codes 375,190 -> 373,688 B; ``sig+kernel`` positions
+  (the 3x3 layers' kernel counts are overdispersed: 2,268 empty kernels in
+  features.10.expand3x3 where a binomial at its density expects 667) and ``sig+rate``,
+  positions 115,695 -> 114,545 B; the float coder, biases 14,980 -> 14,138 B; one
+  payload CRC instead of one per tensor, header 1,827 -> 1,427 B.
 - dropped: logistic mixing (lpaq-style integer stretch/squash, three inputs: the model's
   context, the previous-level context and an order-0 tree, weights per tree level and
   known prediction) on the top 4 magnitude levels: codes 373,772 -> 373,517 B (-0.07%)
   while decode went 0.11 -> 0.19 s; sim with five inputs on every tree level: 371,961 B
   (-0.5%). The codes carry little that any context predicts: with every feature tried
-  (neighbours, previous input channel, row and column running magnitude, kernel count),
-  the sim stays within 2% of the per-layer order-0 entropy (378,026 B).
+  (neighbours, previous input channel, row and column running magnitude, kernel count,
+  the kernel's mean magnitude so far), the sim stays within 2% of the per-layer order-0
+  entropy (378,026 B).
 - dropped (sim): the count limit (adaptation rate): 126 / 254 / 1022 / 4094 / none give
   381,221 / 380,904 / 380,742 / 380,755 / 380,815 B for order-0 trees: the data is
   stationary. Initialising the magnitude tree from a codebook-spacing prior (k-means
-  density law): -640 B at best. Kernel counts then flags (positions of the 3x3 layers):
-  59.3 kB against 59.7 kB now. Flags conditioned on the neighbours' magnitudes
+  density law): -640 B at best. Each kernel's count, then its flags (3x3 layers): 59.3 kB
+  against 59.6 kB before ``sig+kernel``, which takes the same information bit by bit
+  (sim 58.7 kB). Flags conditioned on the neighbours' magnitudes
   (interleaving positions with codes): -0.5% of positions. Exp-Golomb exponent steps for
   floats: 14,525 B (worse than the tree's 14,138). Finer codebook-delta contexts: at
   most -440 B (sim with a static class table). xz -9e on the raw codes: 384 kB, so no
