@@ -372,3 +372,20 @@ def test_float_tensors_roundtrip_through_the_context_coder():
     header, _ = read_header(_SMALL)
     kinds = {tuple(s[0] for s in e["streams"]) for e in header["tensors"] if e["kind"] == "float"}
     assert ("floats",) in kinds
+
+
+def test_kernel_position_model_learns_kernel_strength():
+    """Kernels that keep all or none of their weights (strength varies by kernel, not by
+    weight): the flags coded with the count kept so far in the kernel take less than
+    the plain significance flags (whose flag-before context already sees some of it),
+    and come back exactly."""
+    rng = np.random.default_rng(5)
+    rows, inner, kernel = 64, 32 * 9, 9
+    keep = rng.random((rows, inner // kernel)) < 0.35
+    noise = rng.random((rows, inner // kernel, kernel)) < 0.1
+    flags = np.where(keep[:, :, None], ~noise, noise).astype(np.int8).ravel()
+    mode = context_coder.POSITION_MODELS.index("sig+kernel")
+    by_kernel = context_coder.encode_positions(flags, rows, kernel, mode)
+    plain = context_coder.encode_positions(flags, rows, kernel, context_coder.POSITION_MODELS.index("sig"))
+    assert len(by_kernel) < 0.9 * len(plain)  # measured 1,392 B against 1,633
+    assert np.array_equal(context_coder.decode_positions(by_kernel, rows, inner, kernel, int(flags.sum()), mode), flags)

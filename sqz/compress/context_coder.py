@@ -425,7 +425,9 @@ def decode_floats(data: bytes, count: int) -> np.ndarray | None:
 @njit(cache=True, error_model="numpy")
 def _code_positions(dec, st, buf, flags, rows, inner, kernel, nonzero, mode):
     """flags: int8, one per weight (rows x inner), 1 where non-zero; filled when decoding.
-    mode 0: gaps; 1: significance flags; 2: flags with the column context."""
+    mode 0: gaps; 1: significance flags; 2: flags with the weight above and the row's
+    density; 3: with the column's kept share and the row's density; 4: with the count kept
+    so far in the kernel (``POSITION_MODELS`` names them)."""
     s = _load(st)
     numel = rows * inner
     if mode == 0:
