@@ -30,7 +30,7 @@ Streams of one layer (each its own arithmetic-coded byte string):
 - positions: either one significance flag per weight (context: position in the kernel,
   the flag before it in the kernel, and in ``sig+col`` the same weight of the previous
   output channel and the row's density so far, in ``sig+rate`` the share of the column
-  kept in the rows so far and the row's density, in ``sig+kernel`` the count of weights
+  kept in the rows so far, the weight above and the row's density, in ``sig+kernel`` the count of weights
   kept so far in the same kernel) or the gap before each non-zero weight
   (Exp-Golomb, length class conditioned on the previous gap's); the encoder codes each
   and keeps the smallest (``POSITION_MODELS``);
@@ -54,7 +54,7 @@ of the same adaptive estimator, not the coder itself):
   neighbouring ImageNet classes), codes 375,190 -> 373,688 B; ``sig+kernel`` positions
   (the 3x3 layers' kernel counts are overdispersed: 2,268 empty kernels in
   features.10.expand3x3 where a binomial at its density expects 667) and ``sig+rate``,
-  positions 115,695 -> 114,545 B; the float coder, biases 14,980 -> 14,138 B; one
+  positions 115,695 -> 114,372 B; the float coder, biases 14,980 -> 14,138 B; one
   payload CRC instead of one per tensor, header 1,827 -> 1,427 B.
 - dropped: logistic mixing (lpaq-style integer stretch/squash, three inputs: the model's
   context, the previous-level context and an order-0 tree, weights per tree level and
@@ -426,7 +426,8 @@ def decode_floats(data: bytes, count: int) -> np.ndarray | None:
 def _code_positions(dec, st, buf, flags, rows, inner, kernel, nonzero, mode):
     """flags: int8, one per weight (rows x inner), 1 where non-zero; filled when decoding.
     mode 0: gaps; 1: significance flags; 2: flags with the weight above and the row's
-    density; 3: with the column's kept share and the row's density; 4: with the count kept
+    density; 3: with the column's kept share, the weight above and the
+    row's density; 4: with the count kept
     so far in the kernel (``POSITION_MODELS`` names them)."""
     s = _load(st)
     numel = rows * inner
@@ -461,7 +462,7 @@ def _code_positions(dec, st, buf, flags, rows, inner, kernel, nonzero, mode):
         _store(st, s)
         return 0
     kernel_classes = kernel if kernel <= 9 else 10
-    probs = _new_probs(kernel_classes * 10 * 6 * 5)
+    probs = _new_probs(kernel_classes * 10 * 6 * 2 * 5)
     column_counts = np.zeros(inner if mode == 3 else 1, dtype=np.int64)
     left_to_place = nonzero
     for r in range(rows):
@@ -500,7 +501,8 @@ def _code_positions(dec, st, buf, flags, rows, inner, kernel, nonzero, mode):
                     density = 0
                 else:
                     density = 1 + min(3, (4 * row_count) // j)
-                ctx = (ctx * 6 + above) * 5 + density
+                same = flags[idx - inner] if mode == 3 and r > 0 else 0
+                ctx = ((ctx * 6 + above) * 2 + same) * 5 + density
             else:
                 ctx = ctx * 10
             bit = flags[idx] if not dec else 0
