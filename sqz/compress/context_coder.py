@@ -47,7 +47,7 @@ Streams of one layer (each its own arithmetic-coded byte string):
   the top mantissa bit with a context, the other 22 bypassed.
 
 What was measured on the released Deep Compression SqueezeNet (8-bit, 524,894 B before
-this round of work, 520,978 B after; "sim" = an ideal-code-length simulation in Python
+this round of work, 520,797 B after; "sim" = an ideal-code-length simulation in Python
 of the same adaptive estimator, not the coder itself):
 - kept: the predictor (bit 32): values of neighbouring weights correlate (r = 0.5-0.8
   left/up in the later 3x3 layers, 0.7 in conv1, 0.46 between adjacent classifier rows:
@@ -70,7 +70,9 @@ of the same adaptive estimator, not the coder itself):
   density law): -640 B at best. Each kernel's count, then its flags (3x3 layers): 59.3 kB
   against 59.6 kB before ``sig+kernel``, which takes the same information bit by bit
   (sim 58.7 kB). Flags conditioned on the neighbours' magnitudes
-  (interleaving positions with codes): -0.5% of positions. Exp-Golomb exponent steps for
+  (interleaving positions with codes): -0.5% of positions. The column's (input channel's)
+  running mean magnitude as the codes' context (an extra model bit, 1x1 layers): picked
+  by 2 layers, codes -108 B: not worth a model. Exp-Golomb exponent steps for
   floats: 14,525 B (worse than the tree's 14,138). Finer codebook-delta contexts: at
   most -440 B (sim with a static class table). xz -9e on the raw codes: 384 kB, so no
   long-range repetition either.
