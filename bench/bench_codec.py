@@ -4,7 +4,8 @@ Compression SqueezeNet, lossless at 8 bits and re-clustered at 6 bits. Figures o
     .venv/bin/python bench/bench_codec.py [--net PATH] [--repeat 3]
 
 Per layer: bytes of the layer's streams in version 2 (issue 13's "v1") and version 3
-(its "v2"): codebook + positions + codes, or the float32 planes of a bias; the order-0
+(its "v2"): codebook + positions + codes, or a bias (float32 byte planes, or in version 3
+the context-coded floats where smaller: model "float32 context"); the order-0
 entropy bound of the codes and gaps (what version 2 approaches, table excluded); and the
 seconds to encode and decode that layer's streams (best of --repeat, one core). The
 total row adds the file header; "whole file" times encode()/decode() end to end,
@@ -37,7 +38,7 @@ def _best(fn, repeat):
 
 def _layer_times(data: bytes, repeat: int) -> dict[str, tuple[float, float]]:
     """Per tensor: (encode s, decode s) of its version-3 streams."""
-    from sqz.compress import codec
+    from sqz.compress import codec, context_coder
 
     header, payload = codec.read_header(data)
     model = codec.decode(data)
@@ -59,8 +60,9 @@ def _layer_times(data: bytes, repeat: int) -> dict[str, tuple[float, float]]:
                 positions = np.flatnonzero(values)
                 distinct = np.unique(values[positions])
                 codec._shared_streams_v3(single, name, list(tensor.shape), distinct, np.searchsorted(distinct, values[positions]), positions, 0.0)
-            else:
+            else:  # encode() codes a float tensor both ways and keeps the smaller
                 single.add(name, list(tensor.shape), "float", [(f"b{i}", p, 256) for i, p in enumerate(codec._byte_planes(values))])
+                context_coder.encode_floats(values)
 
         _, encode_s = _best(encode_one, repeat)
         _, decode_s = _best(lambda: codec._decode_tensor(entry, tensor, section, 3), repeat)
@@ -88,7 +90,10 @@ def _table(label: str, model: torch.nn.Module, repeat: int) -> None:
         b3 = r["code_bytes"] + r["index_bytes"] + r["overhead_bytes"]
         shared = r["bits"] <= 8
         layer_bound = r["entropy_bound_bytes"] if shared else None
-        models = f"{r['codes_model'].split()[-1]} / {r['positions_model'].split()[-1]}" if shared else "float32 planes"
+        if shared:
+            models = f"{r['codes_model'].split()[-1]} / {r['positions_model'].split()[-1]}"
+        else:
+            models = "float32 context" if r["codes_model"].startswith("float32 context") else "float32 planes"
         e, d = times[r["layer"]]
         total2, total3, enc, dec = total2 + b2, total3 + b3, enc + e, dec + d
         bound += layer_bound or 0

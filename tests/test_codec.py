@@ -167,7 +167,10 @@ def test_hostile_files_with_valid_checksums_fail_cleanly(data, which):
         entry["kind"] = data.draw(st.sampled_from(["float", "shared", "raw", 7]))
     else:
         entry["shape"] = data.draw(st.lists(st.integers(0, 2**31), max_size=4))
-    entry["crc"] = zlib.crc32(bytes(payload[start : start + size]))
+    if which == "v3":
+        header["payload_crc"] = zlib.crc32(bytes(payload))
+    else:
+        entry["crc"] = zlib.crc32(bytes(payload[start : start + size]))
     candidate = _repack(header, bytes(payload))
     try:
         model = decode(candidate)
@@ -235,9 +238,12 @@ def _roundtrip_layer(weights, shape):
     for mode in range(len(context_coder.POSITION_MODELS)):
         blob = context_coder.encode_positions(flags, rows, kernel, mode)
         assert np.array_equal(context_coder.decode_positions(blob, rows, weights.size // rows, kernel, positions.size, mode), flags)
-    for model in (0, 7, 13, 27, 31):  # every flag bit on and off
-        blob = context_coder.encode_codes(levels, flags, rows, kernel, negatives, distinct.size - negatives, model)
-        assert np.array_equal(context_coder.decode_codes(blob, flags, rows, kernel, negatives, distinct.size - negatives, model), levels)
+    predictor = context_coder.fit_predictor(levels, flags, rows, kernel, negatives, distinct)
+    assert len(predictor) == context_coder.PREDICTOR_TAPS and all(abs(c) <= context_coder.COEFFICIENT_LIMIT for c in predictor)
+    for model in (0, 7, 13, 27, 31, 32, 45, 63):  # every flag bit on and off
+        blob = context_coder.encode_codes(levels, flags, rows, kernel, negatives, distinct.size - negatives, model, distinct, predictor)
+        decoded = context_coder.decode_codes(blob, flags, rows, kernel, negatives, distinct.size - negatives, model, distinct, predictor)
+        assert np.array_equal(decoded, levels)
 
 
 @pytest.mark.parametrize("bits", range(1, 9))
@@ -313,12 +319,73 @@ def test_context_decoders_on_random_bytes_keep_their_invariants():
         nonzero = int(rng.integers(1, rows * inner + 1))
         codebook = context_coder.decode_codebook(data, int(rng.integers(1, 257)))
         assert codebook is None or (codebook.dtype == np.float32 and codebook.size >= 1)
-        flags = context_coder.decode_positions(data, rows, inner, kernel, nonzero, int(rng.integers(0, 3)))
+        flags = context_coder.decode_positions(data, rows, inner, kernel, nonzero, int(rng.integers(0, len(context_coder.POSITION_MODELS))))
         if flags is None:
             continue
         assert flags.size == rows * inner and int(flags.sum()) == nonzero
         negatives = int(rng.integers(0, 256))
         positives = max(1, int(rng.integers(0, 257 - negatives)))
-        levels = context_coder.decode_codes(data, flags, rows, kernel, negatives, positives, int(rng.integers(0, context_coder.CODE_MODELS)))
+        book = np.sort(rng.standard_normal(negatives + positives)).astype(np.float32)
+        taps = [int(c) for c in rng.integers(-context_coder.COEFFICIENT_LIMIT, context_coder.COEFFICIENT_LIMIT + 1, context_coder.PREDICTOR_TAPS)]
+        levels = context_coder.decode_codes(data, flags, rows, kernel, negatives, positives, int(rng.integers(0, context_coder.CODE_MODELS)), book, taps)
         if levels is not None:
             assert np.array_equal(levels != 0, flags != 0) and levels.min() >= -negatives and levels.max() <= positives
+
+
+def test_codes_predictor_is_fitted_stored_and_checked():
+    """A layer whose neighbouring weights are alike: the encoder picks the prediction
+    context (model bit 32) and stores its taps; a file whose taps are missing or out of
+    range is refused with a clear error."""
+    torch.manual_seed(0)
+    model = build_model("squeezenet_small", num_classes=2)
+    weights = [p for p in model.parameters() if p.dim() == 4 and p.shape[-1] == 3]
+    with torch.no_grad():
+        for p in weights:  # smooth kernels: each tap a small step from its left neighbour
+            p.copy_(torch.cumsum(torch.randn_like(p) * 0.1, dim=-1) + torch.randn(p.shape[:2] + (1, 1)))
+    quantize_(model, QuantConfig(bits=6))
+    data = encode(model)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), decode(data).state_dict().values()))
+    header, payload = read_header(data)
+    predicted = [e for e in header["tensors"] if isinstance(e.get("codes_model"), int) and e["codes_model"] & 32]
+    assert predicted and all(len(e["codes_predictor"]) == context_coder.PREDICTOR_TAPS for e in predicted)
+    for bad in (None, [1] * 5, [context_coder.COEFFICIENT_LIMIT + 1] + [0] * 5, [True] * 6):
+        hostile = json.loads(json.dumps(header))
+        entry = next(e for e in hostile["tensors"] if e["name"] == predicted[0]["name"])
+        entry["codes_predictor"] = bad
+        with pytest.raises(CorruptFileError, match="codes predictor"):
+            decode(_repack(hostile, bytes(payload)))
+
+
+def test_float_tensors_roundtrip_through_the_context_coder():
+    """Every float32 bit pattern comes back: NaN payloads, infinities, -0.0, subnormals;
+    a file stores a bias this way only where it is smaller than the byte planes."""
+    rng = np.random.default_rng(3)
+    special = np.array([np.nan, -np.inf, np.inf, -0.0, 0.0, 1e-45, -3e-39, 3.4e38], dtype=np.float32)
+    for values in (special, rng.standard_normal(1000).astype(np.float32) * 0.1, np.zeros(0, np.float32),
+                   rng.integers(0, 2**32, 500, dtype=np.uint64).astype(np.uint32).view(np.float32)):  # fmt: skip
+        decoded = context_coder.decode_floats(context_coder.encode_floats(values), values.size)
+        assert np.array_equal(decoded.view(np.uint32), values.view(np.uint32))
+    for _ in range(200):  # garbage: None or exactly the count asked for
+        data = rng.integers(0, 256, int(rng.integers(0, 100)), dtype=np.uint8).tobytes()
+        decoded = context_coder.decode_floats(data, 37)
+        assert decoded is None or (decoded.dtype == np.float32 and decoded.size == 37)
+    header, _ = read_header(_SMALL)
+    kinds = {tuple(s[0] for s in e["streams"]) for e in header["tensors"] if e["kind"] == "float"}
+    assert ("floats",) in kinds
+
+
+def test_kernel_position_model_learns_kernel_strength():
+    """Kernels that keep all or none of their weights (strength varies by kernel, not by
+    weight): the flags coded with the count kept so far in the kernel take less than
+    the plain significance flags (whose flag-before context already sees some of it),
+    and come back exactly."""
+    rng = np.random.default_rng(5)
+    rows, inner, kernel = 64, 32 * 9, 9
+    keep = rng.random((rows, inner // kernel)) < 0.35
+    noise = rng.random((rows, inner // kernel, kernel)) < 0.1
+    flags = np.where(keep[:, :, None], ~noise, noise).astype(np.int8).ravel()
+    mode = context_coder.POSITION_MODELS.index("sig+kernel")
+    by_kernel = context_coder.encode_positions(flags, rows, kernel, mode)
+    plain = context_coder.encode_positions(flags, rows, kernel, context_coder.POSITION_MODELS.index("sig"))
+    assert len(by_kernel) < 0.9 * len(plain)  # measured 1,392 B against 1,633
+    assert np.array_equal(context_coder.decode_positions(by_kernel, rows, inner, kernel, int(flags.sum()), mode), flags)

@@ -5,7 +5,11 @@ Layout (little-endian)::
     b"SQZ\\0" | u16 version | u16 reserved (0) | u32 header bytes | u32 header bytes unpacked
     header: zlib-deflated UTF-8 JSON (architecture, one entry per tensor, its streams)
     u32 CRC-32 of the (deflated) header
-    payload: each tensor's streams back to back, in header order; one CRC-32 per tensor
+    payload: each tensor's streams back to back, in header order
+
+The payload's checksums are in the header: version 3 has one CRC-32 of the whole payload
+(``payload_crc``), version 2 one per tensor (``crc`` in its entry: 52 CRCs in decimal
+JSON took ~410 deflated header bytes on the released SqueezeNet, one takes ~10).
 
 Every tensor is a list of *streams*, each ``[role, coder, alphabet, count, bytes]`` in
 the header. Two versions are read; ``encode`` writes 3 unless told ``version=2``.
@@ -17,7 +21,12 @@ context coder of :mod:`sqz.compress.context_coder`:
 - ``positions``: significance flags or gaps, whichever model (``positions_model`` in the
   entry) the encoder measured smaller for this layer;
 - ``codes``: each non-zero weight's signed level (-r / +r: the r-th value below / above
-  zero), under the context model ``codes_model`` the encoder measured smallest.
+  zero), under the context model ``codes_model`` the encoder measured smallest; models
+  with bit 32 also store ``codes_predictor``, the taps of the linear prediction from the
+  neighbouring weights whose place among the codebook values is the context.
+A float tensor (a bias) is one ``floats`` stream of the context coder (sign and exponent
+down an adaptive tree, mantissa nearly raw) where that is smaller than its byte planes
+(below), which it is for every bias of the released SqueezeNet (14,980 -> 14,138 B).
 
 Version 2 (issue 13's "v1"): a weight-shared tensor has
 - ``cb0..cb3``: the used distinct values (float32, ascending), as four byte planes;
@@ -183,9 +192,10 @@ def _byte_planes(values: np.ndarray) -> list[np.ndarray]:
 
 
 class _Encoder:
-    def __init__(self) -> None:
+    def __init__(self, tensor_crcs: bool = True) -> None:
         self.payload = bytearray()
         self.entries: list[dict[str, Any]] = []
+        self.tensor_crcs = tensor_crcs  # version 2: a CRC-32 per tensor; 3: one for the payload
 
     def add(self, name: str, shape: list[int], kind: str, streams: list[tuple[str, np.ndarray, int]], **extra: Any) -> None:
         specs, blobs = [], []
@@ -204,7 +214,8 @@ class _Encoder:
     def _append(self, name: str, shape: list[int], kind: str, specs: list[list[Any]], blobs: list[bytes], extra: dict[str, Any]) -> None:
         data = b"".join(blobs)
         self.payload += data
-        self.entries.append({"name": name, "shape": shape, "kind": kind, "streams": specs, "crc": zlib.crc32(data), **extra})
+        crc = {"crc": zlib.crc32(data)} if self.tensor_crcs else {}
+        self.entries.append({"name": name, "shape": shape, "kind": kind, "streams": specs, **crc, **extra})
 
 
 def _arch_of(model: nn.Module, arch: dict[str, Any] | None) -> dict[str, Any]:
@@ -236,27 +247,33 @@ def _shared_streams_v3(encoder: _Encoder, name: str, shape: list[int], distinct:
         ((m, context_coder.encode_positions(flags, rows, kernel, i)) for i, m in enumerate(context_coder.POSITION_MODELS)),
         key=lambda item: len(item[1]),
     )  # fmt: skip
+    predictor = context_coder.fit_predictor(levels, flags, rows, kernel, negatives, distinct)
     code_model, code_blob = min(
-        ((m, context_coder.encode_codes(levels, flags, rows, kernel, negatives, distinct.size - negatives, m)) for m in _CODE_MODELS_TRIED),
+        ((m, context_coder.encode_codes(levels, flags, rows, kernel, negatives, distinct.size - negatives, m, distinct, predictor))
+         for m in _CODE_MODELS_TRIED),
         key=lambda item: len(item[1]),
     )  # fmt: skip
+    extra = {"codes_predictor": predictor} if code_model & _PREDICTOR_BIT else {}
     encoder.add_blobs(
         name, shape, "shared",
         [("codebook", "context", distinct.size, distinct.size, codebook),
          ("positions", "context", numel, positions.size, position_blob),
          ("codes", "context", distinct.size, positions.size, code_blob)],
-        positions_model=position_model, codes_model=code_model, entropy_bound_bytes=bound,
+        positions_model=position_model, codes_model=code_model, entropy_bound_bytes=bound, **extra,
     )  # fmt: skip
 
 
 # Code models tried per layer (bit 1 = sign-split magnitudes, 2 = previous level in the
 # kernel, 4 = the kernel's non-zero count / the row's scale, 8 = those contexts on the
-# top three levels of the magnitude tree only, 16 = the left and upper neighbours in the
-# kernel instead of the previous level). These four were the only winners on the
-# released model's 26 layers at 8 bits among those measured: 1 on most 1x1 layers, 27
-# or 31 on the 3x3 and 7x7 ones. Without the sign split the magnitudes of both signs
-# share one tree, which measured worse on every layer.
-_CODE_MODELS_TRIED = (1, 13, 27, 31)
+# top levels of the magnitude tree only, 16 = the left and upper neighbours in the
+# kernel instead of the previous level, 32 = the place of a linear prediction from the
+# neighbours among the codebook values instead of either). These five were the only
+# winners on the released model's 26 layers, at 8 bits and re-clustered at 6, among
+# those measured (33, 37, 45 never won): 1 on most 1x1 layers, 27 or 31 on most 3x3
+# ones, 41 on conv1, the classifier and one or two 3x3 layers. Without the sign split
+# the magnitudes of both signs share one tree, which measured worse on every layer.
+_PREDICTOR_BIT = 32
+_CODE_MODELS_TRIED = (1, 13, 27, 31, 41)
 
 
 def _layout(shape: list[int]) -> tuple[int, int]:
@@ -273,7 +290,7 @@ def encode(model: nn.Module, *, arch: dict[str, Any] | None = None, meta: dict[s
     and for the tests of its reader)."""
     if version not in _READABLE_VERSIONS:
         raise ValueError(f"encode: version must be one of {_READABLE_VERSIONS}, got {version!r}")
-    encoder = _Encoder()
+    encoder = _Encoder(tensor_crcs=version == 2)
     shared_streams = _shared_streams_v3 if version == 3 else _shared_streams_v2
     for name, tensor in model.state_dict().items():
         values = tensor.detach().cpu().to(torch.float32).contiguous().numpy().ravel()
@@ -289,12 +306,19 @@ def encode(model: nn.Module, *, arch: dict[str, Any] | None = None, meta: dict[s
             bound = round(_entropy_bytes(codes) + _entropy_bytes(gaps), 1)
             shared_streams(encoder, name, shape, distinct, codes, positions, bound)
         else:
-            encoder.add(name, shape, "float", [(f"b{i}", plane, 256) for i, plane in enumerate(_byte_planes(values))])
+            planes = _Encoder()
+            planes.add(name, shape, "float", [(f"b{i}", plane, 256) for i, plane in enumerate(_byte_planes(values))])
+            context = context_coder.encode_floats(values) if version == 3 else None
+            if context is not None and len(context) < len(planes.payload):
+                encoder.add_blobs(name, shape, "float", [("floats", "context", 256, values.size, context)])
+            else:
+                encoder.add(name, shape, "float", [(f"b{i}", plane, 256) for i, plane in enumerate(_byte_planes(values))])
     header = {
         "format": "sqz",
         "version": version,
         "arch": _arch_of(model, arch),
         "payload_bytes": len(encoder.payload),
+        **({"payload_crc": zlib.crc32(encoder.payload)} if version == 3 else {}),
         "tensors": encoder.entries,
         "meta": meta or {},
     }
@@ -354,6 +378,9 @@ _ROLES = {
     2: {"float": ["b0", "b1", "b2", "b3"], "shared": ["cb0", "cb1", "cb2", "cb3", "codes", "gaps"]},
     3: {"float": ["b0", "b1", "b2", "b3"], "shared": ["codebook", "positions", "codes"]},
 }
+# Version 3 may also store a float tensor as one context-coded stream (``encode_floats``),
+# where that is smaller than its byte planes.
+_CONTEXT_FLOATS = ["floats"]
 
 
 def _streams_of(entry: dict[str, Any], name: str, version: int) -> list[list[Any]]:
@@ -362,11 +389,13 @@ def _streams_of(entry: dict[str, Any], name: str, version: int) -> list[list[Any
     if kind not in roles:
         raise CorruptFileError(f"{name}: unknown tensor kind {kind!r}")
     streams = entry.get("streams")
-    if not isinstance(streams, list) or [s[0] if isinstance(s, list) and s else None for s in streams] != roles[kind]:
+    found = [s[0] if isinstance(s, list) and s else None for s in streams] if isinstance(streams, list) else None
+    context_floats = version == 3 and kind == "float" and found == _CONTEXT_FLOATS
+    if found != roles[kind] and not context_floats:
         raise CorruptFileError(f"{name}: streams are not {roles[kind]}")
     if not all(len(s) == 5 for s in streams):
         raise CorruptFileError(f"{name}: a stream description is not [role, coder, alphabet, count, bytes]")
-    coders = ("context",) if version == 3 and kind == "shared" else tuple(_CODERS)
+    coders = ("context",) if (version == 3 and kind == "shared") or context_floats else tuple(_CODERS)
     for role, coder, alphabet, count, size in streams:
         if coder not in coders or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (alphabet, count, size)):
             raise CorruptFileError(f"{name} {role}: malformed stream description")
@@ -389,6 +418,12 @@ def _decode_shared_v3(entry: dict[str, Any], expected: torch.Tensor, data: bytes
         raise CorruptFileError(f"{name}: unknown positions model {position_model!r}")
     if not isinstance(code_model, int) or isinstance(code_model, bool) or not 0 <= code_model < context_coder.CODE_MODELS:
         raise CorruptFileError(f"{name}: unknown codes model {code_model!r}")
+    predictor = entry.get("codes_predictor") if code_model & _PREDICTOR_BIT else None
+    if code_model & _PREDICTOR_BIT and not (
+        isinstance(predictor, list) and len(predictor) == context_coder.PREDICTOR_TAPS
+        and all(isinstance(c, int) and not isinstance(c, bool) and abs(c) <= context_coder.COEFFICIENT_LIMIT for c in predictor)
+    ):  # fmt: skip
+        raise CorruptFileError(f"{name}: codes predictor {predictor!r} is not {context_coder.PREDICTOR_TAPS} integers within ±{context_coder.COEFFICIENT_LIMIT}")
     codebook = context_coder.decode_codebook(data[:cb_bytes], size)
     if codebook is None or not np.isfinite(codebook).all() or (codebook == 0).any() or (np.diff(codebook) <= 0).any():
         raise CorruptFileError(f"{name}: codebook stream does not decode to distinct ascending non-zero values")
@@ -398,7 +433,8 @@ def _decode_shared_v3(entry: dict[str, Any], expected: torch.Tensor, data: bytes
     if flags is None:
         raise CorruptFileError(f"{name}: positions stream does not decode")
     negatives = int(np.searchsorted(codebook, 0))
-    levels = context_coder.decode_codes(data[cb_bytes + pos_bytes :], flags, rows, kernel, negatives, size - negatives, code_model)
+    levels = context_coder.decode_codes(data[cb_bytes + pos_bytes :], flags, rows, kernel, negatives, size - negatives, code_model,
+                                        codebook, predictor)  # fmt: skip
     if levels is None:
         raise CorruptFileError(f"{name}: codes stream does not decode")
     index = np.where(levels < 0, levels + negatives, levels + negatives - 1)
@@ -414,6 +450,13 @@ def _decode_tensor(entry: dict[str, Any], expected: torch.Tensor, data: bytes, v
     streams = _streams_of(entry, name, version)
     if version == 3 and entry["kind"] == "shared":
         return _decode_shared_v3(entry, expected, data, streams)
+    if streams[0][0] == "floats":
+        if streams[0][3] != numel:
+            raise CorruptFileError(f"{name}: {streams[0][3]} values stored for {numel} weights")
+        values = context_coder.decode_floats(data, numel)
+        if values is None:
+            raise CorruptFileError(f"{name}: floats stream does not decode")
+        return torch.from_numpy(values).view(expected.shape)
     decoded, offset = {}, 0
     for role, coder, alphabet, count, size in streams:
         if role.startswith(("b", "cb")) and alphabet != 256:
@@ -482,10 +525,12 @@ def decode(data: bytes) -> nn.Module:
         raise CorruptFileError(f"tensors do not match the architecture (missing {sorted(missing)[:3]}, extra {sorted(map(str, extra))[:3]})")
     version = header["version"]
     ranges = _check_stream_sizes(header, expected, len(payload), version)
+    if version == 3 and zlib.crc32(payload) != header.get("payload_crc"):
+        raise CorruptFileError("payload checksum mismatch")
     state = {}
     for entry, (offset, size) in zip(header["tensors"], ranges):
         section = bytes(payload[offset : offset + size])
-        if zlib.crc32(section) != entry.get("crc"):
+        if version == 2 and zlib.crc32(section) != entry.get("crc"):
             raise CorruptFileError(f"{entry['name']}: checksum mismatch")
         # assign=True below keeps the decoded dtype: cast to the model's (an int buffer stays int)
         state[entry["name"]] = _decode_tensor(entry, expected[entry["name"]], section, version).to(expected[entry["name"]].dtype)
@@ -536,7 +581,8 @@ def layer_sizes(data: bytes) -> list[dict[str, Any]]:
             rows.append(dict(
                 common, nonzero=weights, bits=32, code_bytes=size, index_bytes=0, overhead_bytes=0,
                 entropy_bound_bytes=float(4 * weights),
-                codes_model="float32 byte planes, order-0 " + "/".join(coders[f"b{i}"] for i in range(4)),
+                codes_model="float32 context (sign+exponent tree, mantissa)" if "floats" in coders
+                else "float32 byte planes, order-0 " + "/".join(coders[f"b{i}"] for i in range(4)),
                 positions_model="", codebook_model="",
             ))  # fmt: skip
     return rows
