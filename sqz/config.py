@@ -321,6 +321,14 @@ class ImportOptions:
     distill_batch: int = 16
     calibration_images: int = 384  # calibration crops used (a fixed subset)
     fisher_images: int = 256  # of those, the ones the Fisher pass sees
+    # With calibrate: how each weight picks its shared value once the codebook is fitted.
+    # "nearest": the closest centroid; "gptq": GPTQ's column-by-column rounding with the
+    # error compensated on the later columns of the layer (sqz.compress.gptq).
+    assign: str = "nearest"
+    gptq_inputs: str = "sequential"  # layer inputs from the re-assigned earlier layers, or "dense" (one pass)
+    gptq_refit: bool = True  # refit each codebook to the GPTQ labels (least squares on the layer output)
+    gptq_images: int = 128  # of the calibration crops, the ones the layer Hessians see
+    gptq_damp: float = 0.01  # Hessian dampening, a share of its mean diagonal
     seed: int = 0
     quant: QuantConfig = field(init=False)
 
@@ -338,6 +346,16 @@ class ImportOptions:
             raise ValueError(f"--distill-lr: must be positive, got {self.distill_lr}")
         if self.distill_batch < 1 or self.calibration_images < 1 or self.fisher_images < 1:
             raise ValueError("--calibration-images/--fisher-images/distill batch: must be at least 1")
+        if self.assign not in ("nearest", "gptq"):
+            raise ValueError(f"--assign: must be nearest or gptq, got {self.assign!r}")
+        if self.gptq_inputs not in ("sequential", "dense"):
+            raise ValueError(f"--gptq-inputs: must be sequential or dense, got {self.gptq_inputs!r}")
+        if self.gptq_images < 1:
+            raise ValueError(f"--gptq-images: must be at least 1, got {self.gptq_images}")
+        if not 0 < self.gptq_damp < 1:
+            raise ValueError(f"--gptq-damp: must be in (0, 1), got {self.gptq_damp}")
+        if self.assign == "gptq" and self.calibrate is None:
+            raise ValueError("--assign gptq: needs --calibrate (the layer inputs its Hessians come from)")
         if self.calibrate is not None:
             from sqz.fidelity import check_calibration_source  # torch: only when calibrating
 
@@ -352,6 +370,10 @@ class ImportOptions:
     @property
     def uses_distillation(self) -> bool:
         return self.calibrate is not None and self.distill_steps > 0
+
+    @property
+    def uses_gptq(self) -> bool:
+        return self.calibrate is not None and self.assign == "gptq"
 
 
 def _check_thresholds(mode: PruneMode, thresholds: tuple[float, ...], dense_below: int) -> None:

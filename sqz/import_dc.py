@@ -20,6 +20,7 @@ import torch
 
 from sqz.compress import codec
 from sqz.compress.dcnet import load_dcnet
+from sqz.compress.gptq import gptq_
 from sqz.compress.kmeans import distill_codebooks_, quantize_
 # ImportOptions lives in sqz.config (torch-free: the CLI builds its parser from the defaults).
 from sqz.config import ImportOptions
@@ -88,6 +89,15 @@ def import_released(source: bytes, options: ImportOptions, *, log: Callable[[str
         else:
             shared = quantize_(model, quant, importance=importance)
         out["seconds"]["kmeans"] = time.perf_counter() - start
+        if options.uses_gptq:
+            start = time.perf_counter()
+            gptq_set = subsample(calibration, options.gptq_images, options.seed + 2)
+            report = gptq_(model, shared, released, gptq_set, prepare=prepare, inputs_from=options.gptq_inputs,
+                           damp=options.gptq_damp, refit=options.gptq_refit)  # fmt: skip
+            nearest, assigned = sum(r["nearest"] for r in report.values()), sum(r["gptq"] for r in report.values())
+            log(f"gptq ({options.gptq_inputs} inputs, {len(gptq_set)} images): summed layer output error "
+                f"{assigned / nearest:.3f} x nearest rounding's")  # fmt: skip
+            out["seconds"]["gptq"] = time.perf_counter() - start
         if options.uses_distillation:
             start = time.perf_counter()
             losses = distill_codebooks_(model, shared, calibration, calibration_logits, steps=options.distill_steps,
@@ -97,7 +107,8 @@ def import_released(source: bytes, options: ImportOptions, *, log: Callable[[str
             out["distill_loss"] = (losses[0], sum(losses[-10:]) / len(losses[-10:]))
         meta["reclustered"] = {"bits": options.bits, "method": quant.method, "size_budget": options.size_budget,
                                "calibrate": options.calibrate, "weighting": options.weighting if options.calibrate else "none",
-                               "distill_steps": options.distill_steps if options.calibrate else 0}  # fmt: skip
+                               "distill_steps": options.distill_steps if options.calibrate else 0,
+                               "assign": options.assign if options.calibrate else "nearest"}  # fmt: skip
         data = codec.encode(model, meta=meta)
         if options.size_budget is None or len(data) <= options.size_budget:
             break

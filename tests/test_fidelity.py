@@ -205,6 +205,7 @@ def test_quant_config_refuses_bad_options():
     (["--bits", "6", "--calibrate", "nowhere"], "--calibrate: unknown source"),
     (["--size-budget", "100000", "--calibrate", "photos"], "--size-budget: 100,000 bytes is below the smallest file"),
     (["--bits", "6", "--distill-steps", "3"], "need --calibrate"),
+    (["--bits", "6", "--assign", "gptq"], "need --calibrate"),
     (["--bits", "6", "--calibrate", "photos", "--distill-steps", "-2"], "--distill-steps"),
 ])  # fmt: skip
 def test_import_dc_refuses_bad_options_in_one_line(tmp_path, capsys, extra, message):
