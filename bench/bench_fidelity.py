@@ -129,17 +129,23 @@ def main() -> int:
     bit_options: dict = {}  # (weighting) -> the allocator's per-layer options, computed once
 
     def clustered(bits, budget, weights, weighting, assign):
-        model = copy.deepcopy(dense)
-        if budget is not None:
-            if weighting not in bit_options:
-                bit_options[weighting] = layer_bit_options(dense, quant, BUDGET_BITS, weights)
-            layer_bits = allocate_bits(*bit_options[weighting], budget)
-            shared = quantize_with_bits_(model, quant, layer_bits, weights)
-        else:
-            layer_bits, shared = None, quantize_(model, QuantConfig(bits=bits, method="exact"), importance=weights)
-        if assign != "nearest":
-            gptq_(model, shared, released, gptq_set, prepare=prepare, inputs_from=assign.removeprefix("gptq-").replace("seq", "sequential"),
-                  refit=bool(args.gptq_refit))  # fmt: skip
+        target = budget
+        for _ in range(4):  # GPTQ's labels code to other sizes than nearest's: over budget, retry tighter (as import-dc)
+            model = copy.deepcopy(dense)
+            if budget is not None:
+                if weighting not in bit_options:
+                    bit_options[weighting] = layer_bit_options(dense, quant, BUDGET_BITS, weights)
+                layer_bits = allocate_bits(*bit_options[weighting], target)
+                shared = quantize_with_bits_(model, quant, layer_bits, weights)
+            else:
+                layer_bits, shared = None, quantize_(model, QuantConfig(bits=bits, method="exact"), importance=weights)
+            if assign != "nearest":
+                inputs_from = {"gptq-seq": "sequential", "gptq-dense": "dense"}[assign]
+                gptq_(model, shared, released, gptq_set, prepare=prepare, inputs_from=inputs_from, refit=bool(args.gptq_refit))
+            size = len(codec.encode(model))
+            if budget is None or size <= budget:
+                break
+            target -= size - budget + 64
         return model, shared, layer_bits
 
     def report(label, weighting, assign, steps, model, start):

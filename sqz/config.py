@@ -273,7 +273,12 @@ class QuantConfig:
     # 45 steps of a 32-image batch cost about one digits epoch, as the task-loss epoch did.
     distill_steps: NonNegativeInt = 45
     distill_lr: PositiveFloat = 1e-3
-    calibration_batches: AtLeast1 = 8  # training batches the Fisher pass and distillation use
+    calibration_batches: AtLeast1 = 8  # training batches the Fisher pass, GPTQ and distillation use
+    # How each weight picks its shared value: "nearest" centroid, or "gptq": GPTQ's
+    # column-by-column rounding with the error compensated on the layer's later columns,
+    # from each layer's inputs on the calibration batches (sqz.compress.gptq; the codebook
+    # is refitted to the new labels before any distillation).
+    assign: Literal["nearest", "gptq"] = "nearest"
 
     @model_validator(mode="after")
     def _clusters_and_overrides_fit(self) -> QuantConfig:
