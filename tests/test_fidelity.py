@@ -234,7 +234,8 @@ def test_import_dc_calibrated_writes_fidelity(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_trial_with_fisher_weighting_and_distillation(tmp_path):
+@pytest.mark.parametrize("assign", ["nearest", "gptq"])
+def test_trial_with_fisher_weighting_and_distillation(tmp_path, assign):
     from safetensors.torch import save
 
     from sqz.compress.codec import decode
@@ -245,7 +246,7 @@ def test_trial_with_fisher_weighting_and_distillation(tmp_path):
     torch.manual_seed(0)
     model = build_model("squeezenet_small", num_classes=10)
     baseline = save({k: v.contiguous() for k, v in model.state_dict().items()})
-    quant = QuantConfig(bits=3, weighting="fisher", distill_steps=3, calibration_batches=2, finetune_epochs=0)
+    quant = QuantConfig(bits=3, weighting="fisher", distill_steps=3, calibration_batches=2, finetune_epochs=0, assign=assign)
     spec = TrialSpec(prune=PruneConfig(mode="std", amount=0.8), quant=quant, retrain_epochs=0, retrain_lr=1e-4)
     url = str(tmp_path / "t.sqz")
     row = compress_and_evaluate(baseline=baseline, arch={"name": "squeezenet_small", "kwargs": {"num_classes": 10}},
