@@ -91,8 +91,8 @@ def import_released_task(file_url: str, out_url: str, options: dict[str, Any], r
 @flow(name="import_released")
 def import_released(file_url: str, out_url: str, bits: int | None = None, method: str = "exact",
                     calibrate: str | None = None, size_budget: int | None = None, weighting: str = "fisher",
-                    distill_steps: int = 32, distill_lr: float = 1e-4, calibration_images: int = 384,
-                    assign: str = "nearest", gptq_inputs: str = "sequential",
+                    distill_steps: int = 0, distill_lr: float = 1e-4, calibration_images: int = 384,
+                    assign: str = "gptq", gptq_inputs: str = "dense",
                     run_url: str | None = None) -> dict[str, Any]:  # fmt: skip
     """`sqz import-dc` as a flow: the released Deep Compression SqueezeNet -> .sqz,
     re-clustered at ``bits`` or per layer under ``size_budget`` bytes, calibrated on

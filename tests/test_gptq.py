@@ -129,7 +129,6 @@ def test_gptq_model_refuses_bad_inputs_before_work():
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"assign": "closest"}, "--assign: must be nearest or gptq"),
-    ({"assign": "gptq"}, "--assign gptq: needs --calibrate"),
     ({"assign": "gptq", "bits": 6, "gptq_inputs": "both"}, "--gptq-inputs"),
     ({"gptq_images": 0}, "--gptq-images"),
     ({"gptq_damp": 0.0}, "--gptq-damp"),
