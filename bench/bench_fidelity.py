@@ -34,7 +34,7 @@ from sqz.compress.gptq import gptq_  # noqa: E402
 from sqz.compress.kmeans import distill_codebooks_, quantize_  # noqa: E402
 from sqz.config import QuantConfig  # noqa: E402
 from sqz.data import normalize_batch  # noqa: E402
-from sqz.fidelity import (allocate_bits, calibration_sets, fidelity, fisher_importance, layer_bit_options,  # noqa: E402
+from sqz.fidelity import (allocate_bits, allocated_bytes, calibration_sets, fidelity, fisher_importance, layer_bit_options,  # noqa: E402
                           logits_of, quantize_with_bits_, subsample)  # fmt: skip
 from sqz.import_dc import BUDGET_BITS  # noqa: E402
 
@@ -136,6 +136,7 @@ def main() -> int:
                 if weighting not in bit_options:
                     bit_options[weighting] = layer_bit_options(dense, quant, BUDGET_BITS, weights)
                 layer_bits = allocate_bits(*bit_options[weighting], target)
+                predicted = allocated_bytes(*bit_options[weighting], layer_bits)
                 shared = quantize_with_bits_(model, quant, layer_bits, weights)
             else:
                 layer_bits, shared = None, quantize_(model, QuantConfig(bits=bits, method="exact"), importance=weights)
@@ -145,7 +146,7 @@ def main() -> int:
             size = len(codec.encode(model))
             if budget is None or size <= budget:
                 break
-            target -= size - budget + 64
+            target = min(target, budget - (size - predicted)) - 64
         return model, shared, layer_bits
 
     def report(label, weighting, assign, steps, model, start):

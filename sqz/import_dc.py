@@ -4,8 +4,11 @@ re-clustered, calibrated on images and fitted to a byte budget.
 Without calibration, re-clustering minimises each layer's weight error (plain k-means).
 With ``calibrate`` (photos, a folder, a prepared dataset: see ``sqz.fidelity``) the
 dense released model is the teacher: the clustering is weighted by the diagonal Fisher
-of the model on the calibration images, the centroids are fine-tuned by distillation,
-and the result's fidelity to the dense model is measured on the held-out images.
+of the model on the calibration images, the weights are assigned to the codebook by GPTQ
+(``assign="gptq"``: rounding errors compensated within each layer, on its inputs from the
+calibration images; ``sqz.compress.gptq``) or to the nearest centroid, the centroids are
+optionally fine-tuned by distillation, and the result's fidelity to the dense model is
+measured on the held-out images.
 ``size_budget`` picks each layer's bit width (from ``BUDGET_BITS``) so that the real
 encoded file fits. Plain torch: no Ray, no Prefect.
 """
@@ -25,7 +28,7 @@ from sqz.compress.kmeans import distill_codebooks_, quantize_
 # ImportOptions lives in sqz.config (torch-free: the CLI builds its parser from the defaults).
 from sqz.config import ImportOptions
 from sqz.data import normalize_batch
-from sqz.fidelity import (allocate_bits, calibration_sets, fidelity, fisher_importance,
+from sqz.fidelity import (allocate_bits, allocated_bytes, calibration_sets, fidelity, fisher_importance,
                           layer_bit_options, logits_of, quantize_with_bits_, smallest_file, subsample)  # fmt: skip
 
 __all__ = ["ImportOptions", "import_released", "import_to", "BUDGET_BITS", "RELEASED_INPUT"]
@@ -77,13 +80,17 @@ def import_released(source: bytes, options: ImportOptions, *, log: Callable[[str
             out["seconds"]["fisher"] = time.perf_counter() - start
 
     released = {name: p.detach().clone() for name, p in dense.named_parameters() if p.dim() > 1}
+    if options.size_budget is not None:
+        start = time.perf_counter()
+        bit_options, rest = layer_bit_options(dense, quant, BUDGET_BITS, importance)
+        out["seconds"]["bit_options"] = time.perf_counter() - start
     target = options.size_budget
-    for _ in range(4):  # a budget overshot by the distilled codebooks' bytes is retried tighter
+    for _ in range(4):  # a budget overshot once assigned (GPTQ's labels code to other sizes) or distilled is retried tighter
         model = copy.deepcopy(dense)
         start = time.perf_counter()
         if options.size_budget is not None:
-            bit_options, rest = layer_bit_options(dense, quant, BUDGET_BITS, importance)
             layer_bits = allocate_bits(bit_options, rest, int(target))
+            predicted = allocated_bytes(bit_options, rest, layer_bits)
             shared = quantize_with_bits_(model, quant, layer_bits, importance)
             out["layer_bits"] = layer_bits
         else:
@@ -112,8 +119,11 @@ def import_released(source: bytes, options: ImportOptions, *, log: Callable[[str
         data = codec.encode(model, meta=meta)
         if options.size_budget is None or len(data) <= options.size_budget:
             break
-        log(f"size budget: {len(data):,} bytes after distillation, {len(data) - options.size_budget:,} over; retrying tighter")
-        target = int(target) - (len(data) - options.size_budget) - 64
+        log(f"size budget: {len(data):,} bytes once assigned and distilled, {len(data) - options.size_budget:,} over; retrying tighter")
+        # The allocator sizes each layer as nearest-assigned k-means codes it; this file came
+        # out len(data) - predicted bytes apart: aim that much (and a margin) lower, and
+        # always below the last aim (which may have had slack the allocator could not use).
+        target = min(int(target), options.size_budget - (len(data) - predicted)) - 64
     else:
         raise ValueError(f"--size-budget: could not fit {options.size_budget:,} bytes (last try {len(data):,})")
     params = dict(model.named_parameters())

@@ -17,7 +17,7 @@ from sqz.cli import main
 from sqz.compress.kmeans import distill_codebooks_, kl_divergence, kmeans_1d, quantize_, within_cluster_sse
 from sqz.compress.prune import prune_
 from sqz.config import PruneConfig, QuantConfig
-from sqz.fidelity import LayerBits, allocate_bits, calibration_sets, fidelity, fisher_importance, smallest_file
+from sqz.fidelity import LayerBits, allocate_bits, allocated_bytes, calibration_sets, fidelity, fisher_importance, smallest_file
 
 RELEASED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "models",
                         "squeezenet-deep-compression", "compressed_SqueezeNet.net")  # fmt: skip
@@ -170,7 +170,7 @@ def test_allocate_bits_matches_brute_force_and_refuses_small_budgets():
             continue
         chosen = allocate_bits(options, rest, budget, granularity=1)
         picked = [next(o for o in options[n] if o.bits == chosen[n]) for n in options]
-        assert rest + sum(o.bytes for o in picked) <= budget
+        assert allocated_bytes(options, rest, chosen) == rest + sum(o.bytes for o in picked) <= budget
         feasible = [c for c in itertools.product(*options.values()) if rest + sum(o.bytes for o in c) <= budget]
         assert sum(o.cost for o in picked) == pytest.approx(min(sum(o.cost for o in c) for c in feasible))
     with pytest.raises(ValueError, match="below the smallest file"):
