@@ -119,7 +119,7 @@ def import_released(source: bytes, options: ImportOptions, *, log: Callable[[str
         data = codec.encode(model, meta=meta)
         if options.size_budget is None or len(data) <= options.size_budget:
             break
-        log(f"size budget: {len(data):,} bytes once assigned and distilled, {len(data) - options.size_budget:,} over; retrying tighter")
+        log(f"size budget: {len(data):,} bytes as coded, {len(data) - options.size_budget:,} over; retrying tighter")
         # The allocator sizes each layer as nearest-assigned k-means codes it; this file came
         # out len(data) - predicted bytes apart: aim that much (and a margin) lower, and
         # always below the last aim (which may have had slack the allocator could not use).
