@@ -79,6 +79,7 @@ def main() -> int:
                         help="assignments to compare: nearest, gptq-seq (sequential inputs), gptq-dense (dense inputs)")
     parser.add_argument("--gptq-images", type=int, default=128, help="calibration crops the GPTQ Hessians see")
     parser.add_argument("--gptq-refit", type=int, default=1, help="1: refit each codebook to the GPTQ labels, 0: keep it")
+    parser.add_argument("--gptq-rounds", type=int, default=1, help="GPTQ assignment + refit rounds per layer")
     parser.add_argument("--cache", default=None, help="folder keeping the teacher logits and the Fisher importance "
                         "(safetensors) between runs with the same settings")  # fmt: skip
     args = parser.parse_args()
@@ -142,7 +143,8 @@ def main() -> int:
                 layer_bits, shared = None, quantize_(model, QuantConfig(bits=bits, method="exact"), importance=weights)
             if assign != "nearest":
                 inputs_from = {"gptq-seq": "sequential", "gptq-dense": "dense"}[assign]
-                gptq_(model, shared, released, gptq_set, prepare=prepare, inputs_from=inputs_from, refit=bool(args.gptq_refit))
+                gptq_(model, shared, released, gptq_set, prepare=prepare, inputs_from=inputs_from, refit=bool(args.gptq_refit),
+                      rounds=args.gptq_rounds)  # fmt: skip
             size = len(codec.encode(model))
             if budget is None or size <= budget:
                 break

@@ -96,8 +96,8 @@ def test_conv_hessian_matches_unfolded_inputs():
     torch.testing.assert_close(out, conv.weight.flatten(1) @ cols, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("inputs_from", ["sequential", "dense"])
-def test_gptq_model_keeps_zeros_and_lowers_the_output_error(inputs_from):
+@pytest.mark.parametrize("inputs_from, rounds", [("sequential", 1), ("dense", 1), ("dense", 2)])
+def test_gptq_model_keeps_zeros_and_lowers_the_output_error(inputs_from, rounds):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 6, 1), nn.ReLU(),
                           nn.Conv2d(6, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))  # fmt: skip
@@ -109,7 +109,7 @@ def test_gptq_model_keeps_zeros_and_lowers_the_output_error(inputs_from):
     original = {n: p.detach().clone() for n, p in model.named_parameters() if p.dim() > 1}
     quantized = copy.deepcopy(model)
     shared = quantize_(quantized, QuantConfig(bits=2, method="exact"))
-    report = gptq_(quantized, shared, original, images, batch_size=10, inputs_from=inputs_from)
+    report = gptq_(quantized, shared, original, images, batch_size=10, inputs_from=inputs_from, rounds=rounds)
     for name, p in quantized.named_parameters():
         if name in shared:
             assert torch.equal(p.detach() == 0, original[name] == 0), name
@@ -125,6 +125,8 @@ def test_gptq_model_refuses_bad_inputs_before_work():
         gptq_(model, shared, original, torch.randn(5, 4), inputs_from="both")
     with pytest.raises(ValueError, match="gptq images"):
         gptq_(model, shared, original, torch.randn(0, 4))
+    with pytest.raises(ValueError, match="gptq rounds"):
+        gptq_(model, shared, original, torch.randn(5, 4), rounds=0)
 
 
 @pytest.mark.parametrize("kwargs, message", [

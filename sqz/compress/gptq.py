@@ -237,16 +237,19 @@ def _layer_error(weight: torch.Tensor, quantized: torch.Tensor, hessian: torch.T
 def gptq_(model: nn.Module, shared: Mapping[str, SharedWeights], original: Mapping[str, torch.Tensor],
           inputs: torch.Tensor, *, prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
           batch_size: int = 16, inputs_from: str = "sequential", damp: float = 0.01, block_size: int = 128,
-          refit: bool = True, log: Callable[[str], None] = lambda _: None) -> dict[str, dict[str, float]]:  # fmt: skip
+          refit: bool = True, rounds: int = 1, log: Callable[[str], None] = lambda _: None) -> dict[str, dict[str, float]]:  # fmt: skip
     """Re-assign every layer of ``shared`` (``quantize_``'s result on ``model``) by GPTQ
     against its ``original`` (pre-clustering) weights, keeping each layer's codebook (then
     refitting it for the new labels with ``refit``); the model's weights become
     ``codebook[labels]``. ``inputs``: calibration images, turned into model input by
     ``prepare`` in batches of ``batch_size``. ``inputs_from``: "dense" (every Hessian from
     the original model in one pass) or "sequential" (layer by layer, from ``model`` with
-    its earlier layers already re-assigned). Pruned zeros stay exactly zero.
+    its earlier layers already re-assigned). ``rounds`` > 1 alternates: assign again to
+    the refitted codebook, refit again. Pruned zeros stay exactly zero.
     Returns per layer the output error ``tr((W-Q) H (W-Q)^T)`` of nearest and of GPTQ."""
     check_gptq_options(damp=damp, block_size=block_size, inputs=inputs_from, images=len(inputs))
+    if rounds < 1:
+        raise ValueError(f"gptq rounds: must be at least 1, got {rounds}")
     params = prunable_parameters(model)
     unknown = sorted(set(shared) - set(params)) + sorted(set(shared) - set(original))
     if unknown:
@@ -271,10 +274,11 @@ def gptq_(model: nn.Module, shared: Mapping[str, SharedWeights], original: Mappi
         dense = original[name].detach().cpu()
         flat = dense.flatten(1)
         nearest_error = _layer_error(flat, layer.weight().flatten(1), hessian)
-        labels = gptq_assign(flat, hessian, layer.codebook, damp=damp, block_size=block_size)
-        codebook = refit_codebook(flat, hessian, layer.codebook, labels) if refit else layer.codebook
-        layer.labels.copy_(labels.view_as(layer.labels))
-        layer.codebook.copy_(codebook)
+        for _ in range(rounds):
+            labels = gptq_assign(flat, hessian, layer.codebook, damp=damp, block_size=block_size)
+            codebook = refit_codebook(flat, hessian, layer.codebook, labels) if refit else layer.codebook
+            layer.labels.copy_(labels.view_as(layer.labels))
+            layer.codebook.copy_(codebook)
         weight.copy_(layer.weight().to(weight.device, weight.dtype))
         report[name] = {"nearest": nearest_error, "gptq": _layer_error(flat, layer.weight().flatten(1), hessian)}
         log(f"gptq {name}: output error {report[name]['gptq'] / max(nearest_error, 1e-30):.3f} x nearest's")
