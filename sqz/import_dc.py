@@ -100,7 +100,7 @@ def import_released(source: bytes, options: ImportOptions, *, log: Callable[[str
             start = time.perf_counter()
             gptq_set = subsample(calibration, options.gptq_images, options.seed + 2)
             report = gptq_(model, shared, released, gptq_set, prepare=prepare, inputs_from=options.gptq_inputs,
-                           damp=options.gptq_damp, refit=options.gptq_refit)  # fmt: skip
+                           damp=options.gptq_damp, refit=options.gptq_refit, rounds=options.gptq_rounds)  # fmt: skip
             nearest, assigned = sum(r["nearest"] for r in report.values()), sum(r["gptq"] for r in report.values())
             log(f"gptq ({options.gptq_inputs} inputs, {len(gptq_set)} images): summed layer output error "
                 f"{assigned / nearest:.3f} x nearest rounding's")  # fmt: skip

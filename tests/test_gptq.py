@@ -134,6 +134,7 @@ def test_gptq_model_refuses_bad_inputs_before_work():
     ({"assign": "gptq", "bits": 6, "gptq_inputs": "both"}, "--gptq-inputs"),
     ({"gptq_images": 0}, "--gptq-images"),
     ({"gptq_damp": 0.0}, "--gptq-damp"),
+    ({"gptq_rounds": 0}, "--gptq-rounds"),
 ])  # fmt: skip
 def test_import_options_refuse_bad_gptq_options(kwargs, message):
     from sqz.config import ImportOptions
