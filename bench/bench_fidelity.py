@@ -75,11 +75,11 @@ def main() -> int:
                         help="which rows also get a distilled row: all, or TARGET[:WEIGHTING] items, e.g. 6,b430000:fisher "
                         "(a distilled row costs minutes on CPU)")  # fmt: skip
     parser.add_argument("--weightings", default="none,fisher")
-    parser.add_argument("--assign", default="nearest,gptq-seq",
+    parser.add_argument("--assign", default="nearest,gptq-dense",
                         help="assignments to compare: nearest, gptq-seq (sequential inputs), gptq-dense (dense inputs)")
     parser.add_argument("--gptq-images", type=int, default=128, help="calibration crops the GPTQ Hessians see")
     parser.add_argument("--gptq-refit", type=int, default=1, help="1: refit each codebook to the GPTQ labels, 0: keep it")
-    parser.add_argument("--gptq-rounds", type=int, default=1, help="GPTQ assignment + refit rounds per layer")
+    parser.add_argument("--gptq-rounds", type=int, default=3, help="GPTQ assignment + refit rounds per layer (import-dc's default)")
     parser.add_argument("--cache", default=None, help="folder keeping the teacher logits and the Fisher importance "
                         "(safetensors) between runs with the same settings")  # fmt: skip
     args = parser.parse_args()
