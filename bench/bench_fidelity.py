@@ -3,8 +3,10 @@
 Prints (never asserts) the issue-12 targets: at <= 430,000 B, >= 95% top-1 agreement
 and >= 97% top-5 overlap on held-out crops; at <= 372,000 B, >= 90% top-1 agreement.
 Rows: uniform 8/6/5/4 bits and the per-layer choice under each byte budget, each with
-the clustering weighted by nothing (weight MSE) or by the diagonal Fisher, and without /
-with centroid distillation. All figures are on the held-out photos (scenes never used
+the clustering weighted by nothing (weight MSE) or by the diagonal Fisher, the weights
+assigned to the nearest centroid or by GPTQ (error-compensated, ``--assign``; "gptq-seq"
+takes each layer's inputs from the re-assigned earlier layers, "gptq-dense" from the dense
+model), and without / with centroid distillation. All figures are on the held-out photos (scenes never used
 for calibration). The weighted k-means' speed is timed by bench_compress.py (on a
 SqueezeNet v1.0 with 415,643 distinct weights; the released layers already hold at most
 256 values each, so k = 256 on them is trivial).
@@ -28,10 +30,11 @@ import torch  # noqa: E402
 
 from sqz.compress import codec  # noqa: E402
 from sqz.compress.dcnet import load_dcnet  # noqa: E402
+from sqz.compress.gptq import gptq_  # noqa: E402
 from sqz.compress.kmeans import distill_codebooks_, quantize_  # noqa: E402
 from sqz.config import QuantConfig  # noqa: E402
 from sqz.data import normalize_batch  # noqa: E402
-from sqz.fidelity import (allocate_bits, calibration_sets, fidelity, fisher_importance, layer_bit_options,  # noqa: E402
+from sqz.fidelity import (allocate_bits, allocated_bytes, calibration_sets, fidelity, fisher_importance, layer_bit_options,  # noqa: E402
                           logits_of, quantize_with_bits_, subsample)  # fmt: skip
 from sqz.import_dc import BUDGET_BITS  # noqa: E402
 
@@ -72,6 +75,11 @@ def main() -> int:
                         help="which rows also get a distilled row: all, or TARGET[:WEIGHTING] items, e.g. 6,b430000:fisher "
                         "(a distilled row costs minutes on CPU)")  # fmt: skip
     parser.add_argument("--weightings", default="none,fisher")
+    parser.add_argument("--assign", default="nearest,gptq-dense",
+                        help="assignments to compare: nearest, gptq-seq (sequential inputs), gptq-dense (dense inputs)")
+    parser.add_argument("--gptq-images", type=int, default=128, help="calibration crops the GPTQ Hessians see")
+    parser.add_argument("--gptq-refit", type=int, default=1, help="1: refit each codebook to the GPTQ labels, 0: keep it")
+    parser.add_argument("--gptq-rounds", type=int, default=3, help="GPTQ assignment + refit rounds per layer (import-dc's default)")
     parser.add_argument("--cache", default=None, help="folder keeping the teacher logits and the Fisher importance "
                         "(safetensors) between runs with the same settings")  # fmt: skip
     args = parser.parse_args()
@@ -79,6 +87,10 @@ def main() -> int:
     bit_widths = [int(b) for b in args.bits.split(",") if b]
     budgets = [int(b) for b in args.budgets.split(",") if b]
     weightings = [w for w in args.weightings.split(",") if w]
+    assigns = [a for a in args.assign.split(",") if a]
+    unknown = sorted(set(assigns) - {"nearest", "gptq-seq", "gptq-dense"})
+    if unknown:
+        parser.error(f"--assign: unknown {', '.join(unknown)} (nearest, gptq-seq, gptq-dense)")
 
     with open(args.net, "rb") as f:
         dense = load_dcnet(f.read())
@@ -107,26 +119,44 @@ def main() -> int:
     distill_for = set(args.distill.split(","))
     targets = [(f"{b} bits", b, None, str(b)) for b in bit_widths] + [(f"<= {B:,} B", None, B, f"b{B}") for B in budgets]
     print()
-    header = f"| {'target':<14} | {'weighting':<9} | {'distill':>7} | {'bytes':>9} | {'top-1 agree %':>13} | {'top-5 overlap %':>15} | {'KL':>6} | {'s':>5} |"
+    header = f"| {'target':<14} | {'weighting':<9} | {'assign':<10} | {'distill':>7} | {'bytes':>9} | {'top-1 agree %':>13} | {'top-5 overlap %':>15} | {'KL':>6} | {'s':>5} |"
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|", flush=True)
     rows = []
     quant = QuantConfig(bits=8, method="exact")
 
-    def clustered(bits, budget, weights):
-        model = copy.deepcopy(dense)
-        if budget is not None:
-            options, rest = layer_bit_options(dense, quant, BUDGET_BITS, weights)
-            layer_bits = allocate_bits(options, rest, budget)
-            return model, quantize_with_bits_(model, quant, layer_bits, weights), layer_bits
-        return model, quantize_(model, QuantConfig(bits=bits, method="exact"), importance=weights), None
+    released = {name: p.detach().clone() for name, p in dense.named_parameters() if p.dim() > 1}
+    gptq_set = subsample(calibration, args.gptq_images, 2)
+    bit_options: dict = {}  # (weighting) -> the allocator's per-layer options, computed once
 
-    def report(label, weighting, steps, model, start):
+    def clustered(bits, budget, weights, weighting, assign):
+        target = budget
+        for _ in range(4):  # GPTQ's labels code to other sizes than nearest's: over budget, retry tighter (as import-dc)
+            model = copy.deepcopy(dense)
+            if budget is not None:
+                if weighting not in bit_options:
+                    bit_options[weighting] = layer_bit_options(dense, quant, BUDGET_BITS, weights)
+                layer_bits = allocate_bits(*bit_options[weighting], target)
+                predicted = allocated_bytes(*bit_options[weighting], layer_bits)
+                shared = quantize_with_bits_(model, quant, layer_bits, weights)
+            else:
+                layer_bits, shared = None, quantize_(model, QuantConfig(bits=bits, method="exact"), importance=weights)
+            if assign != "nearest":
+                inputs_from = {"gptq-seq": "sequential", "gptq-dense": "dense"}[assign]
+                gptq_(model, shared, released, gptq_set, prepare=prepare, inputs_from=inputs_from, refit=bool(args.gptq_refit),
+                      rounds=args.gptq_rounds)  # fmt: skip
+            size = len(codec.encode(model))
+            if budget is None or size <= budget:
+                break
+            target = min(target, budget - (size - predicted)) - 64
+        return model, shared, layer_bits
+
+    def report(label, weighting, assign, steps, model, start):
         data = codec.encode(model)
         fid = fidelity(logits_of(codec.decode(data), sets.held_out), held_logits)
-        row = (label, weighting, steps, len(data), fid, time.perf_counter() - start)
+        row = (label, f"{weighting}/{assign}", steps, len(data), fid, time.perf_counter() - start)
         rows.append(row)
-        print(f"| {label:<14} | {weighting:<9} | {steps:>7} | {len(data):>9,} | {fid['top1_agreement']:>13.1f} | "
+        print(f"| {label:<14} | {weighting:<9} | {assign:<10} | {steps:>7} | {len(data):>9,} | {fid['top1_agreement']:>13.1f} | "
               f"{fid['top5_overlap']:>15.1f} | {fid['kl']:>6.3f} | {row[5]:>5.0f} |", flush=True)  # fmt: skip
 
     # Plain rows first (seconds each), then the distilled ones (minutes each on CPU).
@@ -134,20 +164,21 @@ def main() -> int:
     for label, bits, budget, key in targets:
         for weighting in weightings:
             weights = importance if weighting == "fisher" else None
-            start = time.perf_counter()
-            model, shared, layer_bits = clustered(bits, budget, weights)
-            report(label, weighting, 0, model, start)
-            if layer_bits is not None:
-                counts = {b: sum(1 for v in layer_bits.values() if v == b) for b in sorted(set(layer_bits.values()))}
-                print(f"|   {weighting} layers per bit width: {counts}", flush=True)
-            if args.distill_steps and (distill_all or key in distill_for or f"{key}:{weighting}" in distill_for):
-                distilled.append((label, bits, budget, weighting))
-    for label, bits, budget, weighting in distilled:
+            for assign in assigns:
+                start = time.perf_counter()
+                model, shared, layer_bits = clustered(bits, budget, weights, weighting, assign)
+                report(label, weighting, assign, 0, model, start)
+                if layer_bits is not None and assign == assigns[0]:
+                    counts = {b: sum(1 for v in layer_bits.values() if v == b) for b in sorted(set(layer_bits.values()))}
+                    print(f"|   {weighting} layers per bit width: {counts}", flush=True)
+                if args.distill_steps and (distill_all or key in distill_for or f"{key}:{weighting}" in distill_for):
+                    distilled.append((label, bits, budget, weighting, assign))
+    for label, bits, budget, weighting, assign in distilled:
         start = time.perf_counter()
-        model, shared, _ = clustered(bits, budget, importance if weighting == "fisher" else None)
+        model, shared, _ = clustered(bits, budget, importance if weighting == "fisher" else None, weighting, assign)
         distill_codebooks_(model, shared, calibration, calibration_logits, steps=args.distill_steps, lr=args.distill_lr,
                            batch_size=args.distill_batch, prepare=prepare)  # fmt: skip
-        report(label, weighting, args.distill_steps, model, start)
+        report(label, weighting, assign, args.distill_steps, model, start)
 
     print()
     for budget, need_top1, need_top5 in ((430_000, 95.0, 97.0), (372_000, 90.0, None)):

@@ -273,7 +273,12 @@ class QuantConfig:
     # 45 steps of a 32-image batch cost about one digits epoch, as the task-loss epoch did.
     distill_steps: NonNegativeInt = 45
     distill_lr: PositiveFloat = 1e-3
-    calibration_batches: AtLeast1 = 8  # training batches the Fisher pass and distillation use
+    calibration_batches: AtLeast1 = 8  # training batches the Fisher pass, GPTQ and distillation use
+    # How each weight picks its shared value: "nearest" centroid, or "gptq": GPTQ's
+    # column-by-column rounding with the error compensated on the layer's later columns,
+    # from each layer's inputs on the calibration batches (sqz.compress.gptq; the codebook
+    # is refitted to the new labels before any distillation).
+    assign: Literal["nearest", "gptq"] = "nearest"
 
     @model_validator(mode="after")
     def _clusters_and_overrides_fit(self) -> QuantConfig:
@@ -314,13 +319,28 @@ class ImportOptions:
     calibrate: str | None = None  # photos | a folder of images | a prepared dataset
     size_budget: int | None = None  # bytes; per-layer widths from sqz.import_dc.BUDGET_BITS
     weighting: str = "fisher"  # with calibrate: "fisher" or "none" (weight MSE)
-    # The defaults are what bench/bench_fidelity.py measured (a few CPU minutes each): the
-    # distillation loss was still falling at 32 steps, so more steps may pay where compute is.
-    distill_steps: int = 32  # with calibrate: centroid fine-tuning steps (0: none)
+    # The defaults are what bench/bench_fidelity.py measured: after GPTQ assignment (whose
+    # codebooks are already refitted to the layer outputs) 32 distillation steps lost 4.3
+    # points of top-1 agreement at <= 430,000 B (92.4 -> 88.1%, held-out KL 0.024 -> 0.031)
+    # and gained 1.0 at <= 372,000 B (81.9 -> 82.9%, KL 0.107 -> 0.108), so none by default;
+    # with --assign nearest, 32 steps gained (84.3 -> 87.1% at <= 430,000 B).
+    distill_steps: int = 0  # with calibrate: centroid fine-tuning steps (0: none)
     distill_lr: float = 1e-4
     distill_batch: int = 16
     calibration_images: int = 384  # calibration crops used (a fixed subset)
     fisher_images: int = 256  # of those, the ones the Fisher pass sees
+    # With calibrate: how each weight picks its shared value once the codebook is fitted.
+    # "nearest": the closest centroid; "gptq": GPTQ's column-by-column rounding with the
+    # error compensated on the later columns of the layer (sqz.compress.gptq). gptq with
+    # the dense model's layer inputs measured best (bench_fidelity.py; README).
+    assign: str = "gptq"
+    gptq_inputs: str = "dense"  # layer inputs from the dense model (one pass), or "sequential" (the re-assigned earlier layers')
+    gptq_refit: bool = True  # refit each codebook to the GPTQ labels (least squares on the layer output)
+    gptq_images: int = 128  # of the calibration crops, the ones the layer Hessians see
+    gptq_damp: float = 0.01  # Hessian dampening, a share of its mean diagonal
+    # Assign + refit rounds per layer: 3 measured lower held-out KL than 1 at both budgets
+    # (bench_fidelity.py: 0.024 -> 0.023 at <= 430,000 B, 0.107 -> 0.080 at <= 372,000 B).
+    gptq_rounds: int = 3
     seed: int = 0
     quant: QuantConfig = field(init=False)
 
@@ -338,6 +358,16 @@ class ImportOptions:
             raise ValueError(f"--distill-lr: must be positive, got {self.distill_lr}")
         if self.distill_batch < 1 or self.calibration_images < 1 or self.fisher_images < 1:
             raise ValueError("--calibration-images/--fisher-images/distill batch: must be at least 1")
+        if self.assign not in ("nearest", "gptq"):
+            raise ValueError(f"--assign: must be nearest or gptq, got {self.assign!r}")
+        if self.gptq_inputs not in ("sequential", "dense"):
+            raise ValueError(f"--gptq-inputs: must be sequential or dense, got {self.gptq_inputs!r}")
+        if self.gptq_images < 1:
+            raise ValueError(f"--gptq-images: must be at least 1, got {self.gptq_images}")
+        if self.gptq_rounds < 1:
+            raise ValueError(f"--gptq-rounds: must be at least 1, got {self.gptq_rounds}")
+        if not 0 < self.gptq_damp < 1:
+            raise ValueError(f"--gptq-damp: must be in (0, 1), got {self.gptq_damp}")
         if self.calibrate is not None:
             from sqz.fidelity import check_calibration_source  # torch: only when calibrating
 
@@ -352,6 +382,10 @@ class ImportOptions:
     @property
     def uses_distillation(self) -> bool:
         return self.calibrate is not None and self.distill_steps > 0
+
+    @property
+    def uses_gptq(self) -> bool:
+        return self.calibrate is not None and self.assign == "gptq"
 
 
 def _check_thresholds(mode: PruneMode, thresholds: tuple[float, ...], dense_below: int) -> None:

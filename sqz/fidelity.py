@@ -55,6 +55,7 @@ __all__ = [
     "LayerBits",
     "layer_bit_options",
     "allocate_bits",
+    "allocated_bytes",
     "quantize_with_bits_",
 ]
 
@@ -342,6 +343,11 @@ def layer_bit_options(model: nn.Module, quant: QuantConfig, bit_widths: Sequence
             options[name].append(LayerBits(name, b, int(sizes[name]), float((error * weight).sum())))
         rest.append(len(data) - sum(sizes[name] for name in options))
     return options, max(rest)
+
+
+def allocated_bytes(options: Mapping[str, Sequence[LayerBits]], rest: int, bits: Mapping[str, int]) -> int:
+    """The file bytes ``options`` predict for one width per layer (``allocate_bits``' choice)."""
+    return rest + sum(next(o.bytes for o in options[layer] if o.bits == b) for layer, b in bits.items())
 
 
 def smallest_file(options: Mapping[str, Sequence[LayerBits]], rest: int) -> int:

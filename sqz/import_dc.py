@@ -4,8 +4,11 @@ re-clustered, calibrated on images and fitted to a byte budget.
 Without calibration, re-clustering minimises each layer's weight error (plain k-means).
 With ``calibrate`` (photos, a folder, a prepared dataset: see ``sqz.fidelity``) the
 dense released model is the teacher: the clustering is weighted by the diagonal Fisher
-of the model on the calibration images, the centroids are fine-tuned by distillation,
-and the result's fidelity to the dense model is measured on the held-out images.
+of the model on the calibration images, the weights are assigned to the codebook by GPTQ
+(``assign="gptq"``: rounding errors compensated within each layer, on its inputs from the
+calibration images; ``sqz.compress.gptq``) or to the nearest centroid, the centroids are
+optionally fine-tuned by distillation, and the result's fidelity to the dense model is
+measured on the held-out images.
 ``size_budget`` picks each layer's bit width (from ``BUDGET_BITS``) so that the real
 encoded file fits. Plain torch: no Ray, no Prefect.
 """
@@ -20,11 +23,12 @@ import torch
 
 from sqz.compress import codec
 from sqz.compress.dcnet import load_dcnet
+from sqz.compress.gptq import gptq_
 from sqz.compress.kmeans import distill_codebooks_, quantize_
 # ImportOptions lives in sqz.config (torch-free: the CLI builds its parser from the defaults).
 from sqz.config import ImportOptions
 from sqz.data import normalize_batch
-from sqz.fidelity import (allocate_bits, calibration_sets, fidelity, fisher_importance,
+from sqz.fidelity import (allocate_bits, allocated_bytes, calibration_sets, fidelity, fisher_importance,
                           layer_bit_options, logits_of, quantize_with_bits_, smallest_file, subsample)  # fmt: skip
 
 __all__ = ["ImportOptions", "import_released", "import_to", "BUDGET_BITS", "RELEASED_INPUT"]
@@ -76,18 +80,31 @@ def import_released(source: bytes, options: ImportOptions, *, log: Callable[[str
             out["seconds"]["fisher"] = time.perf_counter() - start
 
     released = {name: p.detach().clone() for name, p in dense.named_parameters() if p.dim() > 1}
+    if options.size_budget is not None:
+        start = time.perf_counter()
+        bit_options, rest = layer_bit_options(dense, quant, BUDGET_BITS, importance)
+        out["seconds"]["bit_options"] = time.perf_counter() - start
     target = options.size_budget
-    for _ in range(4):  # a budget overshot by the distilled codebooks' bytes is retried tighter
+    for _ in range(4):  # a budget overshot once assigned (GPTQ's labels code to other sizes) or distilled is retried tighter
         model = copy.deepcopy(dense)
         start = time.perf_counter()
         if options.size_budget is not None:
-            bit_options, rest = layer_bit_options(dense, quant, BUDGET_BITS, importance)
             layer_bits = allocate_bits(bit_options, rest, int(target))
+            predicted = allocated_bytes(bit_options, rest, layer_bits)
             shared = quantize_with_bits_(model, quant, layer_bits, importance)
             out["layer_bits"] = layer_bits
         else:
             shared = quantize_(model, quant, importance=importance)
         out["seconds"]["kmeans"] = time.perf_counter() - start
+        if options.uses_gptq:
+            start = time.perf_counter()
+            gptq_set = subsample(calibration, options.gptq_images, options.seed + 2)
+            report = gptq_(model, shared, released, gptq_set, prepare=prepare, inputs_from=options.gptq_inputs,
+                           damp=options.gptq_damp, refit=options.gptq_refit, rounds=options.gptq_rounds)  # fmt: skip
+            nearest, assigned = sum(r["nearest"] for r in report.values()), sum(r["gptq"] for r in report.values())
+            log(f"gptq ({options.gptq_inputs} inputs, {len(gptq_set)} images): summed layer output error "
+                f"{assigned / nearest:.3f} x nearest rounding's")  # fmt: skip
+            out["seconds"]["gptq"] = time.perf_counter() - start
         if options.uses_distillation:
             start = time.perf_counter()
             losses = distill_codebooks_(model, shared, calibration, calibration_logits, steps=options.distill_steps,
@@ -97,12 +114,16 @@ def import_released(source: bytes, options: ImportOptions, *, log: Callable[[str
             out["distill_loss"] = (losses[0], sum(losses[-10:]) / len(losses[-10:]))
         meta["reclustered"] = {"bits": options.bits, "method": quant.method, "size_budget": options.size_budget,
                                "calibrate": options.calibrate, "weighting": options.weighting if options.calibrate else "none",
-                               "distill_steps": options.distill_steps if options.calibrate else 0}  # fmt: skip
+                               "distill_steps": options.distill_steps if options.calibrate else 0,
+                               "assign": options.assign if options.calibrate else "nearest"}  # fmt: skip
         data = codec.encode(model, meta=meta)
         if options.size_budget is None or len(data) <= options.size_budget:
             break
-        log(f"size budget: {len(data):,} bytes after distillation, {len(data) - options.size_budget:,} over; retrying tighter")
-        target = int(target) - (len(data) - options.size_budget) - 64
+        log(f"size budget: {len(data):,} bytes as coded, {len(data) - options.size_budget:,} over; retrying tighter")
+        # The allocator sizes each layer as nearest-assigned k-means codes it; this file came
+        # out len(data) - predicted bytes apart: aim that much (and a margin) lower, and
+        # always below the last aim (which may have had slack the allocator could not use).
+        target = min(int(target), options.size_budget - (len(data) - predicted)) - 64
     else:
         raise ValueError(f"--size-budget: could not fit {options.size_budget:,} bytes (last try {len(data):,})")
     params = dict(model.named_parameters())

@@ -21,6 +21,9 @@ def test_run_ids_of_existing_runs_are_kept():
                             sweep=SweepConfig(thresholds=(0.33, 0.25), bits=(8, 6), prune_mode="density", retrain_steps=600,
                                               retrain_lr=5e-4, quant=QuantConfig(finetune_epochs=1)))  # fmt: skip
     assert derive_run_id(digits) == "run-da4c2aada8c6"
+    # A field added later changes the id only away from its old behaviour.
+    gptq = dataclasses.replace(digits, sweep=dataclasses.replace(digits.sweep, quant=QuantConfig(finetune_epochs=1, assign="gptq")))
+    assert derive_run_id(gptq) != "run-da4c2aada8c6"
 
 
 def test_values_are_normalised_and_copies_validated():

@@ -17,7 +17,7 @@ from sqz.cli import main
 from sqz.compress.kmeans import distill_codebooks_, kl_divergence, kmeans_1d, quantize_, within_cluster_sse
 from sqz.compress.prune import prune_
 from sqz.config import PruneConfig, QuantConfig
-from sqz.fidelity import LayerBits, allocate_bits, calibration_sets, fidelity, fisher_importance, smallest_file
+from sqz.fidelity import LayerBits, allocate_bits, allocated_bytes, calibration_sets, fidelity, fisher_importance, smallest_file
 
 RELEASED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "models",
                         "squeezenet-deep-compression", "compressed_SqueezeNet.net")  # fmt: skip
@@ -170,7 +170,7 @@ def test_allocate_bits_matches_brute_force_and_refuses_small_budgets():
             continue
         chosen = allocate_bits(options, rest, budget, granularity=1)
         picked = [next(o for o in options[n] if o.bits == chosen[n]) for n in options]
-        assert rest + sum(o.bytes for o in picked) <= budget
+        assert allocated_bytes(options, rest, chosen) == rest + sum(o.bytes for o in picked) <= budget
         feasible = [c for c in itertools.product(*options.values()) if rest + sum(o.bytes for o in c) <= budget]
         assert sum(o.cost for o in picked) == pytest.approx(min(sum(o.cost for o in c) for c in feasible))
     with pytest.raises(ValueError, match="below the smallest file"):
@@ -205,6 +205,7 @@ def test_quant_config_refuses_bad_options():
     (["--bits", "6", "--calibrate", "nowhere"], "--calibrate: unknown source"),
     (["--size-budget", "100000", "--calibrate", "photos"], "--size-budget: 100,000 bytes is below the smallest file"),
     (["--bits", "6", "--distill-steps", "3"], "need --calibrate"),
+    (["--bits", "6", "--assign", "gptq"], "need --calibrate"),
     (["--bits", "6", "--calibrate", "photos", "--distill-steps", "-2"], "--distill-steps"),
 ])  # fmt: skip
 def test_import_dc_refuses_bad_options_in_one_line(tmp_path, capsys, extra, message):
@@ -233,7 +234,8 @@ def test_import_dc_calibrated_writes_fidelity(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_trial_with_fisher_weighting_and_distillation(tmp_path):
+@pytest.mark.parametrize("assign", ["nearest", "gptq"])
+def test_trial_with_fisher_weighting_and_distillation(tmp_path, assign):
     from safetensors.torch import save
 
     from sqz.compress.codec import decode
@@ -244,7 +246,7 @@ def test_trial_with_fisher_weighting_and_distillation(tmp_path):
     torch.manual_seed(0)
     model = build_model("squeezenet_small", num_classes=10)
     baseline = save({k: v.contiguous() for k, v in model.state_dict().items()})
-    quant = QuantConfig(bits=3, weighting="fisher", distill_steps=3, calibration_batches=2, finetune_epochs=0)
+    quant = QuantConfig(bits=3, weighting="fisher", distill_steps=3, calibration_batches=2, finetune_epochs=0, assign=assign)
     spec = TrialSpec(prune=PruneConfig(mode="std", amount=0.8), quant=quant, retrain_epochs=0, retrain_lr=1e-4)
     url = str(tmp_path / "t.sqz")
     row = compress_and_evaluate(baseline=baseline, arch={"name": "squeezenet_small", "kwargs": {"num_classes": 10}},

@@ -53,3 +53,15 @@ def test_bad_manifests_are_refused():
         new_manifest("x", "train", config={}, arch=None, notes="free text")
     with pytest.raises(ValueError, match="schema_version"):
         upgrade_manifest({"schema_version": 99})
+
+
+def test_sweep_recorded_before_a_quant_field_existed_keeps_its_trials():
+    from sqz.config import QuantConfig, SweepConfig, config_to_dict
+    from sqz.runs.claims import plan_sweep_trials
+
+    recorded = config_to_dict(SweepConfig())["quant"]
+    recorded.pop("assign")  # as a sweep recorded it before GPTQ assignment existed
+    plan = {"run_id": "s", "manifest": {"trial_settings": {"quant": recorded}}}
+    assert plan_sweep_trials(plan, SweepConfig())["manifest"]["trial_settings"]["quant"]["assign"] == "nearest"
+    with pytest.raises(ValueError, match="--assign: run s was swept with quant="):
+        plan_sweep_trials(plan, SweepConfig(quant=QuantConfig(assign="gptq")))

@@ -36,6 +36,12 @@ def add_parser(sub: Any) -> None:
                            help=f"with --calibrate: k-means error weighting (default: {defaults.weighting})")
     import_dc.add_argument("--distill-steps", type=non_negative_int, default=None,
                            help=f"with --calibrate: centroid distillation steps (default: {defaults.distill_steps})")
+    import_dc.add_argument("--assign", choices=["nearest", "gptq"], default=None,
+                           help="with --calibrate: each weight takes its nearest shared value, or GPTQ's error-compensated "
+                           f"choice from the layer's calibration inputs (default: {defaults.assign})")  # fmt: skip
+    import_dc.add_argument("--gptq-inputs", choices=["sequential", "dense"], default=defaults.gptq_inputs,
+                           help="with --assign gptq: each layer's inputs from the already re-assigned earlier layers "
+                           f"(sequential) or from the dense model (default: {defaults.gptq_inputs})")  # fmt: skip
     import_dc.add_argument("--distill-lr", type=float, default=defaults.distill_lr,
                            help=f"with --calibrate: Adam lr of the distillation (default: {defaults.distill_lr:g})")
     import_dc.add_argument("--calibration-images", type=positive_int, default=defaults.calibration_images,
@@ -49,16 +55,17 @@ def command(args: argparse.Namespace) -> int:
 
     from sqz.config import ImportOptions
 
-    if args.calibrate is None and (args.weighting is not None or args.distill_steps is not None):
-        raise ValueError("--weighting/--distill-steps: need --calibrate (the images they are computed on)")
+    if args.calibrate is None and (args.weighting is not None or args.distill_steps is not None or args.assign is not None):
+        raise ValueError("--weighting/--distill-steps/--assign: need --calibrate (the images they are computed on)")
     defaults = ImportOptions()
     options = ImportOptions(bits=args.bits, method=args.method, calibrate=args.calibrate, size_budget=args.size_budget,
                             weighting=args.weighting or defaults.weighting, distill_lr=args.distill_lr,
                             distill_steps=defaults.distill_steps if args.distill_steps is None else args.distill_steps,
-                            calibration_images=args.calibration_images)  # fmt: skip  # every bad value fails here
+                            calibration_images=args.calibration_images, assign=args.assign or defaults.assign,
+                            gptq_inputs=args.gptq_inputs)  # fmt: skip  # every bad value fails here
     parameters = {k: v for k, v in dataclasses.asdict(options).items()
                   if k in ("bits", "method", "calibrate", "size_budget", "weighting", "distill_steps", "distill_lr",
-                           "calibration_images")}  # fmt: skip
+                           "calibration_images", "assign", "gptq_inputs")}  # fmt: skip
 
     def flow():
         from flows.compress_flow import import_released
@@ -70,6 +77,8 @@ def command(args: argparse.Namespace) -> int:
     reclustered = options.bits is not None or options.size_budget is not None
     if reclustered:
         how = (f"{options.weighting}-weighted" if options.calibrate else "weight-MSE") + f" {options.method} k-means"
+        if options.uses_gptq:
+            how += f", GPTQ assignment ({options.gptq_inputs} inputs{', codebooks refitted' if options.gptq_refit else ''})"
         if options.uses_distillation:
             how += f", centroids distilled {options.distill_steps} steps"
         widths = (f"per-layer bits {dict(sorted(Counter(summary['layer_bits'].values()).items()))} (bits: layers)"

@@ -119,11 +119,14 @@ def add_quant_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--distill-lr", type=positive_float, default=default.distill_lr,
                         help=f"Adam lr of the centroid distillation (default: {default.distill_lr:g})")  # fmt: skip
     parser.add_argument("--calibration-batches", type=positive_int, default=default.calibration_batches,
-                        help=f"training batches the Fisher pass and distillation use (default: {default.calibration_batches})")  # fmt: skip
+                        help=f"training batches the Fisher pass, GPTQ and distillation use (default: {default.calibration_batches})")  # fmt: skip
+    parser.add_argument("--assign", choices=["nearest", "gptq"], default=default.assign,
+                        help="each weight takes its nearest shared value, or GPTQ's error-compensated choice from the "
+                        f"layer's inputs on the calibration batches (default: {default.assign})")  # fmt: skip
 
 
 def quant_config(args: argparse.Namespace) -> Any:
     from sqz.config import QuantConfig
 
     return QuantConfig(finetune_epochs=args.finetune_epochs, weighting=args.weighting, distill_steps=args.distill_steps,
-                       distill_lr=args.distill_lr, calibration_batches=args.calibration_batches)  # fmt: skip
+                       distill_lr=args.distill_lr, calibration_batches=args.calibration_batches, assign=args.assign)  # fmt: skip

@@ -112,6 +112,17 @@ TRIAL_SETTINGS = ("retrain_epochs", "retrain_lr", "retrain_optimizer", "quant", 
                   "prune_frequency", "prune_ramp", "retrain_lr_schedule", "retrain_loss", "dense_below")  # fmt: skip
 
 
+# Quant fields added after sweeps recorded their settings, at the value those sweeps used.
+_QUANT_BEFORE_RECORDED = {"assign": "nearest"}
+
+
+def _differs(recorded: Any, now: Any) -> bool:
+    """A recorded setting differs from the current one (a dict: on the keys it recorded)."""
+    if isinstance(recorded, dict) and isinstance(now, dict):
+        return any(k not in now or _differs(v, now[k]) for k, v in recorded.items())
+    return recorded != now
+
+
 def plan_sweep_trials(plan: dict[str, Any], sweep_cfg: Any) -> dict[str, Any]:
     """``plan`` with the sweep's trial settings recorded. Trials of one run share a row
     table keyed by grid point, so the settings that shape a trial's result must not change
@@ -119,10 +130,14 @@ def plan_sweep_trials(plan: dict[str, Any], sweep_cfg: Any) -> dict[str, Any]:
     manifest = plan["manifest"]
     settings = {k: v for k, v in config_to_dict(sweep_cfg).items() if k in TRIAL_SETTINGS}
     earlier = manifest.get("trial_settings")
-    # A run swept before a setting existed had its default then: compare only what it recorded.
-    if earlier is not None and any(k in earlier and earlier[k] != settings[k] for k in settings):
-        changed = ", ".join(f"{k}={earlier.get(k)!r}" for k in settings if k in earlier and earlier[k] != settings[k])
-        raise ValueError(f"--retrain-*/--prune-*/--finetune-epochs/--weighting/--distill-*: run {plan['run_id']} was swept with "
+    if earlier is not None and isinstance(earlier.get("quant"), dict):
+        # Quant fields added later: what a sweep recorded before them did.
+        earlier = {**earlier, "quant": {**_QUANT_BEFORE_RECORDED, **earlier["quant"]}}
+    # A run swept before a setting existed had its default then: compare only what it
+    # recorded (inside "quant" too: its later fields, such as assign, are absent there).
+    if earlier is not None and any(k in earlier and _differs(earlier[k], settings[k]) for k in settings):
+        changed = ", ".join(f"{k}={earlier.get(k)!r}" for k in settings if k in earlier and _differs(earlier[k], settings[k]))
+        raise ValueError(f"--retrain-*/--prune-*/--finetune-epochs/--weighting/--distill-*/--assign: run {plan['run_id']} was swept with "
                          f"{changed}; keep them or choose a new --run-id")  # fmt: skip
     if sweep_cfg.retrain_lr_schedule == "rewind":
         source_train = manifest["config"].get("train")

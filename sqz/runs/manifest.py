@@ -44,10 +44,21 @@ def derive_run_id(kind: str, payload: dict[str, Any]) -> str:
     return f"{_PREFIX[kind]}-{digest[:12]}"
 
 
+# Config fields added after runs were made, with the value that behaves as before the
+# field existed: at that value they are left out of the hash, so older runs keep their ids.
+_LATER_FIELDS: dict[tuple[str, ...], Any] = {("sweep", "quant", "assign"): "nearest"}
+
+
 def pipeline_run_id(config: Any) -> str:
     """A `sqz run`: its whole config except the storage root (moving a run keeps its id)."""
     payload = config_to_dict(config)
     payload.pop("storage_url", None)
+    for (*path, key), old_behaviour in _LATER_FIELDS.items():
+        holder = payload
+        for part in path:
+            holder = holder.get(part, {})
+        if holder.get(key, old_behaviour) == old_behaviour:
+            holder.pop(key, None)
     return derive_run_id("pipeline", payload)
 
 
