@@ -31,7 +31,7 @@ from sqz.data import normalize_batch
 from sqz.fidelity import (allocate_bits, allocated_bytes, calibration_sets, fidelity, fisher_importance,
                           layer_bit_options, logits_of, quantize_with_bits_, smallest_file, subsample)  # fmt: skip
 
-__all__ = ["ImportOptions", "import_released", "import_to", "BUDGET_BITS", "RELEASED_INPUT"]
+__all__ = ["ImportOptions", "import_released", "import_to", "check_size_budget", "BUDGET_BITS", "RELEASED_INPUT"]
 
 RELEASED_INPUT = {"image_size": 227, "normalization": "caffe"}  # Caffe's convention, recorded in the file
 BUDGET_BITS = (3, 4, 5, 6, 7, 8)  # the widths a byte budget chooses among, per layer
@@ -49,14 +49,7 @@ def import_released(source: bytes, options: ImportOptions, *, log: Callable[[str
         return _finish(out, dense, codec.encode(dense, meta=meta))
 
     quant = options.quant
-    if options.size_budget is not None:
-        # Refuse an impossible budget before any calibration work: every layer at the
-        # narrowest width, sized by the real encoder.
-        options_plain, rest = layer_bit_options(dense, quant, [min(BUDGET_BITS)])
-        smallest = smallest_file(options_plain, rest)
-        if options.size_budget < smallest:
-            raise ValueError(f"--size-budget: {options.size_budget:,} bytes is below the smallest file "
-                             f"({smallest:,} bytes, every layer at {min(BUDGET_BITS)} bits)")  # fmt: skip
+    _refuse_impossible_budget(dense, options)  # before any calibration work
 
     def prepare(images: torch.Tensor) -> torch.Tensor:
         return normalize_batch(images, RELEASED_INPUT["normalization"])  # type: ignore[arg-type]
@@ -134,6 +127,28 @@ def import_released(source: bytes, options: ImportOptions, *, log: Callable[[str
     if sets is not None:
         out["fidelity"] = fidelity(logits_of(out["model"], sets.held_out), held_logits)
     return out
+
+
+def _refuse_impossible_budget(dense: torch.nn.Module, options: ImportOptions) -> None:
+    """A budget below the smallest file (every layer at the narrowest width, sized by
+    the real encoder) is refused with a one-line ValueError."""
+    if options.size_budget is None:
+        return
+    options_plain, rest = layer_bit_options(dense, options.quant, [min(BUDGET_BITS)])
+    smallest = smallest_file(options_plain, rest)
+    if options.size_budget < smallest:
+        raise ValueError(f"--size-budget: {options.size_budget:,} bytes is below the smallest file "
+                         f"({smallest:,} bytes, every layer at {min(BUDGET_BITS)} bits)")  # fmt: skip
+
+
+def check_size_budget(file_url: str, options: ImportOptions) -> None:
+    """``options.size_budget`` checked against the released file at ``file_url`` before
+    any flow starts: ``sqz import-dc`` refuses an impossible budget in one line, with no
+    flow run begun (and none of its log lines printed)."""
+    from sqz import storage
+
+    if options.size_budget is not None:
+        _refuse_impossible_budget(load_dcnet(storage.read_bytes(file_url)), options)
 
 
 def _finish(out: dict[str, Any], model: torch.nn.Module, data: bytes) -> dict[str, Any]:

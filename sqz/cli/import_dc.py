@@ -72,6 +72,12 @@ def command(args: argparse.Namespace) -> int:
 
         return import_released
 
+    if options.size_budget is not None:
+        # The smallest possible file needs the model read (torch): a core check, run here so
+        # that an impossible budget is one line before any flow run begins.
+        from sqz.import_dc import check_size_budget
+
+        check_size_budget(args.file, options)
     name = f"import-dc-{args.out.rstrip('/').rsplit('/', 1)[-1]}"
     summary = run_flow(flow, name, file_url=args.file, out_url=args.out, run_url=args.run, **parameters)
     reclustered = options.bits is not None or options.size_budget is not None
