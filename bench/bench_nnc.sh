@@ -14,8 +14,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-NET=${1:-$ROOT/../shared/models/squeezenet-deep-compression/compressed_SqueezeNet.net}
-shift || true
+NET=$ROOT/../shared/models/squeezenet-deep-compression/compressed_SqueezeNet.net
+# The model file is optional and positional; options such as --bits may come first.
+if [ $# -gt 0 ] && [[ $1 != --* ]]; then NET=$1; shift; fi
+if [ ! -f "$NET" ]; then
+  echo "bench_nnc.sh: no such model file: $NET" >&2
+  exit 2
+fi
+# The only option: --bits N (re-cluster to N bits first, 1..8). Checked here, before the
+# venv is built, so that a typo costs one line instead of minutes.
+if [ $# -gt 0 ] && ! { [ $# -eq 2 ] && [ "$1" = --bits ] && [[ $2 =~ ^[1-8]$ ]]; }; then
+  echo "bench_nnc.sh: expected [MODEL.net] [--bits 1..8], got: $*" >&2
+  exit 2
+fi
 PROJECT_PY=${PROJECT_PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 VENV=$ROOT/.work/nnc-venv
 NNC_VERSION=2.1.3
