@@ -27,6 +27,7 @@ if [ $# -gt 0 ] && ! { [ $# -eq 2 ] && [ "$1" = --bits ] && [[ $2 =~ ^[1-8]$ ]];
   echo "bench_nnc.sh: expected [MODEL.net] [--bits 1..8], got: $*" >&2
   exit 2
 fi
+BITS=${2:-}  # empty: the released codebooks as they are
 PROJECT_PY=${PROJECT_PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 VENV=$ROOT/.work/nnc-venv
 NNC_VERSION=2.1.3
@@ -43,7 +44,7 @@ fi
 
 LEVELS=$ROOT/.work/nnc-levels.npz
 # 1. with the project's environment: the levels, codebooks and biases, and sqz's bytes
-PYTHONPATH=$ROOT "$PROJECT_PY" - "$NET" "$LEVELS" "$@" <<'PY'
+PYTHONPATH=$ROOT "$PROJECT_PY" - "$NET" "$LEVELS" "$BITS" <<'PY'
 import sys, json
 import numpy as np
 from sqz.compress.codec import encode
@@ -52,7 +53,7 @@ from sqz.compress.kmeans import quantize_
 from sqz.config import QuantConfig
 
 net, out = sys.argv[1], sys.argv[2]
-bits = int(sys.argv[4]) if len(sys.argv) > 4 and sys.argv[3] == "--bits" else None
+bits = int(sys.argv[3]) if sys.argv[3] else None  # checked by the shell above
 model = load_dcnet(open(net, "rb").read())
 if bits:
     quantize_(model, QuantConfig(bits=bits, method="exact"))
