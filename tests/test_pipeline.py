@@ -19,9 +19,12 @@ from sqz.data import load_split
 from sqz.models import build_model
 
 # q x std thresholds (not the default kept density), so that higher thresholds prune more.
-# Centroid distillation runs, but 3 steps on 2 calibration batches instead of the default
-# 45 on 8 (a digits epoch per trial): no assertion here reads its effect (test_fidelity's do).
-ARGS = ["--epochs", "3", "--prune-mode", "std", "--thresholds", "0.3,0.6,0.9", "--bits", "8,4", "--retrain-epochs", "1",
+# Every stage runs, each as short as the assertions allow (no assertion here reads an
+# accuracy; test_train, test_prune_schedule and test_fidelity measure what training,
+# gradual pruning and distillation achieve): 2 epochs, a 2 x 2 grid, 20 gradual-pruning
+# retrain steps (two mask updates) instead of a digits epoch (~90 steps), and centroid
+# distillation for 3 steps on 2 calibration batches instead of 45 on 8.
+ARGS = ["--epochs", "2", "--prune-mode", "std", "--thresholds", "0.3,0.9", "--bits", "8,4", "--retrain-steps", "20",
         "--finetune-epochs", "1", "--distill-steps", "3", "--calibration-batches", "2", "--run-id", "tiny"]  # fmt: skip
 
 
@@ -47,14 +50,14 @@ def test_run_writes_everything_it_reports(finished_run):
     out = result.stdout
     assert "baseline squeezenet_small" in out and "chosen:" in out
     manifest = json.load(open(os.path.join(run_dir, "manifest.json")))
-    assert manifest["run_id"] == "tiny" and manifest["config"]["train"]["epochs"] == 3
+    assert manifest["run_id"] == "tiny" and manifest["config"]["train"]["epochs"] == 2
     assert os.path.exists(os.path.join(run_dir, "report", "report.md"))
 
     epochs = metrics.read_table(run_dir, "train_epochs").to_pylist()
-    assert sorted(r["epoch"] for r in epochs) == [0, 1, 2]
+    assert sorted(r["epoch"] for r in epochs) == [0, 1]
     trials = metrics.read_table(run_dir, "sweep_trials").to_pylist()
-    assert len(trials) == 6 and {(r["threshold"], r["bits"]) for r in trials} == {
-        (t, b) for t in (0.3, 0.6, 0.9) for b in (8, 4)
+    assert len(trials) == 4 and {(r["threshold"], r["bits"]) for r in trials} == {
+        (t, b) for t in (0.3, 0.9) for b in (8, 4)
     }
     val = DataLoader(load_split(DataConfig(), "val"), batch_size=256)
     for row in trials:
@@ -71,7 +74,7 @@ def test_run_writes_everything_it_reports(finished_run):
         assert 0 < row["size_bytes"] - payload < 4096  # the rest is the deflated header
     # Higher thresholds prune more.
     by_threshold = {r["threshold"]: r["density"] for r in trials}
-    assert by_threshold[0.3] > by_threshold[0.6] > by_threshold[0.9]
+    assert by_threshold[0.3] > by_threshold[0.9]
 
 
 @pytest.mark.slow
@@ -102,4 +105,4 @@ def test_rerun_reuses_training_and_trials(finished_run, ray_address):
     assert re.search(r"train-baseline-\w+' - Finished in state Cached", logs), logs[-3000:]
     assert re.search(r"run-sweep-\w+' - Finished in state Cached", logs), logs[-3000:]
     assert {n: os.stat(os.path.join(models, n)).st_mtime_ns for n in os.listdir(models)} == stamps
-    assert len(metrics.read_table(run_dir, "sweep_trials")) == 6
+    assert len(metrics.read_table(run_dir, "sweep_trials")) == 4
