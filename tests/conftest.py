@@ -29,6 +29,11 @@ SESSION_DIR = tempfile.mkdtemp(prefix="sqzt-", dir="/tmp")
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # local Ray binds 127.0.0.1
 os.environ["RAY_AUTH_MODE"] = "disabled"
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+# Ray Train's controller polls its workers every 2 s by default, so each short training
+# run ends up to 2 s after its last epoch, and a dead worker is noticed as late; tests
+# start dozens of runs. Inherited by the session's Ray, the two-node cluster and `sqz`
+# subprocesses (Ray Train propagates it to its controller).
+os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.25"
 os.environ["PREFECT_HOME"] = os.path.join(SESSION_DIR, "prefect")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "120"
