@@ -258,3 +258,31 @@ def trained_baseline(tmp_path_factory):
     path = tmp_path_factory.mktemp("trained-baseline") / "baseline.safetensors"
     save_file(model.state_dict(), str(path))
     return path
+
+
+@pytest.fixture
+def refused_in_process(monkeypatch, capsys):
+    """Runs ``sqz <argv>`` in this process and returns (exit code, stderr), failing the
+    test if the command reached its flow (Prefect, Ray, any work). In-process because a
+    fresh interpreter per case cost ~2.5 s of imports each; test_cli keeps one case in
+    a subprocess, the check that a real process answers the same way."""
+    import sqz.cli
+    from sqz.cli import main
+
+    def reached(*args, **kwargs):
+        raise AssertionError(f"the command reached its flow: {args!r}")
+
+    for name, module in list(sys.modules.items()):
+        if name.startswith("sqz.cli") and hasattr(module, "run_flow"):
+            monkeypatch.setattr(module, "run_flow", reached)
+
+    def run(argv: list[str]) -> tuple[int, str]:
+        capsys.readouterr()
+        try:
+            code = main(argv)
+        except SystemExit as exit_info:  # argparse's own refusals
+            code = exit_info.code
+        return code, capsys.readouterr().err
+
+    assert sqz.cli  # imported above so that every command module is in sys.modules
+    return run

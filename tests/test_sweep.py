@@ -92,14 +92,14 @@ def test_invalid_sweep_configs_are_one_line_errors(kwargs, field):
         (["--checkpoint", "/no/such/model.safetensors"], "/no/such/model.safetensors"),
     ],
 )
-def test_cli_refuses_bad_grids_before_any_work(tmp_path, args, option):
+def test_cli_refuses_bad_grids_before_any_work(tmp_path, args, option, refused_in_process):
     argv = ["sweep", "--checkpoint", str(tmp_path / "m.safetensors"), "--storage", str(tmp_path / "runs"), *args]
     if args[0] == "--checkpoint":
         argv = ["sweep", *args, "--storage", str(tmp_path / "runs")]
-    result = subprocess.run([sys.executable, "-m", "sqz.cli", *argv], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and option in lines[0] and "Traceback" not in result.stderr, result.stderr
+    code, err = refused_in_process(argv)  # fails the test if the sweep's flow was reached
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and option in lines[0] and "Traceback" not in err, err
     assert not (tmp_path / "runs").exists()  # nothing was started
 
 
