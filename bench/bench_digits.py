@@ -6,13 +6,14 @@ each pruning method costs. Prints (never asserts) the targets of issue 12:
 - 33% density + 8-bit stays within 0.5 pt of the baseline.
 
 One table row per trial: schedule (oneshot / gradual), lr (constant / rewind), retrain
-steps, kept density, bits, the .sqz bytes, ratio vs float32, top-1 of the decoded file,
-drop vs baseline, wall seconds. Trials are the plain-torch ``sqz.trial`` (no Ray), two at a
+steps, assignment (nearest shared value or GPTQ's), kept density, bits, the .sqz bytes,
+ratio vs float32, top-1 of the decoded file, drop vs baseline, wall seconds. Trials are the plain-torch ``sqz.trial`` (no Ray), two at a
 time in worker processes with one torch thread each.
 
-    python bench/bench_digits.py                 # the full table (~10-15 min on 2 cores)
+    python bench/bench_digits.py                 # the full table (~15-20 min on 2 cores)
     python bench/bench_digits.py --quick         # 3 trials
     python bench/bench_digits.py --seeds 0,1     # baseline twice: reproducibility
+    python bench/bench_digits.py --only gptq     # the trials whose name contains "gptq"
 """
 
 from __future__ import annotations
@@ -98,13 +99,13 @@ def _jobs(quick: bool, train_cfg: TrainConfig) -> list[tuple[str, dict, dict]]:
     rewind = (train_cfg.lr, train_cfg.epochs, train_cfg.lr_power)
 
     def job(schedule: str, kept: float, bits: int, steps: int, lr: str = "constant", retrain_lr: float = 5e-4,
-            loss: str = "distill", dense_below: int = 10_000):  # fmt: skip
-        name = f"{schedule}-{lr}-{loss}-{steps}s-lr{retrain_lr:g}-dense{dense_below // 1000}k-d{kept:g}-b{bits}"
-        spec = dict(prune=PruneConfig(mode="density", amount=kept, dense_below=dense_below), quant=QuantConfig(bits=bits),
+            loss: str = "distill", dense_below: int = 10_000, assign: str = "nearest"):  # fmt: skip
+        name = f"{schedule}-{lr}-{loss}-{steps}s-lr{retrain_lr:g}-dense{dense_below // 1000}k-d{kept:g}-b{bits}-{assign}"
+        spec = dict(prune=PruneConfig(mode="density", amount=kept, dense_below=dense_below), quant=QuantConfig(bits=bits, assign=assign),
                     retrain_epochs=0, retrain_lr=retrain_lr, retrain_steps=steps, prune_schedule=schedule,
                     lr_rewind=rewind if lr == "rewind" else None, retrain_loss=loss)  # fmt: skip
         label = {"schedule": schedule, "lr": lr if lr == "rewind" else f"{retrain_lr:g}", "steps": steps,
-                 "loss": loss, "dense_below": dense_below}  # fmt: skip
+                 "loss": loss, "dense_below": dense_below, "assign": assign}  # fmt: skip
         return name, spec, label
 
     if quick:
@@ -118,6 +119,9 @@ def _jobs(quick: bool, train_cfg: TrainConfig) -> list[tuple[str, dict, dict]]:
         job("oneshot", 0.33, 8, 600),
         # The budget and lr rewinding.
         job("gradual", 0.33, 8, 300), job("gradual", 0.33, 8, 300, "rewind"),
+        # GPTQ's error-compensated assignment instead of the nearest shared value.
+        job("gradual", 0.33, 8, 600, assign="gptq"), job("gradual", 0.33, 6, 600, assign="gptq"),
+        job("gradual", 0.25, 6, 600, assign="gptq"),
     ]  # fmt: skip
 
 
@@ -126,6 +130,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="3 trials instead of the full table")
     parser.add_argument("--seeds", default="0", help="baseline seeds, comma-separated; trials use the first (default: 0)")
     parser.add_argument("--processes", type=int, default=2, help="trials at once (default: 2)")
+    parser.add_argument("--only", default="", metavar="TEXT",
+                        help="run only the trials whose name contains TEXT (e.g. gptq, d0.25)")  # fmt: skip
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
@@ -156,17 +162,19 @@ def main() -> int:
     float32 = 4 * count_parameters(build_model(train_cfg.model, num_classes=10))
     arch = {"name": train_cfg.model, "kwargs": {"num_classes": 10}}
     jobs = [{"name": n, "spec": s, "label": lab, "baseline": baseline, "arch": arch, "data": data_cfg}
-            for n, s, lab in _jobs(args.quick, train_cfg)]  # fmt: skip
+            for n, s, lab in _jobs(args.quick, train_cfg) if args.only in n]  # fmt: skip
+    if not jobs:
+        parser.error(f"--only {args.only!r}: no trial name contains it")
     start = time.perf_counter()
     with futures.ProcessPoolExecutor(args.processes) as pool:
         rows = list(pool.map(_trial, jobs))
     print(f"\nbaseline top-1 {base_top1:.2f}, float32 {float32:,} bytes; {len(rows)} trials in "
           f"{time.perf_counter() - start:.0f} s; load average {', '.join(f'{x:.2f}' for x in os.getloadavg())}")  # fmt: skip
-    header = f"| {'trial':<58} | {'schedule':<8} | {'loss':<7} | {'dense<=':>7} | {'lr':<8} | {'steps':>5} | {'density':>7} | {'bits':>4} | {'bytes':>8} | {'ratio':>6} | {'top-1':>6} | {'drop':>6} | {'wall s':>6} |"
+    header = f"| {'trial':<66} | {'schedule':<8} | {'loss':<7} | {'dense<=':>7} | {'lr':<8} | {'steps':>5} | {'assign':<7} | {'density':>7} | {'bits':>4} | {'bytes':>8} | {'ratio':>6} | {'top-1':>6} | {'drop':>6} | {'wall s':>6} |"
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
     for r in rows:
-        print(f"| {r['name']:<58} | {r['schedule']:<8} | {r['loss']:<7} | {r['dense_below']:>7,} | {r['lr']:<8} | {r['steps']:>5} | {r['density']:>7.3f} | "
+        print(f"| {r['name']:<66} | {r['schedule']:<8} | {r['loss']:<7} | {r['dense_below']:>7,} | {r['lr']:<8} | {r['steps']:>5} | {r['assign']:<7} | {r['density']:>7.3f} | "
               f"{r['bits']:>4} | {r['bytes']:>8,} | {float32 / r['bytes']:>5.1f}x | {r['top1']:>6.2f} | "
               f"{r['top1'] - base_top1:>+6.2f} | {r['wall_s']:>6.0f} |")  # fmt: skip
     within = [r for r in rows if r["top1"] >= base_top1 - 0.5]
