@@ -177,6 +177,8 @@ def main() -> int:
         print(f"| {r['name']:<66} | {r['schedule']:<8} | {r['loss']:<7} | {r['dense_below']:>7,} | {r['lr']:<8} | {r['steps']:>5} | {r['assign']:<7} | {r['density']:>7.3f} | "
               f"{r['bits']:>4} | {r['bytes']:>8,} | {float32 / r['bytes']:>5.1f}x | {r['top1']:>6.2f} | "
               f"{r['top1'] - base_top1:>+6.2f} | {r['wall_s']:>6.0f} |")  # fmt: skip
+    if args.only:
+        print(f"\n(the targets below read only the {len(rows)} trial(s) run with --only {args.only!r})", end="")
     within = [r for r in rows if r["top1"] >= base_top1 - 0.5]
     best = min(within, key=lambda r: r["bytes"]) if within else None
     print(f"\ntarget baseline >= 97.5% top-1: {base_top1:.2f} -> {'met' if base_top1 >= 97.5 else 'MISSED'}")
