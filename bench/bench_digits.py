@@ -133,6 +133,8 @@ def main() -> int:
     parser.add_argument("--only", default="", metavar="TEXT",
                         help="run only the trials whose name contains TEXT (e.g. gptq, d0.25)")  # fmt: skip
     args = parser.parse_args()
+    if not any(args.only in name for name, _, _ in _jobs(args.quick, recipe_configs(0)[1])):
+        parser.error(f"--only {args.only!r}: no trial name contains it")  # before any baseline is trained
     WORK.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
     data_cfg, _ = recipe_configs(0)
@@ -163,8 +165,7 @@ def main() -> int:
     arch = {"name": train_cfg.model, "kwargs": {"num_classes": 10}}
     jobs = [{"name": n, "spec": s, "label": lab, "baseline": baseline, "arch": arch, "data": data_cfg}
             for n, s, lab in _jobs(args.quick, train_cfg) if args.only in n]  # fmt: skip
-    if not jobs:
-        parser.error(f"--only {args.only!r}: no trial name contains it")
+
     start = time.perf_counter()
     with futures.ProcessPoolExecutor(args.processes) as pool:
         rows = list(pool.map(_trial, jobs))
