@@ -16,6 +16,10 @@ export RAY_USAGE_STATS_ENABLED ?= 0
 export PREFECT_HOME ?= $(WORK)/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
+# Ray Train's preemption watcher, one more actor process per training run that polls for
+# spot-node preemption notices, has nothing to watch on one machine (leave it on for a
+# cluster of preemptible nodes).
+export RAY_TRAIN_ENABLE_PREEMPTION_WATCHER ?= 0
 
 .PHONY: demo test venv bench clean
 

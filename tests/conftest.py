@@ -34,6 +34,8 @@ os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 # start dozens of runs. Inherited by the session's Ray, the two-node cluster and `sqz`
 # subprocesses (Ray Train propagates it to its controller).
 os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.25"
+# As in the Makefile: no preemption-watcher actor per training run (no spot nodes here).
+os.environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
 os.environ["PREFECT_HOME"] = os.path.join(SESSION_DIR, "prefect")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "120"
