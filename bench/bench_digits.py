@@ -7,8 +7,9 @@ each pruning method costs. Prints (never asserts) the targets of issue 12:
 
 One table row per trial: schedule (oneshot / gradual), lr (constant / rewind), retrain
 steps, assignment (nearest shared value or GPTQ's), kept density, bits, the .sqz bytes,
-ratio vs float32, top-1 of the decoded file, drop vs baseline, wall seconds. Trials are the plain-torch ``sqz.trial`` (no Ray), two at a
-time in worker processes with one torch thread each.
+ratio vs float32, top-1 of the decoded file, drop vs baseline, wall seconds. Trials are
+the plain-torch ``sqz.trial`` (no Ray), two at a time in worker processes with one torch
+thread each.
 
     python bench/bench_digits.py                 # the full table (~15-20 min on 2 cores)
     python bench/bench_digits.py --quick         # 3 trials
@@ -165,7 +166,6 @@ def main() -> int:
     arch = {"name": train_cfg.model, "kwargs": {"num_classes": 10}}
     jobs = [{"name": n, "spec": s, "label": lab, "baseline": baseline, "arch": arch, "data": data_cfg}
             for n, s, lab in _jobs(args.quick, train_cfg) if args.only in n]  # fmt: skip
-
     start = time.perf_counter()
     with futures.ProcessPoolExecutor(args.processes) as pool:
         rows = list(pool.map(_trial, jobs))

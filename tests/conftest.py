@@ -29,11 +29,6 @@ SESSION_DIR = tempfile.mkdtemp(prefix="sqzt-", dir="/tmp")
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # local Ray binds 127.0.0.1
 os.environ["RAY_AUTH_MODE"] = "disabled"
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-# Ray Train's controller polls its workers every 2 s by default, so each short training
-# run ends up to 2 s after its last epoch, and a dead worker is noticed as late; tests
-# start dozens of runs. Inherited by the session's Ray, the two-node cluster and `sqz`
-# subprocesses (Ray Train propagates it to its controller).
-os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.25"
 # As in the Makefile: no preemption-watcher actor per training run (no spot nodes here).
 os.environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
 os.environ["PREFECT_HOME"] = os.path.join(SESSION_DIR, "prefect")
@@ -263,12 +258,13 @@ def trained_baseline(tmp_path_factory):
 
 
 @pytest.fixture
-def refused_in_process(monkeypatch, capsys):
-    """Runs ``sqz <argv>`` in this process and returns (exit code, stderr), failing the
-    test if the command reached its flow (Prefect, Ray, any work). In-process because a
-    fresh interpreter per case cost ~2.5 s of imports each; test_cli keeps one case in
-    a subprocess, the check that a real process answers the same way."""
-    import sqz.cli
+def refused_in_process(monkeypatch, capfd):
+    """Runs ``sqz <argv>`` in this process and returns (exit code, what reached stderr),
+    failing the test if the command reached its flow (Prefect, Ray, any work). capfd reads
+    file descriptor 2, so whatever any library writes there counts too. In-process because
+    a fresh interpreter per case cost ~2.5-3 s of imports each; test_cli and test_train
+    keep a real `sqz` process per error path."""
+    import sqz.cli  # noqa: F401  (every command module, so that each one's run_flow is patched)
     from sqz.cli import main
 
     def reached(*args, **kwargs):
@@ -279,12 +275,11 @@ def refused_in_process(monkeypatch, capsys):
             monkeypatch.setattr(module, "run_flow", reached)
 
     def run(argv: list[str]) -> tuple[int, str]:
-        capsys.readouterr()
+        capfd.readouterr()
         try:
             code = main(argv)
         except SystemExit as exit_info:  # argparse's own refusals
             code = exit_info.code
-        return code, capsys.readouterr().err
+        return code, capfd.readouterr().err
 
-    assert sqz.cli  # imported above so that every command module is in sys.modules
     return run

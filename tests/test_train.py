@@ -236,18 +236,11 @@ def test_masks_from_bool_masks_or_pruned_weights(tmp_path):
         (["--amp", "fp8"], "--amp"),
     ],
 )
-def test_train_bad_input_is_one_line_naming_the_option(args, option, tmp_path, capfd):
-    # In this process (capfd reads file descriptor 2: anything any library writes counts
-    # too): a `sqz` process of its own costs ~3 s when the check imports torch, and what
-    # a process adds (exit status, nothing printed at start-up) is the same for every
-    # option of one error path; the test below checks it, a process per path.
-    from sqz.cli import main
-
-    try:
-        code = main(["train", "--storage", str(tmp_path), *args])
-    except SystemExit as exc:  # argparse's own refusals
-        code = exc.code
-    err = capfd.readouterr().err
+def test_train_bad_input_is_one_line_naming_the_option(args, option, tmp_path, refused_in_process):
+    # In this process: what a real process adds (exit status, nothing printed at start-up)
+    # is the same for every option of one error path; the test below checks it, a
+    # process per path.
+    code, err = refused_in_process(["train", "--storage", str(tmp_path), *args])
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and option in lines[0], err
