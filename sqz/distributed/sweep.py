@@ -315,10 +315,6 @@ def sweep(layout: RunLayout, sweep_cfg: SweepConfig, data_cfg: DataConfig, arch:
             param_space={"trial_id": tune.grid_search([p["trial_id"] for p in todo])},
             tune_config=tune.TuneConfig(
                 max_concurrent_trials=sweep_cfg.max_concurrent, scheduler=scheduler,
-                # The next trial runs in the actor the last one finished in, instead of a
-                # new process that imports torch again (seconds per trial on a small node);
-                # _trial seeds and sets its threads itself, so nothing carries over.
-                reuse_actors=True,
                 trial_dirname_creator=lambda trial: f"{trial.config['trial_id']}_{trial.trial_id}",
             ),
             run_config=tune.RunConfig(name="ray-tune", storage_path=path, storage_filesystem=fs, verbose=0,
