@@ -181,6 +181,8 @@ def test_pipeline_retries_resumes_and_reruns_nothing_that_finished(ray_local, tm
         return real_train(layout, train_cfg, data_cfg, **options)
 
     monkeypatch.setattr(flows.train_flow, "train", train_losing_a_node_after_epoch_1)
+    # Retried at once: the 5 s (+/- 50%) back-off is Prefect's to keep, not what this tests.
+    monkeypatch.setattr(flows.train_flow, "train_baseline", flows.train_flow.train_baseline.with_options(retry_delay_seconds=0))
     sweeps = _counting(monkeypatch, flows.sweep_flow, "sweep")
     config = config_to_dict(PipelineConfig(
         data=DataConfig(), train=TrainConfig(epochs=2, workers=1),
