@@ -251,27 +251,18 @@ def per_layer_trial_id(choice: LayerChoice) -> str:
     return f"pl-{label}-{digest}"
 
 
-def choose_layer_settings(
-    rows: Sequence[dict[str, Any]],
-    config: SensitivityConfig,
-    *,
-    max_drop: float | None = None,
-    size_budget: int | None = None,
-) -> LayerChoice:
-    """Per-layer (threshold, bits) from a sensitivity table, for exactly one target:
+@dataclass(frozen=True)
+class _LayerOptions:
+    """A sensitivity table read for the chooser: per layer, every measured (level, bits,
+    drop in images, layer bytes); the rest of the file (header, biases); the subset size."""
 
-    - ``max_drop``: the smallest file whose summed per-layer drop is at most ``max_drop``
-      points of top-1 on the subset;
-    - ``size_budget``: the smallest summed drop whose predicted file fits in
-      ``size_budget`` bytes (ties: the smaller file).
+    images: int
+    layers: list[str]
+    options: list[list[tuple[float, int, int, int]]]
+    overhead: int
 
-    A layer's drop at (t, b) is its drop pruned alone at t plus its drop quantized alone
-    at b, in whole images, gains counted as zero (noise must not pay for another layer's
-    loss). The file is the layers' measured bytes plus the rest of the file (header,
-    biases), taken from the measured whole files.
-    """
-    if (max_drop is None) == (size_budget is None):
-        raise ValueError("choose_layer_settings: give exactly one of max_drop or size_budget")
+
+def _layer_options(rows: Sequence[dict[str, Any]], config: SensitivityConfig) -> _LayerOptions:
     mode = config.prune_mode
     rows = [r for r in rows if r["prune_mode"] == mode]
     baselines = [r for r in rows if r["kind"] == "baseline"]
@@ -295,7 +286,7 @@ def choose_layer_settings(
         elif r["kind"] == "file":
             files[(r["threshold"], r["bits"])] = int(r["size_bytes"])
     layers = sorted({layer for layer, _ in prune_drop})
-    options: list[list[tuple[float, int, int, int]]] = []  # per layer: (level, bits, drop, bytes)
+    options: list[list[tuple[float, int, int, int]]] = []
     for layer in layers:
         choices = [
             (level, b, prune_drop[(layer, level)] + bits_drop[(layer, b)], sizes[(layer, level, b)])
@@ -309,29 +300,62 @@ def choose_layer_settings(
         raise ValueError("sensitivity: the table has no per-layer curves; run the sensitivity analysis first")
     rest = [files[pair] - sum(sizes[(layer, *pair)] for layer in layers) for pair in files
             if all((layer, *pair) in sizes for layer in layers)]  # fmt: skip
-    overhead = int(statistics.median(rest)) if rest else 0
+    return _LayerOptions(n, layers, options, int(statistics.median(rest)) if rest else 0)
 
-    # best[d]: fewest layer bytes with summed drop exactly d images; arg[l][d]: the option.
-    cap = sum(max(o[2] for o in opts) for opts in options)
-    if max_drop is not None:
-        cap = min(cap, int(np.floor(max_drop * n / 100.0 + 1e-9)))
-    infinity = np.iinfo(np.int64).max // 4
-    best = np.full(cap + 1, infinity, dtype=np.int64)
+
+_UNREACHABLE = np.iinfo(np.int64).max // 4
+
+
+def _fewest_bytes_per_drop(options: list[list[tuple[float, int, int, int]]], cap: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """A knapsack over layers: ``best[d]``, the fewest layer bytes whose summed drop is
+    exactly ``d`` images (``_UNREACHABLE`` where none is), and per layer ``arg[d]``, the
+    option that reaches it."""
+    best = np.full(cap + 1, _UNREACHABLE, dtype=np.int64)
     best[0] = 0
     picks = []
     for opts in options:
-        nxt = np.full(cap + 1, infinity, dtype=np.int64)
+        nxt = np.full(cap + 1, _UNREACHABLE, dtype=np.int64)
         arg = np.full(cap + 1, -1, dtype=np.int64)
         for index, (_, _, drop, size) in enumerate(opts):
             if drop > cap:
                 continue
-            shifted = np.full(cap + 1, infinity, dtype=np.int64)
+            shifted = np.full(cap + 1, _UNREACHABLE, dtype=np.int64)
             shifted[drop:] = best[: cap + 1 - drop] + size
             better = shifted < nxt
             nxt[better], arg[better] = shifted[better], index
         best = nxt
         picks.append(arg)
-    reachable = np.flatnonzero(best < infinity)
+    return best, picks
+
+
+def choose_layer_settings(
+    rows: Sequence[dict[str, Any]],
+    config: SensitivityConfig,
+    *,
+    max_drop: float | None = None,
+    size_budget: int | None = None,
+) -> LayerChoice:
+    """Per-layer (threshold, bits) from a sensitivity table, for exactly one target:
+
+    - ``max_drop``: the smallest file whose summed per-layer drop is at most ``max_drop``
+      points of top-1 on the subset;
+    - ``size_budget``: the smallest summed drop whose predicted file fits in
+      ``size_budget`` bytes (ties: the smaller file).
+
+    A layer's drop at (t, b) is its drop pruned alone at t plus its drop quantized alone
+    at b, in whole images, gains counted as zero (noise must not pay for another layer's
+    loss). The file is the layers' measured bytes plus the rest of the file (header,
+    biases), taken from the measured whole files.
+    """
+    if (max_drop is None) == (size_budget is None):
+        raise ValueError("choose_layer_settings: give exactly one of max_drop or size_budget")
+    table = _layer_options(rows, config)
+    n, options, overhead = table.images, table.options, table.overhead
+    cap = sum(max(o[2] for o in opts) for opts in options)
+    if max_drop is not None:
+        cap = min(cap, int(np.floor(max_drop * n / 100.0 + 1e-9)))
+    best, picks = _fewest_bytes_per_drop(options, cap)
+    reachable = np.flatnonzero(best < _UNREACHABLE)
     if max_drop is not None:
         if reachable.size == 0:
             least = 100.0 * sum(min(o[2] for o in opts) for opts in options) / n
@@ -347,7 +371,7 @@ def choose_layer_settings(
         total = int(fits[0])
         target = f"bytes<={size_budget}"
     amounts, bits, d = {}, {}, total
-    for layer, opts, arg in zip(reversed(layers), reversed(options), reversed(picks)):
+    for layer, opts, arg in zip(reversed(table.layers), reversed(options), reversed(picks)):
         level, b, drop, _ = opts[int(arg[d])]
         amounts[layer], bits[layer] = level, b
         d -= drop
