@@ -131,21 +131,9 @@ def _existing_shard(url: str) -> tuple[int, list[dict[str, str]]] | None:
         return parquet.metadata.num_rows, json.loads(metadata.get(_CORRUPT_KEY, b"[]"))
 
 
-def prepare(
-    src: str,
-    dest_url: str,
-    *,
-    splits: Sequence[str] | None = None,
-    shard_mb: float = 256.0,
-    row_group_rows: int = 256,
-    workers: int = 4,
-    seed: int = 0,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Convert ``src`` (ImageNet layout) into Parquet shards at ``dest_url``; returns the
-    manifest (also written as ``<dest_url>/dataset.json``). See the module docstring."""
-    from tqdm import tqdm
-
+def _checked_source(src: str, dest_url: str, splits: Sequence[str] | None, shard_mb: float, row_group_rows: int,
+                    workers: int) -> tuple[str, list[str]]:  # fmt: skip
+    """The local source folder and the splits to convert; a ValueError naming the option otherwise."""
     storage.check_url(dest_url, option="DEST_URL")
     if not storage.is_local(src):
         raise ValueError(f"SRC: must be a local folder (the ImageNet layout), got {src!r}")
@@ -161,16 +149,13 @@ def prepare(
     for split in splits:
         if split not in SPLITS:
             raise ValueError(f"--splits: must be train and/or val, got {split!r}")
+    return src, list(splits)
 
-    # 1. Plan: list every split, cut it into shards; nothing is written yet.
-    indexes = {split: scan_split(src, split) for split in splits}  # ValueErrors name the problem
-    classes = next(iter(indexes.values())).classes
-    plans, sizes = {}, {}
-    for split, index in indexes.items():
-        plans[split], sizes[split] = plan_shards(index, split, shard_bytes=int(shard_mb * 1e6), seed=seed)
-    digest = _plan_digest(classes, plans, indexes, sizes, row_group_rows)
 
-    # 2. Claim DEST for this plan, or find our own earlier, interrupted run there.
+def _claim_destination(dest_url: str, digest: str, plan_record: dict[str, Any]) -> dict[str, Any] | None:
+    """Claims ``dest_url`` for this plan, or finds our own earlier run there: returns its
+    manifest if that run completed, None if shards remain to write. Another plan's shards
+    there are refused."""
     plan_url = storage.join(dest_url, PLAN_NAME)
     if storage.exists(plan_url):
         earlier = json.loads(storage.read_bytes(plan_url)).get("plan_digest")
@@ -178,17 +163,21 @@ def prepare(
             raise ValueError(f"DEST_URL: {dest_url} holds shards of a different plan (other source files, "
                              "splits or shard size); use an empty destination")  # fmt: skip
     else:
-        plan_record = {"plan_digest": digest, "source": os.path.abspath(src), "splits": list(splits),
-                       "shard_mb": shard_mb, "row_group_rows": row_group_rows, "seed": seed}  # fmt: skip
-        storage.write_bytes(plan_url, json.dumps(plan_record, indent=2).encode())
+        storage.write_bytes(plan_url, json.dumps({"plan_digest": digest, **plan_record}, indent=2).encode())
     if storage.exists(storage.join(dest_url, MANIFEST_NAME)):
         manifest = read_manifest(dest_url)
         if manifest.get("plan_digest") == digest:
-            _log.info("%s: already complete (%s images), nothing to do", dest_url,
-                      f"{sum(s['images'] for s in manifest['splits'].values()):,}")  # fmt: skip
             return manifest
+    return None
 
-    # 3. Write the missing shards, one at a time (each is a few hundred MB in memory).
+
+def _write_missing_shards(dest_url: str, indexes: dict[str, SplitIndex], plans: dict[str, list[ShardPlan]], *,
+                          row_group_rows: int, workers: int, progress: bool) -> tuple[dict[str, Any], int, int]:  # fmt: skip
+    """Writes every planned shard not already complete at ``dest_url``, one at a time (each
+    is a few hundred MB in memory). Returns the manifest's per-split entries and the
+    counts of shards written and found."""
+    from tqdm import tqdm
+
     total = sum(len(index) for index in indexes.values())
     manifest_splits: dict[str, Any] = {}
     written = reused = 0
@@ -216,6 +205,44 @@ def prepare(
                 "skipped_corrupt": corrupt_all,
                 "skipped_non_image": list(index.non_images),
             }
+    return manifest_splits, written, reused
+
+
+def prepare(
+    src: str,
+    dest_url: str,
+    *,
+    splits: Sequence[str] | None = None,
+    shard_mb: float = 256.0,
+    row_group_rows: int = 256,
+    workers: int = 4,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Convert ``src`` (ImageNet layout) into Parquet shards at ``dest_url``; returns the
+    manifest (also written as ``<dest_url>/dataset.json``). See the module docstring."""
+    src, splits = _checked_source(src, dest_url, splits, shard_mb, row_group_rows, workers)
+
+    # 1. Plan: list every split, cut it into shards; nothing is written yet.
+    indexes = {split: scan_split(src, split) for split in splits}  # ValueErrors name the problem
+    classes = next(iter(indexes.values())).classes
+    plans, sizes = {}, {}
+    for split, index in indexes.items():
+        plans[split], sizes[split] = plan_shards(index, split, shard_bytes=int(shard_mb * 1e6), seed=seed)
+    digest = _plan_digest(classes, plans, indexes, sizes, row_group_rows)
+
+    # 2. Claim DEST for this plan, or find our own earlier, interrupted (or finished) run there.
+    plan_record = {"source": os.path.abspath(src), "splits": splits, "shard_mb": shard_mb,
+                   "row_group_rows": row_group_rows, "seed": seed}  # fmt: skip
+    finished = _claim_destination(dest_url, digest, plan_record)
+    if finished is not None:
+        _log.info("%s: already complete (%s images), nothing to do", dest_url,
+                  f"{sum(s['images'] for s in finished['splits'].values()):,}")  # fmt: skip
+        return finished
+
+    # 3. Write the missing shards.
+    manifest_splits, written, reused = _write_missing_shards(dest_url, indexes, plans, row_group_rows=row_group_rows,
+                                                             workers=workers, progress=progress)  # fmt: skip
 
     # 4. dataset.json last: its presence means every shard it lists is complete.
     manifest = {
