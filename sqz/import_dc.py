@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -38,6 +39,64 @@ BUDGET_BITS = (3, 4, 5, 6, 7, 8)  # the widths a byte budget chooses among, per 
 _FISHER_BATCH = 32
 
 
+def _prepare(images: torch.Tensor) -> torch.Tensor:
+    return normalize_batch(images, RELEASED_INPUT["normalization"])  # type: ignore[arg-type]
+
+
+@dataclass
+class _Calibration:
+    """What the calibration images give: the held-out set and the dense model's logits on
+    it (for the fidelity figures), the calibration subset, its logits (distillation's
+    targets) and the per-weight Fisher importance (weighted clustering), where used."""
+
+    held_out: torch.Tensor
+    held_logits: torch.Tensor
+    images: torch.Tensor
+    logits: torch.Tensor | None
+    importance: dict[str, torch.Tensor] | None
+
+
+def _calibrate(dense: torch.nn.Module, source: str, options: ImportOptions, log: Callable[[str], None],
+               seconds: dict[str, float]) -> _Calibration:  # fmt: skip
+    start = time.perf_counter()
+    sets = calibration_sets(source, image_size=RELEASED_INPUT["image_size"], normalization=RELEASED_INPUT["normalization"])
+    images = subsample(sets.calibration, options.calibration_images, options.seed)
+    log(f"calibration: {source}: {len(images)} calibration images "
+        f"(of {len(sets.calibration)}), {len(sets.held_out)} held out")  # fmt: skip
+    held_logits = logits_of(dense, sets.held_out)
+    logits = logits_of(dense, images) if options.uses_distillation else None
+    seconds["teacher"] = time.perf_counter() - start
+    importance = None
+    if options.uses_fisher:
+        start = time.perf_counter()
+        fisher_set = subsample(images, options.fisher_images, options.seed + 1)
+        batches = (_prepare(fisher_set[i : i + _FISHER_BATCH]) for i in range(0, len(fisher_set), _FISHER_BATCH))
+        importance = fisher_importance(copy.deepcopy(dense), batches, seed=options.seed)
+        seconds["fisher"] = time.perf_counter() - start
+    return _Calibration(sets.held_out, held_logits, images, logits, importance)
+
+
+def _fit_to_calibration_(model: torch.nn.Module, shared: Any, released: dict[str, torch.Tensor], calibration: _Calibration,
+                         options: ImportOptions, log: Callable[[str], None], out: dict[str, Any]) -> None:  # fmt: skip
+    """GPTQ assignment and codebook distillation of the clustered ``model``, as ``options`` ask."""
+    if options.uses_gptq:
+        start = time.perf_counter()
+        gptq_set = subsample(calibration.images, options.gptq_images, options.seed + 2)
+        report = gptq_(model, shared, released, gptq_set, prepare=_prepare, inputs_from=options.gptq_inputs,
+                       damp=options.gptq_damp, refit=options.gptq_refit, rounds=options.gptq_rounds)  # fmt: skip
+        nearest, assigned = sum(r["nearest"] for r in report.values()), sum(r["gptq"] for r in report.values())
+        log(f"gptq ({options.gptq_inputs} inputs, {len(gptq_set)} images): summed layer output error "
+            f"{assigned / nearest:.3f} x nearest rounding's")  # fmt: skip
+        out["seconds"]["gptq"] = time.perf_counter() - start
+    if options.uses_distillation:
+        start = time.perf_counter()
+        losses = distill_codebooks_(model, shared, calibration.images, calibration.logits, steps=options.distill_steps,
+                                    lr=options.distill_lr, batch_size=options.distill_batch, prepare=_prepare,
+                                    seed=options.seed)  # fmt: skip
+        out["seconds"]["distill"] = time.perf_counter() - start
+        out["distill_loss"] = (losses[0], sum(losses[-10:]) / len(losses[-10:]))
+
+
 def import_released(source: bytes, options: ImportOptions, *, log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     """The released model per ``options``. Returns ``data`` (the .sqz bytes), ``model``
     (decoded from them), ``bit_exact`` (the decoded tensors equal the encoded ones), ``fidelity`` (held-out figures vs the dense model, with
@@ -50,27 +109,8 @@ def import_released(source: bytes, options: ImportOptions, *, log: Callable[[str
 
     quant = options.quant
     _refuse_impossible_budget(dense, options)  # before any calibration work
-
-    def prepare(images: torch.Tensor) -> torch.Tensor:
-        return normalize_batch(images, RELEASED_INPUT["normalization"])  # type: ignore[arg-type]
-
-    sets = held_logits = calibration = calibration_logits = importance = None
-    if options.calibrate is not None:
-        start = time.perf_counter()
-        sets = calibration_sets(options.calibrate, image_size=RELEASED_INPUT["image_size"], normalization=RELEASED_INPUT["normalization"])
-        calibration = subsample(sets.calibration, options.calibration_images, options.seed)
-        log(f"calibration: {options.calibrate}: {len(calibration)} calibration images "
-            f"(of {len(sets.calibration)}), {len(sets.held_out)} held out")  # fmt: skip
-        held_logits = logits_of(dense, sets.held_out)
-        if options.uses_distillation:
-            calibration_logits = logits_of(dense, calibration)
-        out["seconds"]["teacher"] = time.perf_counter() - start
-        if options.uses_fisher:
-            start = time.perf_counter()
-            fisher_set = subsample(calibration, options.fisher_images, options.seed + 1)
-            batches = (prepare(fisher_set[i : i + _FISHER_BATCH]) for i in range(0, len(fisher_set), _FISHER_BATCH))
-            importance = fisher_importance(copy.deepcopy(dense), batches, seed=options.seed)
-            out["seconds"]["fisher"] = time.perf_counter() - start
+    calibration = None if options.calibrate is None else _calibrate(dense, options.calibrate, options, log, out["seconds"])
+    importance = calibration.importance if calibration is not None else None
 
     released = {name: p.detach().clone() for name, p in dense.named_parameters() if p.dim() > 1}
     if options.size_budget is not None:
@@ -89,22 +129,8 @@ def import_released(source: bytes, options: ImportOptions, *, log: Callable[[str
         else:
             shared = quantize_(model, quant, importance=importance)
         out["seconds"]["kmeans"] = time.perf_counter() - start
-        if options.uses_gptq:
-            start = time.perf_counter()
-            gptq_set = subsample(calibration, options.gptq_images, options.seed + 2)
-            report = gptq_(model, shared, released, gptq_set, prepare=prepare, inputs_from=options.gptq_inputs,
-                           damp=options.gptq_damp, refit=options.gptq_refit, rounds=options.gptq_rounds)  # fmt: skip
-            nearest, assigned = sum(r["nearest"] for r in report.values()), sum(r["gptq"] for r in report.values())
-            log(f"gptq ({options.gptq_inputs} inputs, {len(gptq_set)} images): summed layer output error "
-                f"{assigned / nearest:.3f} x nearest rounding's")  # fmt: skip
-            out["seconds"]["gptq"] = time.perf_counter() - start
-        if options.uses_distillation:
-            start = time.perf_counter()
-            losses = distill_codebooks_(model, shared, calibration, calibration_logits, steps=options.distill_steps,
-                                        lr=options.distill_lr, batch_size=options.distill_batch, prepare=prepare,
-                                        seed=options.seed)  # fmt: skip
-            out["seconds"]["distill"] = time.perf_counter() - start
-            out["distill_loss"] = (losses[0], sum(losses[-10:]) / len(losses[-10:]))
+        if calibration is not None:
+            _fit_to_calibration_(model, shared, released, calibration, options, log, out)
         meta["reclustered"] = {"bits": options.bits, "method": quant.method, "size_budget": options.size_budget,
                                "calibrate": options.calibrate, "weighting": options.weighting if options.calibrate else "none",
                                "distill_steps": options.distill_steps if options.calibrate else 0,
@@ -124,8 +150,8 @@ def import_released(source: bytes, options: ImportOptions, *, log: Callable[[str
     energy = sum(float((w**2).sum()) for w in released.values())
     out["weight_error"] = (error / energy) ** 0.5
     _finish(out, model, data)
-    if sets is not None:
-        out["fidelity"] = fidelity(logits_of(out["model"], sets.held_out), held_logits)
+    if calibration is not None:
+        out["fidelity"] = fidelity(logits_of(out["model"], calibration.held_out), calibration.held_logits)
     return out
 
 
