@@ -274,16 +274,21 @@ def _bit_length(value: int) -> int:
 
 
 @njit(cache=True, inline="always", error_model="numpy")
+def _length_class(value):
+    """Exp-Golomb length class of ``value`` >= 1: the position of its leading one."""
+    cls = 0
+    while value > 1:
+        value >>= 1
+        cls += 1
+    return cls
+
+
+@njit(cache=True, inline="always", error_model="numpy")
 def _eg_bits(dec, s, buf, probs, base, value, max_class):
     """value >= 1: its length class (unary, one context per step under ``base``) then its
     bits below the leading one (the top two with contexts per class, the rest bypassed).
     Returns the value, or -1 if a decoded class exceeds ``max_class``."""
-    cls = 0
-    if not dec:
-        v = value
-        while v > 1:
-            v >>= 1
-            cls += 1
+    cls = _length_class(value) if not dec else 0
     c = 0
     while True:
         more = 1 if (not dec and c < cls) else 0
@@ -434,37 +439,51 @@ def _code_positions(dec, st, buf, flags, rows, inner, kernel, nonzero, mode):
     row's density; 4: with the count kept
     so far in the kernel (``POSITION_MODELS`` names them)."""
     s = _load(st)
-    numel = rows * inner
     if mode == 0:
-        probs = _new_probs(6 * _EG_CONTEXTS)
-        cursor = 0
-        previous_class = 0
-        i = 0
-        for n in range(nonzero):
-            gap = 0
-            if not dec:
-                while flags[cursor + gap] == 0:
-                    gap += 1
-            s, value = _eg_bits(dec, s, buf, probs, min(previous_class, 5) * _EG_CONTEXTS, gap + 1, 31)
-            if value < 1:
-                return 3
-            gap = value - 1
-            if cursor + gap > numel - (nonzero - n):
-                return 4  # the gap leaves no room for the remaining non-zero weights
-            for i in range(cursor, cursor + gap):
-                flags[i] = 0
-            flags[cursor + gap] = 1
-            cursor += gap + 1
-            cls = 0
-            v = value
-            while v > 1:
-                v >>= 1
-                cls += 1
-            previous_class = cls
-        for i in range(cursor, numel):
+        s, status = _code_gaps(dec, s, buf, flags, rows * inner, nonzero)
+    else:
+        s, status = _code_flags(dec, s, buf, flags, rows, inner, kernel, nonzero, mode)
+    if status != 0:
+        return status
+    _store(st, s)
+    return 0
+
+
+@njit(cache=True, error_model="numpy")
+def _code_gaps(dec, s, buf, flags, numel, nonzero):
+    """Positions model 0: the gap before each non-zero weight, Exp-Golomb, its length
+    class conditioned on the previous gap's (6 context sets: long gaps come in runs where
+    a layer is sparse). Returns the coder state and 0, or a decoder's error status."""
+    probs = _new_probs(6 * _EG_CONTEXTS)
+    cursor = 0
+    previous_class = 0
+    for n in range(nonzero):
+        gap = 0
+        if not dec:
+            while flags[cursor + gap] == 0:
+                gap += 1
+        s, value = _eg_bits(dec, s, buf, probs, min(previous_class, 5) * _EG_CONTEXTS, gap + 1, 31)
+        if value < 1:
+            return s, 3
+        gap = value - 1
+        if cursor + gap > numel - (nonzero - n):
+            return s, 4  # the gap leaves no room for the remaining non-zero weights
+        for i in range(cursor, cursor + gap):
             flags[i] = 0
-        _store(st, s)
-        return 0
+        flags[cursor + gap] = 1
+        cursor += gap + 1
+        previous_class = _length_class(value)
+    for i in range(cursor, numel):
+        flags[i] = 0
+    return s, 0
+
+
+@njit(cache=True, error_model="numpy")
+def _code_flags(dec, s, buf, flags, rows, inner, kernel, nonzero, mode):
+    """Positions models 1-4: one significance flag per weight, in its context
+    (``_flag_context``). Flags the count of non-zero weights already decides are not
+    coded: all zero once every non-zero weight is placed, all one when as many remain."""
+    numel = rows * inner
     kernel_classes = kernel if kernel <= 9 else 10
     probs = _new_probs(kernel_classes * 10 * 6 * 2 * 5)
     column_counts = np.zeros(inner if mode == 3 else 1, dtype=np.int64)
@@ -474,41 +493,18 @@ def _code_positions(dec, st, buf, flags, rows, inner, kernel, nonzero, mode):
         kept = 0
         for j in range(inner):
             idx = r * inner + j
-            remaining = numel - idx
             k = j % kernel
             if k == 0:
                 kept = 0  # weights kept so far in this kernel
             if left_to_place == 0:
                 flags[idx] = 0
                 continue
-            if left_to_place == remaining:
+            if left_to_place == numel - idx:
                 flags[idx] = 1
                 left_to_place -= 1
                 kept += 1
                 continue
-            kc = k if kernel <= 9 else (k * 10) // kernel
-            left = 0 if k == 0 else 1 + flags[idx - 1]
-            ctx = kc * 3 + left
-            if mode >= 2:
-                if mode == 4:
-                    # the kernel's own kept weights so far: kernels differ in strength far
-                    # more than a binomial count would (3x3 layers of the released model)
-                    ctx = kc * 10 + (min(9, kept) if kernel <= 9 else min(9, (kept * 10) // kernel))
-                    above = left
-                elif mode == 2:
-                    above = flags[idx - inner] if r > 0 else 0
-                else:
-                    # the share of this column kept in the rows so far (an input channel
-                    # that matters keeps more of its weights in every output channel)
-                    above = 0 if r < 4 else 1 + min(4, (5 * column_counts[j]) // r)
-                if j < 8:
-                    density = 0
-                else:
-                    density = 1 + min(3, (4 * row_count) // j)
-                same = flags[idx - inner] if mode == 3 and r > 0 else 0
-                ctx = ((ctx * 6 + above) * 2 + same) * 5 + density
-            else:
-                ctx = ctx * 10
+            ctx = _flag_context(flags, column_counts, mode, r, j, idx, k, inner, kernel, kept, row_count)
             bit = flags[idx] if not dec else 0
             s, bit = _bit(dec, s, buf, probs, ctx, bit)
             flags[idx] = bit
@@ -517,8 +513,35 @@ def _code_positions(dec, st, buf, flags, rows, inner, kernel, nonzero, mode):
             left_to_place -= bit
             if mode == 3:
                 column_counts[j] += bit
-    _store(st, s)
-    return 0
+    return s, 0
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _flag_context(flags, column_counts, mode, r, j, idx, k, inner, kernel, kept, row_count):
+    """The context of the flag at ``idx`` (row r, ``j`` within the row, ``k`` within its
+    kernel): the position in the kernel (in tenths past 9 taps) and the flag before it in
+    the kernel, then by ``mode`` (2: the weight above; 3: the column's kept share and the
+    weight above; 4: the kernel's kept count) and the row's density so far. Every mode
+    indexes the same (kernel class, 10, 6, 2, 5) table."""
+    kc = k if kernel <= 9 else (k * 10) // kernel
+    left = 0 if k == 0 else 1 + flags[idx - 1]
+    ctx = kc * 3 + left
+    if mode < 2:
+        return ctx * 10
+    if mode == 4:
+        # the kernel's own kept weights so far: kernels differ in strength far
+        # more than a binomial count would (3x3 layers of the released model)
+        ctx = kc * 10 + (min(9, kept) if kernel <= 9 else min(9, (kept * 10) // kernel))
+        above = left
+    elif mode == 2:
+        above = flags[idx - inner] if r > 0 else 0
+    else:
+        # the share of this column kept in the rows so far (an input channel
+        # that matters keeps more of its weights in every output channel)
+        above = 0 if r < 4 else 1 + min(4, (5 * column_counts[j]) // r)
+    density = 0 if j < 8 else 1 + min(3, (4 * row_count) // j)
+    same = flags[idx - inner] if mode == 3 and r > 0 else 0
+    return ((ctx * 6 + above) * 2 + same) * 5 + density
 
 
 def encode_positions(flags: np.ndarray, rows: int, kernel: int, mode: int) -> bytes:
@@ -537,6 +560,16 @@ def decode_positions(data: bytes, rows: int, inner: int, kernel: int, nonzero: i
 
 
 # ---------------------------------------------------------------- codes (signed levels)
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _kernel_width(kernel):
+    """The side of a square kernel (the largest whose square fits, for any other size):
+    the weight above is ``width`` back in the scan."""
+    width = 1
+    while (width + 1) * (width + 1) <= kernel:
+        width += 1
+    return width
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -583,9 +616,7 @@ def _neighbours(levels, qbook, negatives, r, j, idx, inner, kernel, width, out):
 @njit(cache=True, error_model="numpy")
 def _predictor_features(levels, flags, qbook, negatives, rows, inner, kernel):
     """(non-zero weights x taps) matrix of neighbour values, for the encoder's fit."""
-    width = 1
-    while (width + 1) * (width + 1) <= kernel:
-        width += 1
+    width = _kernel_width(kernel)
     count = 0
     for i in range(flags.size):
         count += flags[i]
@@ -608,114 +639,54 @@ def _predictor_features(levels, flags, qbook, negatives, rows, inner, kernel):
 @njit(cache=True, error_model="numpy")
 def _code_levels(dec, st, buf, levels, flags, rows, inner, kernel, negatives, positives, model, qbook, coefficients):
     """levels: int32 per weight, 0 where flags is 0, else -r / +r; filled when decoding.
-    qbook, coefficients: the quantised codebook and the predictor's taps (model bit 32)."""
+    qbook, coefficients: the quantised codebook and the predictor's taps (model bit 32).
+    Each level: sign and magnitude (``_code_level``) in the classes the model bits pick."""
     s = _load(st)
     magnitude_max = max(negatives, positives)
-    depth = 0
-    while (1 << depth) < magnitude_max:
-        depth += 1
-    tree = 1 << depth
-    split_sign = model & 1
+    depth = _tree_depth(magnitude_max)
     use_kernel = (model >> 1) & 1
     use_row = (model >> 2) & 1
     top_only = (model >> 3) & 1
     use_neighbours = (model >> 4) & 1 and kernel > 1
     use_predictor = (model >> 5) & 1
-    width = 1
-    while (width + 1) * (width + 1) <= kernel:
-        width += 1  # square kernels: the weight above is ``width`` back in the scan
+    width = _kernel_width(kernel)
     classes = _PREDICTION_CLASSES if use_predictor else 4
-    top_levels = _PREDICTED_TOP_LEVELS if use_predictor else 3
-    sets = 2 * classes * 4
+    sign_stride = classes * 4 if model & 1 else 0  # model bit 1: a context set per sign
+    split_levels = (_PREDICTED_TOP_LEVELS if use_predictor else 3) if top_only else depth
     sign_probs = _new_probs(3 * classes * 4)
-    mag_probs = _new_probs(sets * tree)
+    mag_probs = _new_probs(2 * classes * 4 * (1 << depth))
     taps = np.zeros(PREDICTOR_TAPS, dtype=np.int64)
-    size = negatives + positives
     scaled_book = qbook * _COEFFICIENT_ONE
-    layer_sum = 0
-    layer_count = 0
+    layer_sum = layer_count = 0
     for r in range(rows):
-        row_sum = 0
-        row_count = 0
-        previous = 0
-        in_kernel = 0
+        row_sum = row_count = 0
+        previous = in_kernel = 0
         for j in range(inner):
             idx = r * inner + j
             if j % kernel == 0:
                 previous = 0
-                in_kernel = 0
-                for q in range(idx, idx + kernel):
-                    in_kernel += flags[q]
+                in_kernel = _kept_in_kernel(flags, idx, kernel)
             if flags[idx] == 0:
                 if dec:
                     levels[idx] = 0
                 continue
             value = levels[idx] if not dec else 0
             if use_neighbours:
-                # the left and upper neighbours in the kernel (already coded), summed:
-                # their sign and mean magnitude predict this weight's
-                k = j % kernel
-                left = levels[idx - 1] if k % width != 0 else 0
-                up = levels[idx - width] if k >= width else 0
-                both = (1 if left != 0 else 0) + (1 if up != 0 else 0)
-                previous = (left + up) // both if both > 1 else left + up
-            kc = 0
+                previous = _left_up_level(levels, idx, j % kernel, width)
+            kc = ps = 0  # the kernel class (magnitude context) and the sign class
             if use_predictor:
-                # the linear prediction from the neighbours, placed among the codebook
-                # values: which sixteenth of the codebook it falls in (0: no neighbour)
-                _neighbours(levels, qbook, negatives, r, j, idx, inner, kernel, width, taps)
-                prediction = 0
-                known = 0
-                for q in range(PREDICTOR_TAPS):
-                    prediction += coefficients[q] * taps[q]
-                    known |= taps[q]
-                if known != 0:
-                    lo, hi = 0, size
-                    while lo < hi:  # how many codebook values lie below the prediction
-                        mid = (lo + hi) >> 1
-                        if scaled_book[mid] < prediction:
-                            lo = mid + 1
-                        else:
-                            hi = mid
-                    kc = 1 + min(_PREDICTION_CLASSES - 2, (lo * (_PREDICTION_CLASSES - 1)) // (size + 1))
-            elif use_kernel and previous != 0:
-                m = previous if previous > 0 else -previous
-                kc = 1 + min(2, (3 * (m - 1)) // magnitude_max)
-            rc = 0
-            if use_row and kernel > 1:
-                # positions are decoded first, so the kernel's whole count is known here
-                rc = min(3, ((in_kernel - 1) * 4) // kernel)
-            elif use_row and row_count > 0:
-                a = row_sum * layer_count
-                b = layer_sum * row_count
-                rc = 1 if 4 * a < 3 * b else (3 if 3 * a > 4 * b else 2)
-            ps = 0 if previous == 0 else (1 if previous < 0 else 2)
-            if not use_kernel:
-                ps = 0
-            if use_predictor:
-                ps = kc
-            negative = 1 if value < 0 else 0
-            s, negative = _bit(dec, s, buf, sign_probs, ps * 4 + rc, negative)
-            limit = negatives if negative else positives
-            if limit == 0:
-                return 5  # a sign with no codebook value on that side
-            m = (-value if value < 0 else value) - 1 if not dec else 0
-            context_set = (negative if split_sign else 0) * classes * 4 + kc * 4 + rc
-            node = 1
-            shared_set = (negative if split_sign else 0) * classes * 4
-            for d in range(depth - 1, -1, -1):
-                b = (m >> d) & 1 if not dec else 0
-                # with ``top_only`` the contexts split only the first 3 levels of the tree
-                # (the coarse magnitude); the finer bits share one set and learn faster
-                level_set = context_set if (not top_only or depth - 1 - d < top_levels) else shared_set
-                s, b = _bit(dec, s, buf, mag_probs, level_set * tree + node, b)
-                node = (node << 1) | b
-            m = node - tree
-            if m >= limit:
-                return 6
-            magnitude = m + 1
-            value = -magnitude if negative else magnitude
+                kc = ps = _prediction_class(levels, qbook, scaled_book, negatives, negatives + positives, coefficients,
+                                            r, j, idx, inner, kernel, width, taps)  # fmt: skip
+            elif use_kernel:
+                kc = _previous_class(previous, magnitude_max)
+                ps = 0 if previous == 0 else (1 if previous < 0 else 2)
+            rc = _row_class(kernel, in_kernel, row_sum, row_count, layer_sum, layer_count) if use_row else 0
+            s, value, status = _code_level(dec, s, buf, sign_probs, mag_probs, value, ps * 4 + rc, kc * 4 + rc, sign_stride,
+                                           depth, split_levels, negatives, positives)  # fmt: skip
+            if status != 0:
+                return status
             levels[idx] = value
+            magnitude = value if value > 0 else -value
             previous = value
             row_sum += magnitude
             row_count += 1
@@ -723,6 +694,120 @@ def _code_levels(dec, st, buf, levels, flags, rows, inner, kernel, negatives, po
             layer_count += 1
     _store(st, s)
     return 0
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _tree_depth(magnitude_max):
+    """Levels of the binary magnitude tree: the fewest bits that hold magnitude - 1."""
+    depth = 0
+    while (1 << depth) < magnitude_max:
+        depth += 1
+    return depth
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _kept_in_kernel(flags, start, kernel):
+    """Non-zero weights in the kernel starting at ``start`` (positions are decoded before
+    the codes, so the whole kernel's count is known before its first level)."""
+    count = 0
+    for q in range(start, start + kernel):
+        count += flags[q]
+    return count
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _left_up_level(levels, idx, k, width):
+    """Model bit 16's stand-in for the previous level: the left and upper neighbours in
+    the kernel (already coded), their mean where both are non-zero, else the one that is
+    (or 0). Their sign and mean magnitude predict this weight's."""
+    left = levels[idx - 1] if k % width != 0 else 0
+    up = levels[idx - width] if k >= width else 0
+    both = (1 if left != 0 else 0) + (1 if up != 0 else 0)
+    return (left + up) // both if both > 1 else left + up
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _previous_class(previous, magnitude_max):
+    """Model bit 2's kernel class (0-3): the previous level's magnitude in thirds of the
+    larger codebook side; 0 with no previous level in the kernel."""
+    if previous == 0:
+        return 0
+    m = previous if previous > 0 else -previous
+    return 1 + min(2, (3 * (m - 1)) // magnitude_max)
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _prediction_class(levels, qbook, scaled_book, negatives, size, coefficients, r, j, idx, inner, kernel, width, taps):
+    """Model bit 32's class (0 to _PREDICTION_CLASSES - 1): the linear prediction from the
+    causal neighbours (``_neighbours``, taps in 1/64), placed among the ``size`` codebook
+    values: 1 + which sixteenth of the codebook lies below it; 0 when no neighbour is
+    known. Integer arithmetic throughout, so encoder and decoder agree on every machine."""
+    _neighbours(levels, qbook, negatives, r, j, idx, inner, kernel, width, taps)
+    prediction = 0
+    known = 0
+    for q in range(PREDICTOR_TAPS):
+        prediction += coefficients[q] * taps[q]
+        known |= taps[q]
+    if known == 0:
+        return 0
+    lo, hi = 0, size
+    while lo < hi:  # how many codebook values lie below the prediction
+        mid = (lo + hi) >> 1
+        if scaled_book[mid] < prediction:
+            lo = mid + 1
+        else:
+            hi = mid
+    return 1 + min(_PREDICTION_CLASSES - 2, (lo * (_PREDICTION_CLASSES - 1)) // (size + 1))
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _row_class(kernel, in_kernel, row_sum, row_count, layer_sum, layer_count):
+    """Model bit 4's row class (0-3). Kernels: the kernel's non-zero count, in quarters of
+    its size. 1x1: the output channel's running mean magnitude against the layer's so far
+    (1: under 3/4 of it, 3: over 4/3, 2: between; 0: nothing coded yet in the row)."""
+    if kernel > 1:
+        return min(3, ((in_kernel - 1) * 4) // kernel)
+    if row_count == 0:
+        return 0
+    a = row_sum * layer_count
+    b = layer_sum * row_count
+    return 1 if 4 * a < 3 * b else (3 if 3 * a > 4 * b else 2)
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _code_level(dec, s, buf, sign_probs, mag_probs, value, sign_ctx, magnitude_ctx, sign_stride, depth, split_levels,
+                negatives, positives):  # fmt: skip
+    """One non-zero level: its sign, then its magnitude (``_code_magnitude``) in the
+    context set of that sign, ``sign_stride`` apart (0: one set for both signs). Returns
+    the state, the level and 0, or a decoder's error status: 5 for a sign with no
+    codebook value on that side, 6 for a magnitude past that side's values."""
+    s, negative = _bit(dec, s, buf, sign_probs, sign_ctx, 1 if value < 0 else 0)
+    limit = negatives if negative else positives
+    if limit == 0:
+        return s, value, 5
+    m = (-value if value < 0 else value) - 1 if not dec else 0
+    sign_set = negative * sign_stride
+    s, m = _code_magnitude(dec, s, buf, mag_probs, m, depth, sign_set + magnitude_ctx, sign_set, split_levels)
+    if m >= limit:
+        return s, value, 6
+    magnitude = m + 1
+    return s, -magnitude if negative else magnitude, 0
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _code_magnitude(dec, s, buf, probs, m, depth, context_set, shared_set, split_levels):
+    """m (magnitude - 1), most significant bit first down a binary tree of ``depth``
+    levels, one adaptive context per tree node: in ``context_set`` on the first
+    ``split_levels`` levels, in ``shared_set`` below (model bit 8: the contexts split
+    only the coarse magnitude; the finer bits share one set and learn faster)."""
+    tree = 1 << depth
+    node = 1
+    for d in range(depth - 1, -1, -1):
+        b = (m >> d) & 1 if not dec else 0
+        level_set = context_set if depth - 1 - d < split_levels else shared_set
+        s, b = _bit(dec, s, buf, probs, level_set * tree + node, b)
+        node = (node << 1) | b
+    return s, node - tree
 
 
 def signed_levels(codes: np.ndarray, negatives: int) -> np.ndarray:
