@@ -285,6 +285,61 @@ def _loaders(data: DataConfig) -> tuple[Iterable, Iterable]:
     return train, val
 
 
+def _compress_weights_(model: nn.Module, spec: TrialSpec, train_loader: Iterable, data: DataConfig, device: torch.device | str) -> None:
+    """Clusters the retrained ``model`` per ``spec.quant`` in place: Fisher-weighted k-means
+    (per layer with per-layer bits), then GPTQ assignment, codebook distillation and codebook
+    fine-tuning, each where the spec asks for it."""
+    # The retrained dense model is the teacher: the Fisher weighting and the distillation
+    # both look at it on a few training batches (their images only: no labels needed).
+    calibration, teacher_logits, importance = _calibration(model, train_loader, spec.quant, device)
+    original = {n: p.detach().clone() for n, p in prunable_parameters(model).items()} if spec.quant.assign == "gptq" else {}
+    if spec.per_layer:
+        shared = quantize_per_layer_(model, spec.quant, spec.layer_bits, importance=importance)
+    else:
+        shared = quantize_(model, spec.quant, importance=importance)
+    if spec.quant.assign == "gptq":
+        gptq_(model, shared, original, calibration, batch_size=data.batch_size, inputs_from=GPTQ_TRIAL_INPUTS)
+    if spec.quant.distill_steps:
+        distill_codebooks_(model, shared, calibration, teacher_logits, steps=spec.quant.distill_steps,
+                           lr=spec.quant.distill_lr, batch_size=data.batch_size, seed=data.seed)  # fmt: skip
+    if spec.quant.finetune_epochs:
+        optimizer = CodebookSGD(model, shared, lr=spec.quant.finetune_lr)
+        for _ in range(spec.quant.finetune_epochs):
+            engine.train_one_epoch(model, train_loader, optimizer, device=device)
+
+
+def _trial_row(model: nn.Module, spec: TrialSpec, *, run_id: str, name: str, model_url: str, encoded: bytes,
+               result: engine.EvalResult, wall_s: float, target: str | None) -> dict[str, Any]:  # fmt: skip
+    """The trial's sweep_trials row, with every column, so what is returned equals what is read back."""
+    row = {
+        "run_id": run_id,
+        "trial_id": name,
+        "prune_mode": spec.prune.mode,
+        "threshold": spec.prune.amount,
+        "bits": spec.quant.bits,
+        "density": density(model),
+        "size_bytes": storage.size_of(model_url),
+        "top1": result.top1,
+        "top5": result.top5,
+        "ratio_vs_alexnet_32bit": ALEXNET_FLOAT32_BYTES / len(encoded),
+        "model_url": model_url,
+        "wall_s": wall_s,
+        "target": None,
+        "layer_settings": None,
+        "node_id": None,  # set by the Ray layer, which knows the node
+    }
+    if spec.per_layer:
+        settings = {
+            layer: {"threshold": float((spec.layer_amounts or {}).get(layer, spec.prune.amount)),
+                    "bits": int((spec.layer_bits or {}).get(layer, spec.quant.bits))}
+            for layer in prunable_parameters(model)
+        }  # fmt: skip
+        # One number cannot describe a per-layer trial: NaN threshold, the widest bit width.
+        row.update(threshold=math.nan, bits=max(s["bits"] for s in settings.values()),
+                   target=target, layer_settings=json.dumps(settings, sort_keys=True))  # fmt: skip
+    return row
+
+
 def compress_and_evaluate(
     *,
     baseline: bytes,
@@ -317,53 +372,11 @@ def compress_and_evaluate(
     spec.check_budget(len(train_loader))
     _retrain(model, spec, target_masks(model, spec), train_loader, val_loader, device, on_retrain_epoch)
 
-    # The retrained dense model is the teacher: the Fisher weighting and the distillation
-    # both look at it on a few training batches (their images only: no labels needed).
-    calibration, teacher_logits, importance = _calibration(model, train_loader, spec.quant, device)
-    original = {n: p.detach().clone() for n, p in prunable_parameters(model).items()} if spec.quant.assign == "gptq" else {}
-    if spec.per_layer:
-        shared = quantize_per_layer_(model, spec.quant, spec.layer_bits, importance=importance)
-    else:
-        shared = quantize_(model, spec.quant, importance=importance)
-    if spec.quant.assign == "gptq":
-        gptq_(model, shared, original, calibration, batch_size=data.batch_size, inputs_from=GPTQ_TRIAL_INPUTS)
-    if spec.quant.distill_steps:
-        distill_codebooks_(model, shared, calibration, teacher_logits, steps=spec.quant.distill_steps,
-                           lr=spec.quant.distill_lr, batch_size=data.batch_size, seed=data.seed)  # fmt: skip
-    if spec.quant.finetune_epochs:
-        optimizer = CodebookSGD(model, shared, lr=spec.quant.finetune_lr)
-        for _ in range(spec.quant.finetune_epochs):
-            engine.train_one_epoch(model, train_loader, optimizer, device=device)
+    _compress_weights_(model, spec, train_loader, data, device)
 
     name = name or trial_id(spec.prune, spec.quant.bits)
     encoded = codec.encode(model, meta={"run_id": run_id, "trial_id": name})
     storage.write_bytes(model_url, encoded)
     result = engine.evaluate(codec.decode(encoded).to(device), val_loader, device=device)
-    row = {
-        "run_id": run_id,
-        "trial_id": name,
-        "prune_mode": spec.prune.mode,
-        "threshold": spec.prune.amount,
-        "bits": spec.quant.bits,
-        "density": density(model),
-        "size_bytes": storage.size_of(model_url),
-        "top1": result.top1,
-        "top5": result.top5,
-        "ratio_vs_alexnet_32bit": ALEXNET_FLOAT32_BYTES / len(encoded),
-        "model_url": model_url,
-        "wall_s": time.perf_counter() - start,
-        # The row has every sweep_trials column, so what is returned equals what is read back.
-        "target": None,
-        "layer_settings": None,
-        "node_id": None,  # set by the Ray layer, which knows the node
-    }
-    if spec.per_layer:
-        settings = {
-            layer: {"threshold": float((spec.layer_amounts or {}).get(layer, spec.prune.amount)),
-                    "bits": int((spec.layer_bits or {}).get(layer, spec.quant.bits))}
-            for layer in prunable_parameters(model)
-        }  # fmt: skip
-        # One number cannot describe a per-layer trial: NaN threshold, the widest bit width.
-        row.update(threshold=math.nan, bits=max(s["bits"] for s in settings.values()),
-                   target=target, layer_settings=json.dumps(settings, sort_keys=True))  # fmt: skip
-    return row
+    return _trial_row(model, spec, run_id=run_id, name=name, model_url=model_url, encoded=encoded, result=result,
+                      wall_s=time.perf_counter() - start, target=target)  # fmt: skip
