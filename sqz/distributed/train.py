@@ -175,32 +175,46 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if bar is not None:
             bar.close()
         result = engine.evaluate(ddp_model, val_loader, device=device, amp_dtype=amp_dtype, channels_last=channels_last)
-        sums = torch.tensor([stats.loss * stats.images, stats.images, stats.data_wait_s], dtype=torch.float64, device=device)
-        slowest = torch.tensor([stats.wall_s], dtype=torch.float64, device=device)
-        torch.distributed.all_reduce(sums)
-        torch.distributed.all_reduce(slowest, op=torch.distributed.ReduceOp.MAX)
-        loss_sum, images, data_wait = sums.tolist()
-        row = {
-            "run_id": run_id, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
-            "loss": loss_sum / images, "top1": result.top1, "top5": result.top5,
-            "images_per_s": images / slowest.item(), "data_wait_s": data_wait / world,
-            "wall_s": time.perf_counter() - epoch_start, "node_id": node_id, "worker_node_ids": worker_node_ids,
-        }  # fmt: skip
-        last = epoch == train_cfg.epochs - 1
-        with_checkpoint = last or (epoch + 1) % train_cfg.checkpoint_every == 0
-        if rank != 0:
-            ray.train.report(row)
-            continue
-        # One row file per epoch: a rerun of the epoch replaces it, never duplicates.
-        metrics.write_rows(run_url, "train_epochs", [row], writer_id=f"epoch-{epoch:04d}")
-        if not with_checkpoint:
-            ray.train.report(row)
-            continue
-        with tempfile.TemporaryDirectory() as directory:
-            save_training_state(directory, model, optimizer, scaler=scaler,
-                                progress={"epoch": epoch, "top1": row["top1"], "top5": row["top5"]})  # fmt: skip
-            ray.train.report(row, checkpoint=Checkpoint.from_directory(directory),
-                             checkpoint_dir_name=f"checkpoint_epoch-{epoch:04d}")  # fmt: skip
+        row = _epoch_row(run_id, epoch, optimizer, stats, result, epoch_start, node_id, worker_node_ids, world, device)
+        _report_epoch(row, run_url, rank, last=epoch == train_cfg.epochs - 1, every=train_cfg.checkpoint_every,
+                      model=model, optimizer=optimizer, scaler=scaler)  # fmt: skip
+
+
+def _epoch_row(run_id: str, epoch: int, optimizer: torch.optim.Optimizer, stats: engine.EpochStats,
+               result: engine.EvalResult, epoch_start: float, node_id: str, worker_node_ids: str, world: int,
+               device: torch.device) -> dict[str, Any]:  # fmt: skip
+    """The train_epochs row of an epoch: loss averaged over every worker's images, speed
+    from the slowest worker (a collective: every rank calls it)."""
+    sums = torch.tensor([stats.loss * stats.images, stats.images, stats.data_wait_s], dtype=torch.float64, device=device)
+    slowest = torch.tensor([stats.wall_s], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(sums)
+    torch.distributed.all_reduce(slowest, op=torch.distributed.ReduceOp.MAX)
+    loss_sum, images, data_wait = sums.tolist()
+    return {
+        "run_id": run_id, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
+        "loss": loss_sum / images, "top1": result.top1, "top5": result.top5,
+        "images_per_s": images / slowest.item(), "data_wait_s": data_wait / world,
+        "wall_s": time.perf_counter() - epoch_start, "node_id": node_id, "worker_node_ids": worker_node_ids,
+    }  # fmt: skip
+
+
+def _report_epoch(row: dict[str, Any], run_url: str, rank: int, *, last: bool, every: int, model: torch.nn.Module,
+                  optimizer: torch.optim.Optimizer, scaler: Any) -> None:  # fmt: skip
+    """Reports the epoch to Ray Train; rank 0 also writes its row and, every ``every``
+    epochs and at the last, the checkpoint that a resumed run starts from."""
+    if rank != 0:
+        ray.train.report(row)
+        return
+    # One row file per epoch: a rerun of the epoch replaces it, never duplicates.
+    metrics.write_rows(run_url, "train_epochs", [row], writer_id=f"epoch-{row['epoch']:04d}")
+    if not (last or (row["epoch"] + 1) % every == 0):
+        ray.train.report(row)
+        return
+    with tempfile.TemporaryDirectory() as directory:
+        save_training_state(directory, model, optimizer, scaler=scaler,
+                            progress={"epoch": row["epoch"], "top1": row["top1"], "top5": row["top5"]})  # fmt: skip
+        ray.train.report(row, checkpoint=Checkpoint.from_directory(directory),
+                         checkpoint_dir_name=f"checkpoint_epoch-{row['epoch']:04d}")  # fmt: skip
 
 
 class EpochWatcher(RowFollower):
