@@ -37,7 +37,7 @@ from torch import nn
 from sqz.compress import codec
 from sqz.compress.kmeans import quantize_
 from sqz.compress.prune import prunable_parameters, prune_
-from sqz.config import DataConfig, PruneConfig, QuantConfig, SensitivityConfig
+from sqz.config import DataConfig, PruneConfig, SensitivityConfig
 from sqz.data import load_split
 
 __all__ = [

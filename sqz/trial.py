@@ -285,7 +285,8 @@ def _loaders(data: DataConfig) -> tuple[Iterable, Iterable]:
     return train, val
 
 
-def _compress_weights_(model: nn.Module, spec: TrialSpec, train_loader: Iterable, data: DataConfig, device: torch.device | str) -> None:
+def _compress_weights_(model: nn.Module, spec: TrialSpec, train_loader: Iterable, data: DataConfig,
+                       device: torch.device | str) -> None:  # fmt: skip
     """Clusters the retrained ``model`` per ``spec.quant`` in place: Fisher-weighted k-means
     (per layer with per-layer bits), then GPTQ assignment, codebook distillation and codebook
     fine-tuning, each where the spec asks for it."""

@@ -9,7 +9,6 @@ between the nodes, which stays on this machine. Clients connect through 127.0.0.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal

@@ -20,7 +20,6 @@ from sqz import engine
 from sqz.checkpoint import load_training_state, read_masks, read_weights, save_training_state
 from sqz.compress import encode, prune_
 from sqz.config import DataConfig, PruneConfig, TrainConfig
-from sqz.data import load_split
 from sqz.models import build_model
 
 SQZ = [sys.executable, "-m", "sqz.cli"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 from typing import Any
 
 from sqz.cli.args import non_negative_int, positive_float, positive_int, share
