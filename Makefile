@@ -20,6 +20,10 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 # spot-node preemption notices, has nothing to watch on one machine (leave it on for a
 # cluster of preemptible nodes).
 export RAY_TRAIN_ENABLE_PREEMPTION_WATCHER ?= 0
+# Ray Train's controller polls its workers every 2 s by default, so a run ends up to ~5 s
+# after its last epoch (two polls, then shutdown); on one machine a 0.5 s poll costs
+# nothing and ends every training run ~4 s sooner.
+export RAY_TRAIN_HEALTH_CHECK_INTERVAL_S ?= 0.5
 
 .PHONY: demo test venv bench clean
 

@@ -31,6 +31,9 @@ os.environ["RAY_AUTH_MODE"] = "disabled"
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 # As in the Makefile: no preemption-watcher actor per training run (no spot nodes here).
 os.environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
+# As in the Makefile: the Train controller polls its workers every 0.5 s, not 2 s (each
+# training run ends ~4 s sooner).
+os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.5"
 os.environ["PREFECT_HOME"] = os.path.join(SESSION_DIR, "prefect")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "120"
