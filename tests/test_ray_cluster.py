@@ -77,19 +77,22 @@ def test_ray_client_sweep_survives_the_loss_of_a_node(ray_cluster, s3_bucket, s3
         try:
             deadline = time.monotonic() + 600
             # The kill lands once a trial has finished and while a trial that has not is at work
-            # on the second node. A finished trial's process still runs `train` for a moment
-            # after its row is written (Tune has its result: killing it is no failure), so
-            # when the second node's own trial finished first, only a process that was not
-            # at work before that row appeared counts.
-            seen_before_its_row: set[int] = set()
+            # on the second node. Tune reuses a trial's process for the next trial, and a
+            # finished trial's process still runs `train` for a moment after its row is
+            # written (Tune has its result: killing it is no failure). So once the second
+            # node has written a row, its process counts as at work on an unfinished trial
+            # only when it is still (again) running `train` 5 s after that row appeared, with
+            # trials left: a trial here takes longer than that, the moment well under 1 s.
+            node_rows, row_seen_at = 0, time.monotonic()
             while True:
                 at_work = ray_cluster.worker_node_pids("ImplicitFunc.train")
                 rows = metrics.read_table(run_url, "sweep_trials").to_pylist()
-                if any(row["node_id"] == second for row in rows):
-                    unfinished = at_work - seen_before_its_row
+                if (mine := sum(row["node_id"] == second for row in rows)) != node_rows:
+                    node_rows, row_seen_at = mine, time.monotonic()
+                if not node_rows:
+                    unfinished = at_work if rows else set()  # the head finished one; the node's first is at work
                 else:
-                    seen_before_its_row |= at_work
-                    unfinished = at_work if rows else set()
+                    unfinished = at_work if time.monotonic() - row_seen_at > 5 and len(rows) < 4 else set()
                 if unfinished:
                     break
                 assert run.poll() is None, open(log_path).read()[-3000:]
