@@ -81,7 +81,7 @@ def _table(label: str, model: torch.nn.Module, repeat: int) -> None:
     rows3 = codec.layer_sizes(v3)
     times = _layer_times(v3, repeat)
     print(f"\n{label}")
-    print(f"| layer | v1 (ver 2) B | v2 (ver 3) B | v2/v1 | order-0 bound B | v2 models (codes / positions) | encode s | decode s |")
+    print("| layer | v1 (ver 2) B | v2 (ver 3) B | v2/v1 | order-0 bound B | v2 models (codes / positions) | encode s | decode s |")
     print("| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: |")
     total2 = total3 = bound = enc = dec = 0.0
     for r in rows3:

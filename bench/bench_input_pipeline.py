@@ -177,7 +177,7 @@ def main() -> None:
                 print(f"{name:38} {stats.wall_s:7.1f} {stats.data_wait_s:12.2f} "
                       f"{stats.wall_s - stats.data_wait_s:10.1f} {stats.images_per_s:7.1f}", flush=True)  # fmt: skip
     base = rates["torchvision ImageFolder + DataLoader"]
-    print(f"\nwall img/s per core vs torchvision ImageFolder + DataLoader: "
+    print("\nwall img/s per core vs torchvision ImageFolder + DataLoader: "
           + ", ".join(f"{name} {rate / base:.2f}x" for name, rate in rates.items() if rate is not base))
 
 
