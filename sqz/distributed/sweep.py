@@ -274,6 +274,39 @@ class _TrialWatcher(RowFollower):
                 self.on_progress(self.finished, self.total)
 
 
+def _tuner(layout: RunLayout, sweep_cfg: SweepConfig, data_cfg: DataConfig, arch: dict[str, Any],
+           todo: list[dict[str, Any]], *, lr_rewind: Any, scheduler: Any, callbacks: list[Any]) -> tune.Tuner:
+    """A Tuner of one trial per point of ``todo``, its state under the run's ``tune/``."""
+    baseline = storage.read_bytes(layout.baseline_url)
+    context = {
+        "sweep": config_to_dict(sweep_cfg), "data": config_to_dict(data_cfg),
+        "arch": arch, "run_url": layout.run_url, "lr_rewind": lr_rewind,
+    }  # fmt: skip
+    resources = {"cpu": sweep_cfg.cpus_per_trial, "gpu": sweep_cfg.gpus_per_trial}
+    trainable = tune.with_resources(
+        tune.with_parameters(_trial, baseline=baseline, points={p["trial_id"]: p for p in todo}, context=context),
+        resources,
+    )
+    fs, path = storage.resolve(storage.join(layout.run_url, "tune"))
+    return tune.Tuner(
+        trainable,
+        param_space={"trial_id": tune.grid_search([p["trial_id"] for p in todo])},
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=sweep_cfg.max_concurrent, scheduler=scheduler,
+            # A finished trial's process runs the next trial (each trial seeds itself and
+            # sets its threads): a new one costs a process start and the imports of
+            # torch and sqz, ~3 s per trial on 2 cores, which Tune's default pays.
+            reuse_actors=True,
+            trial_dirname_creator=lambda trial: f"{trial.config['trial_id']}_{trial.trial_id}",
+        ),
+        run_config=tune.RunConfig(name="ray-tune", storage_path=path, storage_filesystem=fs, verbose=0,
+                                  # A trial whose node dies (or whose worker crashes) runs again
+                                  # on a live node; finished trials are never rerun.
+                                  failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES),
+                                  callbacks=callbacks),
+    )
+
+
 def sweep(layout: RunLayout, sweep_cfg: SweepConfig, data_cfg: DataConfig, arch: dict[str, Any], *,
           on_progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """Run the grid's missing trials; returns every trial row of the grid (old and new).
@@ -297,36 +330,10 @@ def sweep(layout: RunLayout, sweep_cfg: SweepConfig, data_cfg: DataConfig, arch:
         on_progress(finished, len(points))
     if todo:
         _log.info("%d trial(s) to run, %d already done", len(todo), finished)
-        baseline = storage.read_bytes(layout.baseline_url)
-        context = {
-            "sweep": config_to_dict(sweep_cfg), "data": config_to_dict(data_cfg),
-            "arch": arch, "run_url": layout.run_url, "lr_rewind": lr_rewind,
-        }  # fmt: skip
-        resources = {"cpu": sweep_cfg.cpus_per_trial, "gpu": sweep_cfg.gpus_per_trial}
-        trainable = tune.with_resources(
-            tune.with_parameters(_trial, baseline=baseline, points={p["trial_id"]: p for p in todo}, context=context),
-            resources,
-        )
-        fs, path = storage.resolve(storage.join(layout.run_url, "tune"))
         scheduler = _scheduler(sweep_cfg)
         remote_driver = ray_client.is_connected()  # a ray:// address: Tune's driver runs on the cluster
-        tuner = tune.Tuner(
-            trainable,
-            param_space={"trial_id": tune.grid_search([p["trial_id"] for p in todo])},
-            tune_config=tune.TuneConfig(
-                max_concurrent_trials=sweep_cfg.max_concurrent, scheduler=scheduler,
-                # A finished trial's process runs the next trial (each trial seeds itself and
-                # sets its threads): a new one costs a process start and the imports of
-                # torch and sqz, ~3 s per trial on 2 cores, which Tune's default pays.
-                reuse_actors=True,
-                trial_dirname_creator=lambda trial: f"{trial.config['trial_id']}_{trial.trial_id}",
-            ),
-            run_config=tune.RunConfig(name="ray-tune", storage_path=path, storage_filesystem=fs, verbose=0,
-                                      # A trial whose node dies (or whose worker crashes) runs again
-                                      # on a live node; finished trials are never rerun.
-                                      failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES),
-                                      callbacks=[] if remote_driver else [_Progress(on_progress, finished, len(points))]),
-        )
+        tuner = _tuner(layout, sweep_cfg, data_cfg, arch, todo, lr_rewind=lr_rewind, scheduler=scheduler,
+                       callbacks=[] if remote_driver else [_Progress(on_progress, finished, len(points))])  # fmt: skip
         watcher = (_TrialWatcher(layout.run_url, {p["trial_id"] for p in todo}, on_progress, finished, len(points))
                    if remote_driver else contextlib.nullcontext())  # fmt: skip
         with watcher:
