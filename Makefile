@@ -33,6 +33,7 @@ $(STAMP): pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -e '.[test]'
+	$(VENV)/bin/python -m sqz.compress.warm  # numba kernels compiled once, not by each first trial
 	@touch $(STAMP)
 
 demo: $(STAMP)
