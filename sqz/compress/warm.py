@@ -4,9 +4,10 @@
 The exact k-means dynamic program and the context coder are numba functions with
 ``cache=True``: compiled once, they are loaded from ``__pycache__`` beside their sources
 by every later process (Ray workers included). Compiled cold they cost ~40-60 s of one
-core here (measured under load), paid by whichever process first quantizes and encodes: in a fresh clone, each
-trial of the demo's first wave at once. This compiles them with the same argument types
-a trial uses (a pruned squeezenet_small quantized at 6 bits, encoded and decoded)."""
+core here (measured under load), paid by whichever process first quantizes and encodes:
+in a fresh clone, each trial of the demo's first wave at once. This compiles them with
+the same argument types a trial uses (a pruned squeezenet_small quantized at 6 bits,
+encoded and decoded)."""
 
 from __future__ import annotations
 
