@@ -275,7 +275,8 @@ class _TrialWatcher(RowFollower):
 
 
 def _tuner(layout: RunLayout, sweep_cfg: SweepConfig, data_cfg: DataConfig, arch: dict[str, Any],
-           todo: list[dict[str, Any]], *, lr_rewind: Any, scheduler: Any, callbacks: list[Any]) -> tune.Tuner:
+           todo: list[dict[str, Any]], *, lr_rewind: tuple[float, int, float] | None,
+           scheduler: _StopRecordingASHA | None, callbacks: list[tune.Callback]) -> tune.Tuner:
     """A Tuner of one trial per point of ``todo``, its state under the run's ``tune/``."""
     baseline = storage.read_bytes(layout.baseline_url)
     context = {
