@@ -39,8 +39,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/sqz run
 
+# Two pytest-xdist workers: the suite waits on Ray and Prefect as much as it computes, so
+# two at once keep both cores busy (tests/scheduling.py: which tests go where).
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS)
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/bench_pipeline.py

@@ -8,12 +8,17 @@ One Prefect server for the whole session: every flow, in this process or in an `
 subprocess, talks to it through PREFECT_API_URL instead of starting Prefect's ephemeral
 API (~13 s per process on 2 cores). It starts here, in the background, so that it boots
 while the tests are collected; the autouse ``prefect_api`` fixture waits until it answers.
+
+`make test` runs the suite on two pytest-xdist workers (tests/scheduling.py says which
+tests go where). The Prefect server and the trained baseline are shared by the whole run;
+each worker has its own Ray, moto server and session folder.
 """
 
 from __future__ import annotations
 
 import atexit
 import os
+import pathlib
 import shutil
 import socket
 import subprocess
@@ -22,10 +27,17 @@ import tempfile
 import time
 import urllib.request
 
+import scheduling
 from processes import stop_process_group
 
-# Short base: Ray's unix socket paths under it must stay below 107 bytes.
+# Short base: Ray's unix socket paths under it must stay below 107 bytes. Under
+# pytest-xdist each worker process has its own (its own Ray and moto); the Prefect server
+# and the shared baseline live in the first process's, named by SQZ_TEST_SHARED_DIR.
 SESSION_DIR = tempfile.mkdtemp(prefix="sqzt-", dir="/tmp")
+if os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get("SQZ_TEST_SHARED_DIR"):
+    SHARED_DIR = os.environ["SQZ_TEST_SHARED_DIR"]
+else:
+    SHARED_DIR = os.environ["SQZ_TEST_SHARED_DIR"] = SESSION_DIR
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # local Ray binds 127.0.0.1
 os.environ["RAY_AUTH_MODE"] = "disabled"
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
@@ -34,7 +46,7 @@ os.environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
 # As in the Makefile: the Train controller polls its workers every 0.5 s, not 2 s (each
 # training run ends ~4 s sooner).
 os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.5"
-os.environ["PREFECT_HOME"] = os.path.join(SESSION_DIR, "prefect")
+os.environ["PREFECT_HOME"] = os.path.join(SHARED_DIR, "prefect")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "120"
 os.makedirs(os.environ["PREFECT_HOME"], exist_ok=True)
@@ -74,8 +86,12 @@ def _start_prefect_server() -> tuple[subprocess.Popen, str, str]:
     return process, f"http://127.0.0.1:{port}/api", home
 
 
-PREFECT_SERVER, PREFECT_API, PREFECT_SERVER_HOME = _start_prefect_server()
-os.environ["PREFECT_API_URL"] = PREFECT_API  # read by Prefect at import, and inherited by subprocesses
+if SHARED_DIR == SESSION_DIR:  # not an xdist worker
+    PREFECT_SERVER, PREFECT_API, PREFECT_SERVER_HOME = _start_prefect_server()
+    os.environ["PREFECT_API_URL"] = PREFECT_API  # read by Prefect at import, and inherited by subprocesses
+else:  # an xdist worker: the first process's server (its environment came with the worker)
+    PREFECT_SERVER, PREFECT_API = None, os.environ["PREFECT_API_URL"]
+    PREFECT_SERVER_HOME = os.path.join(SHARED_DIR, "prefect-server")
 
 import pytest  # noqa: E402
 
@@ -83,9 +99,15 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RELEASED_MODEL = os.path.join(REPO_ROOT, "..", "shared", "models", "squeezenet-deep-compression", "compressed_SqueezeNet.net")
 
 
+def pytest_configure(config):
+    if not hasattr(config, "workerinput"):  # not in an xdist worker: where every report arrives
+        config.pluginmanager.register(scheduling.ModuleSeconds(), "sqz-module-seconds")
+
+
 def pytest_collection_modifyitems(config, items):
     import torch
 
+    scheduling.longest_first(config, items)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs CUDA; none on this machine")
@@ -95,8 +117,11 @@ def pytest_collection_modifyitems(config, items):
 
 
 def _stop_prefect_server_and_clean_up() -> None:
-    """The server's process group ended (SIGTERM, then SIGKILL); then the session folder goes."""
-    stop_process_group(PREFECT_SERVER)
+    """The server's process group ended (SIGTERM, then SIGKILL); then the session folder goes.
+    An xdist worker removes only its own folder; the first process, which ends last, stops
+    the server."""
+    if PREFECT_SERVER is not None:
+        stop_process_group(PREFECT_SERVER)
     shutil.rmtree(SESSION_DIR, ignore_errors=True)
 
 
@@ -118,7 +143,7 @@ def prefect_api():
                 break
         except OSError:
             pass
-        if time.monotonic() > deadline or PREFECT_SERVER.poll() is not None:
+        if time.monotonic() > deadline or (PREFECT_SERVER is not None and PREFECT_SERVER.poll() is not None):
             log = open(os.path.join(PREFECT_SERVER_HOME, "server.log"), errors="replace").read()[-2000:]
             raise RuntimeError(f"prefect server did not answer within 180 s: {log}")
         time.sleep(0.25)
@@ -218,11 +243,25 @@ def digits_data():
 
 
 @pytest.fixture(scope="session")
-def trained_baseline(tmp_path_factory):
+def trained_baseline():
     """One digits baseline for every test that needs a trained model: squeezenet_small
     trained in-process with the digits recipe (warm-up, lr 5e-4, batch 16, shifts, label
     smoothing) cut to 4 epochs: well above chance, so a badly pruned trial is
-    distinguishable from a good one. Returns its safetensors file (read-only by agreement)."""
+    distinguishable from a good one. Returns its safetensors file (read-only by agreement).
+
+    One training for all xdist workers: the first to take the lock trains, the others wait
+    and read its file."""
+    from filelock import FileLock
+
+    path = pathlib.Path(SHARED_DIR, "trained-baseline", "baseline.safetensors")
+    path.parent.mkdir(exist_ok=True)
+    with FileLock(f"{path}.lock"):
+        if not path.exists():
+            _train_baseline(str(path))
+    return path
+
+
+def _train_baseline(path: str) -> None:
     import torch
     from safetensors.torch import save_file
     from torch.utils.data import DataLoader
@@ -255,9 +294,8 @@ def trained_baseline(tmp_path_factory):
         engine.train_one_epoch(model, loader, optimizer, lr_at_step=lr_at_step, loss_fn=loss_fn)
     top1 = engine.evaluate(model, DataLoader(load_split(DataConfig(url="digits"), "val"), batch_size=256)).top1
     assert top1 > 80, f"the shared baseline trained to only {top1:.1f}% top-1"
-    path = tmp_path_factory.mktemp("trained-baseline") / "baseline.safetensors"
-    save_file(model.state_dict(), str(path))
-    return path
+    save_file(model.state_dict(), path + ".partial")
+    os.replace(path + ".partial", path)  # whole or absent, for the worker waiting on the lock
 
 
 @pytest.fixture
@@ -286,3 +324,11 @@ def refused_in_process(monkeypatch, capfd):
         return code, capfd.readouterr().err
 
     return run
+
+
+
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """`make test` runs on two pytest-xdist workers: tests/scheduling.py says how."""
+    return scheduling.make_scheduler(config, log)

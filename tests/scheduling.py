@@ -1,0 +1,86 @@
+"""How `make test` spreads the suite over its two pytest-xdist workers.
+
+- A module's tests stay on one worker, so its module fixtures (a whole pipeline run, say)
+  run once; the `cluster` modules share one worker, so the two-node Ray cluster starts once.
+- The longest modules start first (longest-processing-time-first): on 2 cores the suite
+  ends when the worker that drew the last long module ends it, so that one must not start
+  late. A module's length is its seconds in the last run here (pytest's cache,
+  ``.pytest_cache``), else the seconds measured when this file was last edited, else
+  it counts as long (a new module starts early rather than late).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import pytest
+
+# The modules whose tests use the session's two-node Ray cluster (marked `cluster`).
+CLUSTER_MODULES = frozenset({"tests/test_ray_cluster.py", "tests/test_prefect_server.py"})
+CACHE_KEY = "sqz/module_seconds"
+# Setup + call + teardown seconds per module, summed, in one `make test` (2 workers) on
+# the 2-core development machine, 2026-12-03; rounded.
+MEASURED_SECONDS = {
+    "tests/test_sweep.py": 270, "tests/test_train.py": 178, "tests/test_storage_metrics.py": 154,
+    "tests/test_flows.py": 149, "tests/test_prefect_server.py": 145, "tests/test_imagenet_data.py": 102,
+    "tests/test_pipeline.py": 102, "tests/test_ray_cluster.py": 86, "tests/test_fidelity.py": 70,
+    "tests/test_codec.py": 45, "tests/test_prune_schedule.py": 27, "tests/test_eval_cli.py": 13,
+    "tests/test_layering.py": 13, "tests/test_compress.py": 8, "tests/test_data_engine.py": 8,
+    "tests/test_dcnet.py": 7, "tests/test_models.py": 5, "tests/test_infra.py": 3, "tests/test_cluster.py": 2,
+    "tests/test_cli.py": 2, "tests/test_links.py": 1, "tests/test_gptq.py": 1, "tests/test_prefect_yaml.py": 1,
+    "tests/test_runs.py": 1, "tests/test_progress.py": 1, "tests/test_config.py": 1,
+}  # fmt: skip
+
+
+def module_of(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
+def work_unit(nodeid: str) -> str:
+    """What one worker runs whole: the test's module, or all the cluster modules together."""
+    module = module_of(nodeid)
+    return "two-node cluster" if module in CLUSTER_MODULES else module
+
+
+def longest_first(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Sorts ``items`` (in place, stably) so that the longest work units come first."""
+    for item in items:
+        if "cluster" in item.keywords and module_of(item.nodeid) not in CLUSTER_MODULES:
+            raise pytest.UsageError(f"{item.nodeid} is marked cluster: add its module to CLUSTER_MODULES in tests/scheduling.py")
+    seconds = {**MEASURED_SECONDS, **(config.cache.get(CACHE_KEY, {}) if getattr(config, "cache", None) else {})}
+    unit_seconds: dict[str, float] = defaultdict(float)
+    for module in {module_of(item.nodeid) for item in items}:
+        unit_seconds[work_unit(module)] += seconds.get(module, math.inf)
+    items.sort(key=lambda item: -unit_seconds[work_unit(item.nodeid)])
+
+
+class ModuleSeconds:
+    """Adds up each module's setup, call and teardown seconds as the reports arrive (in
+    the controller under xdist, which receives every worker's reports) and keeps them in
+    pytest's cache at the end for the next run's order."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self.seconds[module_of(report.nodeid)] += report.duration
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if getattr(session.config, "cache", None) is not None and self.seconds:
+            known = session.config.cache.get(CACHE_KEY, {})
+            session.config.cache.set(CACHE_KEY, {**known, **{m: round(s, 1) for m, s in self.seconds.items()}})
+
+
+def make_scheduler(config: pytest.Config, log):
+    """pytest-xdist's scope scheduling with our work units, in collection order (the order
+    ``longest_first`` made). pytest-xdist's own `--dist loadgroup` cannot group these with
+    pytest 9: it renames test ids through an attribute pytest 9 no longer reads."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    config.option.loadscopereorder = False  # by default xdist would put the units with most tests first
+    return ModuleScheduling(config, log)
