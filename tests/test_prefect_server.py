@@ -139,10 +139,15 @@ def test_deployed_pipeline_runs_through_a_process_worker(served_pipeline):
     expected = {t["model_url"] for t in trials} | {f"{run_url}/models/baseline.safetensors", f"{run_url}/report/report.md"}
     expected |= {url for table in ("train_epochs", "sweep_trials") for url in metrics.table_files(run_url, table)}
     assert expected <= linked
-    # It ran on the cluster: the Train workers and the two trials on both of its nodes.
+    # It ran on the cluster: the Train workers on both of its nodes, the trials on its
+    # nodes. Not "a trial on each node": a trial here takes a few seconds, and when the
+    # Train run's placement group is released later than that, Tune runs the second trial
+    # in the first one's process (reuse_actors) on the same node. Trials on node 2 are the
+    # node-loss test's premise (tests/test_ray_cluster.py).
     epochs = metrics.read_table(run_url, "train_epochs").to_pylist()
-    assert len({node for row in epochs for node in row["worker_node_ids"].split(",")}) == 2
-    assert len({row["node_id"] for row in trials}) == 2
+    cluster_nodes = {node for row in epochs for node in row["worker_node_ids"].split(",")}
+    assert len(cluster_nodes) == 2
+    assert {row["node_id"] for row in trials} <= cluster_nodes
     print("artifacts of the deployed pipeline run:")
     for artifact in sorted(tree["artifacts"], key=lambda a: (a.type, a.key or "")):
         print(f"  {artifact.type:9} {artifact.key or '-':48} {str(artifact.data).splitlines()[0][:80]}")

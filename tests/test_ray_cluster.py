@@ -2,7 +2,8 @@
 sweep through the Ray Client path (ray://) that loses a node midway, and the refusal of a
 local --storage path on more than one node. The whole pipeline runs on the same cluster in
 test_prefect_server, deployed and picked up by a worker; that test also shows the Train
-workers and the trials placed on both nodes (one `sqz run` fewer here: ~1 min of the suite).
+workers placed on both nodes (one `sqz run` fewer here: ~1 min of the suite). Trials on
+the second node are this sweep's premise: it waits for one there before it kills the node.
 
 Every `sqz` command runs as a subprocess against the session's Prefect server; every wait
 is bounded; the cluster's nodes are ended by their process ids (conftest's ``ray_cluster``).
