@@ -99,15 +99,10 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RELEASED_MODEL = os.path.join(REPO_ROOT, "..", "shared", "models", "squeezenet-deep-compression", "compressed_SqueezeNet.net")
 
 
-def pytest_configure(config):
-    if not hasattr(config, "workerinput"):  # not in an xdist worker: where every report arrives
-        config.pluginmanager.register(scheduling.ModuleSeconds(), "sqz-module-seconds")
-
-
 def pytest_collection_modifyitems(config, items):
     import torch
 
-    scheduling.longest_first(config, items)
+    scheduling.longest_first(items)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs CUDA; none on this machine")
@@ -324,9 +319,6 @@ def refused_in_process(monkeypatch, capfd):
         return code, capfd.readouterr().err
 
     return run
-
-
-
 
 
 def pytest_xdist_make_scheduler(config, log):

@@ -4,9 +4,9 @@
   run once; the `cluster` modules share one worker, so the two-node Ray cluster starts once.
 - The longest modules start first (longest-processing-time-first): on 2 cores the suite
   ends when the worker that drew the last long module ends it, so that one must not start
-  late. A module's length is its seconds in the last run here (pytest's cache,
-  ``.pytest_cache``), else the seconds measured when this file was last edited, else
-  it counts as long (a new module starts early rather than late).
+  late. A module's length is the seconds measured below (refresh them from
+  `--durations=0` when the suite changes much); a module not listed counts as long, so it
+  starts early rather than late.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import pytest
 
 # The modules whose tests use the session's two-node Ray cluster (marked `cluster`).
 CLUSTER_MODULES = frozenset({"tests/test_ray_cluster.py", "tests/test_prefect_server.py"})
-CACHE_KEY = "sqz/module_seconds"
 # Setup + call + teardown seconds per module, summed, in one `make test` (2 workers) on
 # the 2-core development machine, 2026-12-03; rounded.
 MEASURED_SECONDS = {
@@ -43,33 +42,15 @@ def work_unit(nodeid: str) -> str:
     return "two-node cluster" if module in CLUSTER_MODULES else module
 
 
-def longest_first(config: pytest.Config, items: list[pytest.Item]) -> None:
+def longest_first(items: list[pytest.Item]) -> None:
     """Sorts ``items`` (in place, stably) so that the longest work units come first."""
     for item in items:
         if "cluster" in item.keywords and module_of(item.nodeid) not in CLUSTER_MODULES:
             raise pytest.UsageError(f"{item.nodeid} is marked cluster: add its module to CLUSTER_MODULES in tests/scheduling.py")
-    seconds = {**MEASURED_SECONDS, **(config.cache.get(CACHE_KEY, {}) if getattr(config, "cache", None) else {})}
     unit_seconds: dict[str, float] = defaultdict(float)
     for module in {module_of(item.nodeid) for item in items}:
-        unit_seconds[work_unit(module)] += seconds.get(module, math.inf)
+        unit_seconds[work_unit(module)] += MEASURED_SECONDS.get(module, math.inf)
     items.sort(key=lambda item: -unit_seconds[work_unit(item.nodeid)])
-
-
-class ModuleSeconds:
-    """Adds up each module's setup, call and teardown seconds as the reports arrive (in
-    the controller under xdist, which receives every worker's reports) and keeps them in
-    pytest's cache at the end for the next run's order."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = defaultdict(float)
-
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        self.seconds[module_of(report.nodeid)] += report.duration
-
-    def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        if getattr(session.config, "cache", None) is not None and self.seconds:
-            known = session.config.cache.get(CACHE_KEY, {})
-            session.config.cache.set(CACHE_KEY, {**known, **{m: round(s, 1) for m, s in self.seconds.items()}})
 
 
 def make_scheduler(config: pytest.Config, log):
