@@ -321,6 +321,7 @@ def refused_in_process(monkeypatch, capfd):
     return run
 
 
+@pytest.hookimpl(optionalhook=True)  # so that `pytest -p no:xdist` still collects
 def pytest_xdist_make_scheduler(config, log):
     """`make test` runs on two pytest-xdist workers: tests/scheduling.py says how."""
     return scheduling.make_scheduler(config, log)
