@@ -32,10 +32,11 @@ from sqz.compress import codec  # noqa: E402
 from sqz.compress.dcnet import load_dcnet  # noqa: E402
 from sqz.compress.gptq import gptq_  # noqa: E402
 from sqz.compress.kmeans import distill_codebooks_, quantize_  # noqa: E402
-from sqz.config import QuantConfig  # noqa: E402
+from sqz.config import ImportOptions, QuantConfig  # noqa: E402
 from sqz.data import normalize_batch  # noqa: E402
-from sqz.fidelity import (allocate_bits, allocated_bytes, calibration_sets, fidelity, fisher_importance, layer_bit_options,  # noqa: E402
-                          logits_of, quantize_with_bits_, subsample)  # fmt: skip
+from sqz.fidelity import (allocate_bits, allocated_bytes, calibration_sets, cluster_at_widths, fidelity,  # noqa: E402
+                          fisher_importance, layer_bit_options, logits_of, quantize_with_bits_, scale_costs_by_measured_kl,
+                          subsample)  # fmt: skip
 from sqz.import_dc import BUDGET_BITS  # noqa: E402
 
 RELEASED = os.environ.get("SQZ_RELEASED_NET", os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
@@ -80,6 +81,9 @@ def main() -> int:
     parser.add_argument("--gptq-images", type=int, default=128, help="calibration crops the GPTQ Hessians see")
     parser.add_argument("--gptq-refit", type=int, default=1, help="1: refit each codebook to the GPTQ labels, 0: keep it")
     parser.add_argument("--gptq-rounds", type=int, default=3, help="GPTQ assignment + refit rounds per layer (import-dc's default)")
+    parser.add_argument("--budget-kl-images", type=int, default=ImportOptions().budget_kl_images,
+                        help="budget rows: calibration crops on which each layer's KL at 4 bits scales its costs "
+                        "(import-dc's default; 0: unscaled)")  # fmt: skip
     parser.add_argument("--cache", default=None, help="folder keeping the teacher logits and the Fisher importance "
                         "(safetensors) between runs with the same settings")  # fmt: skip
     args = parser.parse_args()
@@ -127,17 +131,29 @@ def main() -> int:
 
     released = {name: p.detach().clone() for name, p in dense.named_parameters() if p.dim() > 1}
     gptq_set = subsample(calibration, args.gptq_images, 2)
-    bit_options: dict = {}  # (weighting) -> the allocator's per-layer options, computed once
+    bit_options: dict = {}  # (weighting, assign) -> the allocator's per-layer options, computed once
 
     def clustered(bits, budget, weights, weighting, assign):
         target = budget
         for _ in range(4):  # GPTQ's labels code to other sizes than nearest's: over budget, retry tighter (as import-dc)
             model = copy.deepcopy(dense)
             if budget is not None:
-                if weighting not in bit_options:
-                    bit_options[weighting] = layer_bit_options(dense, quant, BUDGET_BITS, weights)
-                layer_bits = allocate_bits(*bit_options[weighting], target)
-                predicted = allocated_bytes(*bit_options[weighting], layer_bits)
+                if (weighting, assign) not in bit_options:  # as import-dc: with KL scaling, widths costed as GPTQ assigns them
+                    reassign = None
+                    if args.budget_kl_images and assign == "gptq-dense":
+
+                        def reassign(m, s):
+                            gptq_(m, s, released, gptq_set, prepare=prepare, inputs_from="dense", refit=bool(args.gptq_refit),
+                                  rounds=args.gptq_rounds)  # fmt: skip
+
+                    copies = cluster_at_widths(dense, quant, BUDGET_BITS, weights, assign=reassign)
+                    options, rest = layer_bit_options(dense, quant, BUDGET_BITS, weights, clustered=copies)
+                    if args.budget_kl_images:  # import-dc's crops: its seed 0 + 3
+                        probe = subsample(calibration, args.budget_kl_images, 3)
+                        options, _ = scale_costs_by_measured_kl(dense, options, copies[4], probe, reference_bits=4)
+                    bit_options[(weighting, assign)] = (options, rest)
+                layer_bits = allocate_bits(*bit_options[(weighting, assign)], target)
+                predicted = allocated_bytes(*bit_options[(weighting, assign)], layer_bits)
                 shared = quantize_with_bits_(model, quant, layer_bits, weights)
             else:
                 layer_bits, shared = None, quantize_(model, QuantConfig(bits=bits, method="exact"), importance=weights)

@@ -92,7 +92,7 @@ def import_released_task(file_url: str, out_url: str, options: dict[str, Any], r
 def import_released(file_url: str, out_url: str, bits: int | None = None, method: str = "exact",
                     calibrate: str | None = None, size_budget: int | None = None, weighting: str = "fisher",
                     distill_steps: int = 0, distill_lr: float = 1e-4, calibration_images: int = 384,
-                    assign: str = "gptq", gptq_inputs: str = "dense",
+                    assign: str = "gptq", gptq_inputs: str = "dense", budget_kl_images: int = 0,
                     run_url: str | None = None) -> dict[str, Any]:  # fmt: skip
     """`sqz import-dc` as a flow: the released Deep Compression SqueezeNet -> .sqz,
     re-clustered at ``bits`` or per layer under ``size_budget`` bytes, calibrated on
@@ -113,13 +113,14 @@ def import_released(file_url: str, out_url: str, bits: int | None = None, method
         calibration_images: calibration crops used (a fixed subset; the rest is held out for fidelity).
         assign: nearest (each weight to its closest shared value) or gptq (error-compensated, from the layer inputs).
         gptq_inputs: with gptq, the layer inputs come from the re-assigned earlier layers (sequential) or the dense model.
+        budget_kl_images: with calibrate and size_budget, scale each layer's costs by its KL measured on this many calibration images (0: unscaled).
         run_url: a run folder whose fidelity table gets the result's row; empty: none.
     """
     from sqz.config import ImportOptions
 
     options = {"bits": bits, "method": method, "calibrate": calibrate, "size_budget": size_budget, "weighting": weighting,
                "distill_steps": distill_steps, "distill_lr": distill_lr, "calibration_images": calibration_images,
-               "assign": assign, "gptq_inputs": gptq_inputs}  # fmt: skip
+               "assign": assign, "gptq_inputs": gptq_inputs, "budget_kl_images": budget_kl_images}  # fmt: skip
     ImportOptions(**options)  # bad input fails here, before the task (and its retries)
     storage.check_url(out_url, option="out_url")
     summary = import_released_task(file_url, out_url, options, run_url)

@@ -29,13 +29,15 @@ from sqz.compress.kmeans import distill_codebooks_, quantize_
 # ImportOptions lives in sqz.config (torch-free: the CLI builds its parser from the defaults).
 from sqz.config import ImportOptions
 from sqz.data import normalize_batch
-from sqz.fidelity import (allocate_bits, allocated_bytes, calibration_sets, fidelity, fisher_importance,
-                          layer_bit_options, logits_of, quantize_with_bits_, smallest_file, subsample)  # fmt: skip
+from sqz.fidelity import (LayerBits, allocate_bits, allocated_bytes, calibration_sets, cluster_at_widths, fidelity,
+                          fisher_importance, layer_bit_options, logits_of, quantize_with_bits_, scale_costs_by_measured_kl,
+                          smallest_file, subsample)  # fmt: skip
 
 __all__ = ["ImportOptions", "import_released", "import_to", "check_size_budget", "BUDGET_BITS", "RELEASED_INPUT"]
 
 RELEASED_INPUT = {"image_size": 227, "normalization": "caffe"}  # Caffe's convention, recorded in the file
 BUDGET_BITS = (3, 4, 5, 6, 7, 8)  # the widths a byte budget chooses among, per layer
+_KL_REFERENCE_BITS = 4  # the width at which each layer's KL scales its budget costs (a clear signal over noise)
 _FISHER_BATCH = 32
 
 
@@ -97,6 +99,36 @@ def _fit_to_calibration_(model: torch.nn.Module, shared: Any, released: dict[str
         out["distill_loss"] = (losses[0], sum(losses[-10:]) / len(losses[-10:]))
 
 
+def _budget_options(dense: torch.nn.Module, released: dict[str, torch.Tensor], calibration: _Calibration | None,
+                    options: ImportOptions, importance: dict[str, torch.Tensor] | None,
+                    log: Callable[[str], None]) -> tuple[dict[str, list[LayerBits]], int]:  # fmt: skip
+    """Each layer's bytes and cost at each of ``BUDGET_BITS`` for the allocator: its
+    importance-weighted error after nearest assignment; with ``budget_kl_images``, after
+    the assignment the file will get (GPTQ from dense inputs: each layer's result is then
+    independent of the others' widths), scaled by the layer's measured KL at
+    ``_KL_REFERENCE_BITS`` (``scale_costs_by_measured_kl``)."""
+    assign = None
+    scaled = calibration is not None and options.budget_kl_images > 0
+    if scaled and options.uses_gptq and options.gptq_inputs == "dense":
+        gptq_set = subsample(calibration.images, options.gptq_images, options.seed + 2)
+
+        def assign(model: torch.nn.Module, shared: Any) -> None:
+            gptq_(model, shared, released, gptq_set, prepare=_prepare, inputs_from="dense", damp=options.gptq_damp,
+                  refit=options.gptq_refit, rounds=options.gptq_rounds)  # fmt: skip
+
+    clustered = cluster_at_widths(dense, options.quant, BUDGET_BITS, importance, assign=assign)
+    bit_options, rest = layer_bit_options(dense, options.quant, BUDGET_BITS, importance, clustered=clustered)
+    if scaled:
+        start = time.perf_counter()
+        probe = subsample(calibration.images, options.budget_kl_images, options.seed + 3)
+        bit_options, _ = scale_costs_by_measured_kl(dense, bit_options, clustered[_KL_REFERENCE_BITS], probe,
+                                                    reference_bits=_KL_REFERENCE_BITS,
+                                                    normalization=RELEASED_INPUT["normalization"])  # fmt: skip
+        log(f"size budget: each layer's costs scaled by its KL at {_KL_REFERENCE_BITS} bits on {len(probe)} "
+            f"calibration images ({time.perf_counter() - start:.0f} s)")  # fmt: skip
+    return bit_options, rest
+
+
 def import_released(source: bytes, options: ImportOptions, *, log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     """The released model per ``options``. Returns ``data`` (the .sqz bytes), ``model``
     (decoded from them), ``bit_exact`` (the decoded tensors equal the encoded ones), ``fidelity`` (held-out figures vs the dense model, with
@@ -115,7 +147,7 @@ def import_released(source: bytes, options: ImportOptions, *, log: Callable[[str
     released = {name: p.detach().clone() for name, p in dense.named_parameters() if p.dim() > 1}
     if options.size_budget is not None:
         start = time.perf_counter()
-        bit_options, rest = layer_bit_options(dense, quant, BUDGET_BITS, importance)
+        bit_options, rest = _budget_options(dense, released, calibration, options, importance, log)
         out["seconds"]["bit_options"] = time.perf_counter() - start
     target = options.size_budget
     for _ in range(4):  # a budget overshot once assigned (GPTQ's labels code to other sizes) or distilled is retried tighter

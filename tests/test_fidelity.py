@@ -16,8 +16,9 @@ from sqz import metrics
 from sqz.cli import main
 from sqz.compress.kmeans import distill_codebooks_, kl_divergence, kmeans_1d, quantize_, within_cluster_sse
 from sqz.compress.prune import prune_
-from sqz.config import PruneConfig, QuantConfig
-from sqz.fidelity import LayerBits, allocate_bits, allocated_bytes, calibration_sets, fidelity, fisher_importance, smallest_file
+from sqz.config import ImportOptions, PruneConfig, QuantConfig
+from sqz.fidelity import (LayerBits, allocate_bits, allocated_bytes, calibration_sets, cluster_at_widths, fidelity,
+                          fisher_importance, layer_bit_options, logits_of, scale_costs_by_measured_kl, smallest_file)  # fmt: skip
 
 RELEASED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "models",
                         "squeezenet-deep-compression", "compressed_SqueezeNet.net")  # fmt: skip
@@ -177,6 +178,69 @@ def test_allocate_bits_matches_brute_force_and_refuses_small_budgets():
         allocate_bits(options, rest, smallest_file(options, rest) - 1)
 
 
+def test_budget_costs_scaled_by_each_layers_measured_kl():
+    model = tiny_model()
+    with torch.no_grad():
+        model[3].weight.mul_(20)  # confident logits: clustering costs real KL
+    images = torch.randint(0, 256, (32, 3, 8, 8), dtype=torch.uint8)
+    names = ["0.weight", "3.weight"]
+    # Predicted costs that rank the layers the wrong way round, and (below) a layer whose
+    # cost at the reference width is 0: it takes the other layer's factor (the median).
+    options = {"0.weight": [LayerBits("0.weight", 2, 100, 40.0), LayerBits("0.weight", 4, 200, 10.0)],
+               "3.weight": [LayerBits("3.weight", 2, 900, 0.4), LayerBits("3.weight", 4, 1800, 0.1)]}  # fmt: skip
+    reference = cluster_at_widths(model, QuantConfig(bits=8, method="exact"), [2])[2]
+    scaled, measured = scale_costs_by_measured_kl(model, options, reference, images, reference_bits=2)
+    teacher = logits_of(model, images)
+    for name in names:  # each KL with that layer alone clustered at 2 bits (the other one restored)
+        alone = copy.deepcopy(model)
+        with torch.no_grad():
+            dict(alone.named_parameters())[name].copy_(dict(reference.named_parameters())[name])
+            expected = float(kl_divergence(teacher, logits_of(alone, images)).mean())
+        assert measured[name] == pytest.approx(expected, rel=1e-5) and expected > 0
+        at = {o.bits: o for o in scaled[name]}
+        assert at[2].cost == pytest.approx(measured[name])  # cost at the reference width = its measured KL
+        assert at[4].cost == pytest.approx(measured[name] / 4)  # the layer's own ratios kept
+        assert [(o.bits, o.bytes) for o in scaled[name]] == [(o.bits, o.bytes) for o in options[name]]
+    assert measured["3.weight"] > measured["0.weight"]  # the classifier matters more, whatever was predicted
+    assert torch.equal(logits_of(model, images), teacher)  # the model itself untouched
+    options["0.weight"][0] = LayerBits("0.weight", 2, 100, 0.0)
+    scaled, measured = scale_costs_by_measured_kl(model, options, reference, images, reference_bits=2)
+    assert scaled["0.weight"][1].cost == pytest.approx(10.0 * measured["3.weight"] / 0.4)
+    with pytest.raises(ValueError, match="reference width 3"):
+        scale_costs_by_measured_kl(model, options, reference, images, reference_bits=3)
+
+
+def test_width_copies_are_reassigned_and_costed_as_given():
+    from sqz.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("squeezenet_small", num_classes=10)  # the encoder sizes sqz's own architectures
+    prune_(model, PruneConfig(mode="density", amount=0.2))
+    quant = QuantConfig(bits=8, method="exact")
+    seen = []
+
+    def halve(copy_, shared):  # a stand-in re-assignment: every weight's value halved
+        seen.append(sorted(shared))
+        with torch.no_grad():
+            for p in copy_.parameters():
+                if p.dim() > 1:
+                    p.mul_(0.5)
+
+    copies = cluster_at_widths(model, quant, [3, 2], assign=halve)
+    names = sorted(n for n, p in model.named_parameters() if p.dim() > 1)
+    assert sorted(copies) == [2, 3] and seen == [names] * 2
+    plain, rest = layer_bit_options(model, quant, [2, 3])
+    halved, rest_halved = layer_bit_options(model, quant, [2, 3], clustered=copies)
+    weights = dict(model.named_parameters())
+    for name in names:
+        assert [o.bits for o in halved[name]] == [2, 3]
+        for option in halved[name]:
+            expected = float(((dict(copies[option.bits].named_parameters())[name] - weights[name]) ** 2).sum().detach())
+            assert option.cost == pytest.approx(expected)
+        assert [o.cost for o in halved[name]] != [o.cost for o in plain[name]]
+    assert rest > 0 and rest_halved > 0
+
+
 def test_folder_calibration_splits_by_file(tmp_path):
     from torchvision.io import encode_png
 
@@ -198,12 +262,17 @@ def test_quant_config_refuses_bad_options():
         QuantConfig(weighting="hessian")
     with pytest.raises(ValueError, match="distill_lr"):
         QuantConfig(distill_lr=0.0)
+    with pytest.raises(ValueError, match="--budget-kl-images: must be >= 0"):
+        ImportOptions(budget_kl_images=-1)
+    with pytest.raises(ValueError, match="--budget-kl-images: needs --calibrate and --size-budget"):
+        ImportOptions(bits=6, calibrate="photos", budget_kl_images=96)
 
 
 @needs_release
 @pytest.mark.parametrize("extra, message", [
     (["--bits", "6", "--calibrate", "nowhere"], "--calibrate: unknown source"),
     (["--size-budget", "100000", "--calibrate", "photos"], "--size-budget: 100,000 bytes is below the smallest file"),
+    (["--size-budget", "430000", "--budget-kl-images", "96"], "--budget-kl-images: needs --calibrate and --size-budget"),
     (["--bits", "6", "--distill-steps", "3"], "need --calibrate"),
     (["--bits", "6", "--assign", "gptq"], "need --calibrate"),
     (["--bits", "6", "--calibrate", "photos", "--distill-steps", "-2"], "--distill-steps"),

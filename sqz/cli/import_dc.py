@@ -44,6 +44,10 @@ def add_parser(sub: Any) -> None:
                            f"(sequential) or from the dense model (default: {defaults.gptq_inputs})")  # fmt: skip
     import_dc.add_argument("--distill-lr", type=float, default=defaults.distill_lr,
                            help=f"with --calibrate: Adam lr of the distillation (default: {defaults.distill_lr:g})")
+    import_dc.add_argument("--budget-kl-images", type=non_negative_int, default=defaults.budget_kl_images, metavar="N",
+                           help="with --calibrate and --size-budget: scale each layer's costs by its KL at 4 bits, "
+                           "measured on N calibration images (~4 more minutes at 96; lower KL, see README; "
+                           f"default: {defaults.budget_kl_images}, unscaled)")  # fmt: skip
     import_dc.add_argument("--calibration-images", type=positive_int, default=defaults.calibration_images,
                            help=f"calibration images used, a fixed subset (default: {defaults.calibration_images})")
     import_dc.add_argument("--run", default=None, help="run URL whose fidelity table gets the row "
@@ -62,10 +66,10 @@ def command(args: argparse.Namespace) -> int:
                             weighting=args.weighting or defaults.weighting, distill_lr=args.distill_lr,
                             distill_steps=defaults.distill_steps if args.distill_steps is None else args.distill_steps,
                             calibration_images=args.calibration_images, assign=args.assign or defaults.assign,
-                            gptq_inputs=args.gptq_inputs)  # fmt: skip  # every bad value fails here
+                            gptq_inputs=args.gptq_inputs, budget_kl_images=args.budget_kl_images)  # fmt: skip  # every bad value fails here
     parameters = {k: v for k, v in dataclasses.asdict(options).items()
                   if k in ("bits", "method", "calibrate", "size_budget", "weighting", "distill_steps", "distill_lr",
-                           "calibration_images", "assign", "gptq_inputs")}  # fmt: skip
+                           "calibration_images", "assign", "gptq_inputs", "budget_kl_images")}  # fmt: skip
 
     def flow():
         from flows.compress_flow import import_released
