@@ -34,9 +34,8 @@ from sqz.compress.gptq import gptq_  # noqa: E402
 from sqz.compress.kmeans import distill_codebooks_, quantize_  # noqa: E402
 from sqz.config import ImportOptions, QuantConfig  # noqa: E402
 from sqz.data import normalize_batch  # noqa: E402
-from sqz.fidelity import (allocate_bits, allocated_bytes, calibration_sets, cluster_at_widths, fidelity,  # noqa: E402
-                          fisher_importance, layer_bit_options, logits_of, quantize_with_bits_, scale_costs_by_measured_kl,
-                          subsample)  # fmt: skip
+from sqz.fidelity import (allocate_bits, allocated_bytes, budget_options, calibration_sets, fidelity,  # noqa: E402
+                          fisher_importance, logits_of, quantize_with_bits_, subsample)  # fmt: skip
 from sqz.import_dc import BUDGET_BITS  # noqa: E402
 
 RELEASED = os.environ.get("SQZ_RELEASED_NET", os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
@@ -146,12 +145,9 @@ def main() -> int:
                             gptq_(m, s, released, gptq_set, prepare=prepare, inputs_from="dense", refit=bool(args.gptq_refit),
                                   rounds=args.gptq_rounds)  # fmt: skip
 
-                    copies = cluster_at_widths(dense, quant, BUDGET_BITS, weights, assign=reassign)
-                    options, rest = layer_bit_options(dense, quant, BUDGET_BITS, weights, clustered=copies)
-                    if args.budget_kl_images:  # import-dc's crops: its seed 0 + 3
-                        probe = subsample(calibration, args.budget_kl_images, 3)
-                        options, _ = scale_costs_by_measured_kl(dense, options, copies[4], probe, reference_bits=4)
-                    bit_options[(weighting, assign)] = (options, rest)
+                    probe = subsample(calibration, args.budget_kl_images, 3) if args.budget_kl_images else None  # import-dc's: seed 0 + 3
+                    bit_options[(weighting, assign)] = budget_options(dense, quant, BUDGET_BITS, weights, assign=reassign,
+                                                                      kl_images=probe)  # fmt: skip
                 layer_bits = allocate_bits(*bit_options[(weighting, assign)], target)
                 predicted = allocated_bytes(*bit_options[(weighting, assign)], layer_bits)
                 shared = quantize_with_bits_(model, quant, layer_bits, weights)

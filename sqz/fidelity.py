@@ -61,7 +61,13 @@ __all__ = [
     "allocated_bytes",
     "quantize_with_bits_",
     "scale_costs_by_measured_kl",
+    "budget_options",
+    "KL_REFERENCE_BITS",
 ]
+
+# The width at which a layer's measured KL scales its budget costs: low enough that the
+# KL stands clear of the calibration crops' noise, and always among the budget's widths.
+KL_REFERENCE_BITS = 4
 
 # Real photographs shipped inside pip packages: (package, file, group). A group is one
 # source scene (the two motorcycle frames are a stereo pair), and the split is by group.
@@ -410,6 +416,22 @@ def scale_costs_by_measured_kl(model: nn.Module, options: Mapping[str, Sequence[
     scaled = {name: [dataclasses.replace(o, cost=o.cost * factors.get(name, fallback)) for o in opts]
               for name, opts in options.items()}  # fmt: skip
     return scaled, measured
+
+
+def budget_options(model: nn.Module, quant: QuantConfig, bit_widths: Sequence[int],
+                   importance: Mapping[str, torch.Tensor] | None = None, *,
+                   assign: Callable[[nn.Module, dict[str, SharedWeights]], object] | None = None,
+                   kl_images: torch.Tensor | None = None, normalization: str = "caffe") -> tuple[dict[str, list[LayerBits]], int]:  # fmt: skip
+    """``allocate_bits``' options for ``model``: every width's copy (``cluster_at_widths``,
+    re-assigned by ``assign`` where given) costed by ``layer_bit_options``, and with
+    ``kl_images`` each layer's costs scaled by its KL at ``KL_REFERENCE_BITS`` measured
+    on them (``scale_costs_by_measured_kl``). Returns (layer -> options, rest bytes)."""
+    copies = cluster_at_widths(model, quant, bit_widths, importance, assign=assign)
+    options, rest = layer_bit_options(model, quant, bit_widths, importance, clustered=copies)
+    if kl_images is not None:
+        options, _ = scale_costs_by_measured_kl(model, options, copies[KL_REFERENCE_BITS], kl_images,
+                                                reference_bits=KL_REFERENCE_BITS, normalization=normalization)  # fmt: skip
+    return options, rest
 
 
 def allocated_bytes(options: Mapping[str, Sequence[LayerBits]], rest: int, bits: Mapping[str, int]) -> int:

@@ -29,15 +29,14 @@ from sqz.compress.kmeans import distill_codebooks_, quantize_
 # ImportOptions lives in sqz.config (torch-free: the CLI builds its parser from the defaults).
 from sqz.config import ImportOptions
 from sqz.data import normalize_batch
-from sqz.fidelity import (LayerBits, allocate_bits, allocated_bytes, calibration_sets, cluster_at_widths, fidelity,
-                          fisher_importance, layer_bit_options, logits_of, quantize_with_bits_, scale_costs_by_measured_kl,
-                          smallest_file, subsample)  # fmt: skip
+from sqz.fidelity import (KL_REFERENCE_BITS, LayerBits, allocate_bits, allocated_bytes, budget_options, calibration_sets,
+                          fidelity, fisher_importance, layer_bit_options, logits_of, quantize_with_bits_, smallest_file,
+                          subsample)  # fmt: skip
 
 __all__ = ["ImportOptions", "import_released", "import_to", "check_size_budget", "BUDGET_BITS", "RELEASED_INPUT"]
 
 RELEASED_INPUT = {"image_size": 227, "normalization": "caffe"}  # Caffe's convention, recorded in the file
 BUDGET_BITS = (3, 4, 5, 6, 7, 8)  # the widths a byte budget chooses among, per layer
-_KL_REFERENCE_BITS = 4  # the width at which each layer's KL scales its budget costs (a clear signal over noise)
 _FISHER_BATCH = 32
 
 
@@ -106,26 +105,23 @@ def _budget_options(dense: torch.nn.Module, released: dict[str, torch.Tensor], c
     importance-weighted error after nearest assignment; with ``budget_kl_images``, after
     the assignment the file will get (GPTQ from dense inputs: each layer's result is then
     independent of the others' widths), scaled by the layer's measured KL at
-    ``_KL_REFERENCE_BITS`` (``scale_costs_by_measured_kl``)."""
-    assign = None
-    scaled = calibration is not None and options.budget_kl_images > 0
-    if scaled and options.uses_gptq and options.gptq_inputs == "dense":
-        gptq_set = subsample(calibration.images, options.gptq_images, options.seed + 2)
-
-        def assign(model: torch.nn.Module, shared: Any) -> None:
-            gptq_(model, shared, released, gptq_set, prepare=_prepare, inputs_from="dense", damp=options.gptq_damp,
-                  refit=options.gptq_refit, rounds=options.gptq_rounds)  # fmt: skip
-
-    clustered = cluster_at_widths(dense, options.quant, BUDGET_BITS, importance, assign=assign)
-    bit_options, rest = layer_bit_options(dense, options.quant, BUDGET_BITS, importance, clustered=clustered)
-    if scaled:
-        start = time.perf_counter()
+    ``KL_REFERENCE_BITS`` (``sqz.fidelity.budget_options``)."""
+    assign, probe = None, None
+    if calibration is not None and options.budget_kl_images > 0:
         probe = subsample(calibration.images, options.budget_kl_images, options.seed + 3)
-        bit_options, _ = scale_costs_by_measured_kl(dense, bit_options, clustered[_KL_REFERENCE_BITS], probe,
-                                                    reference_bits=_KL_REFERENCE_BITS,
-                                                    normalization=RELEASED_INPUT["normalization"])  # fmt: skip
-        log(f"size budget: each layer's costs scaled by its KL at {_KL_REFERENCE_BITS} bits on {len(probe)} "
-            f"calibration images ({time.perf_counter() - start:.0f} s)")  # fmt: skip
+        if options.uses_gptq and options.gptq_inputs == "dense":
+            gptq_set = subsample(calibration.images, options.gptq_images, options.seed + 2)
+
+            def assign(model: torch.nn.Module, shared: Any) -> None:
+                gptq_(model, shared, released, gptq_set, prepare=_prepare, inputs_from="dense", damp=options.gptq_damp,
+                      refit=options.gptq_refit, rounds=options.gptq_rounds)  # fmt: skip
+
+    start = time.perf_counter()
+    bit_options, rest = budget_options(dense, options.quant, BUDGET_BITS, importance, assign=assign, kl_images=probe,
+                                       normalization=RELEASED_INPUT["normalization"])  # fmt: skip
+    if probe is not None:
+        log(f"size budget: each layer's costs scaled by its KL at {KL_REFERENCE_BITS} bits on {len(probe)} "
+            f"calibration images ({time.perf_counter() - start:.0f} s with the widths' clustering)")  # fmt: skip
     return bit_options, rest
 
 
