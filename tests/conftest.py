@@ -47,6 +47,9 @@ os.environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
 # training run ends ~4 s sooner).
 os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.5"
 os.environ["PREFECT_HOME"] = os.path.join(SHARED_DIR, "prefect")
+# sqz's cache of what it derives from scikit-learn (the digits, their splits), shared by
+# every process of the session and not the developer's ~/.cache/sqz.
+os.environ["SQZ_CACHE_DIR"] = os.path.join(SHARED_DIR, "cache")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "120"
 os.makedirs(os.environ["PREFECT_HOME"], exist_ok=True)

@@ -19,16 +19,16 @@ import pytest
 # The modules whose tests use the session's two-node Ray cluster (marked `cluster`).
 CLUSTER_MODULES = frozenset({"tests/test_ray_cluster.py", "tests/test_prefect_server.py"})
 # Setup + call + teardown seconds per module, summed, in one `make test` (2 workers) on
-# the 2-core development machine, 2026-12-03; rounded.
+# the 2-core development machine, 2026-12-04; rounded.
 MEASURED_SECONDS = {
-    "tests/test_sweep.py": 270, "tests/test_train.py": 178, "tests/test_storage_metrics.py": 154,
-    "tests/test_flows.py": 149, "tests/test_prefect_server.py": 145, "tests/test_imagenet_data.py": 102,
-    "tests/test_pipeline.py": 102, "tests/test_ray_cluster.py": 86, "tests/test_fidelity.py": 70,
-    "tests/test_codec.py": 45, "tests/test_prune_schedule.py": 27, "tests/test_eval_cli.py": 13,
-    "tests/test_layering.py": 13, "tests/test_compress.py": 8, "tests/test_data_engine.py": 8,
-    "tests/test_dcnet.py": 7, "tests/test_models.py": 5, "tests/test_infra.py": 3, "tests/test_cluster.py": 2,
-    "tests/test_cli.py": 2, "tests/test_links.py": 1, "tests/test_gptq.py": 1, "tests/test_prefect_yaml.py": 1,
-    "tests/test_runs.py": 1, "tests/test_progress.py": 1, "tests/test_config.py": 1,
+    "tests/test_sweep.py": 183, "tests/test_pipeline.py": 181, "tests/test_prefect_server.py": 149,
+    "tests/test_train.py": 136, "tests/test_flows.py": 119, "tests/test_storage_metrics.py": 104,
+    "tests/test_ray_cluster.py": 75, "tests/test_imagenet_data.py": 73, "tests/test_fidelity.py": 57,
+    "tests/test_codec.py": 42, "tests/test_prune_schedule.py": 22, "tests/test_layering.py": 17,
+    "tests/test_eval_cli.py": 14, "tests/test_data_engine.py": 13, "tests/test_compress.py": 7,
+    "tests/test_dcnet.py": 7, "tests/test_cli.py": 7, "tests/test_models.py": 6, "tests/test_infra.py": 3,
+    "tests/test_runs.py": 2, "tests/test_links.py": 1, "tests/test_prefect_yaml.py": 1, "tests/test_gptq.py": 1,
+    "tests/test_progress.py": 1, "tests/test_cluster.py": 1, "tests/test_config.py": 1,
 }  # fmt: skip
 
 

@@ -6,6 +6,13 @@ patterns generated from a seed. Both are split train/val by a seeded stratified 
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
+import os
+import tempfile
+import zipfile
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from torch.nn import functional as F
@@ -14,7 +21,7 @@ from torch.utils.data import Dataset, TensorDataset
 from sqz.config import DataConfig
 from sqz.data.imagenet import Split
 
-__all__ = ["BUILTIN_DATASETS", "BUILTIN_CLASSES", "ShiftedTensors", "load_builtin"]
+__all__ = ["BUILTIN_DATASETS", "BUILTIN_CLASSES", "ShiftedTensors", "cache_dir", "digits_arrays", "load_builtin"]
 
 BUILTIN_DATASETS = ("digits", "synthetic")
 BUILTIN_CLASSES = 10  # both: the ten digits, ten synthetic patterns
@@ -23,25 +30,83 @@ BUILTIN_CLASSES = 10  # both: the ten digits, ten synthetic patterns
 _DIGITS_MEAN, _DIGITS_STD = 0.5, 0.5
 
 
-def _stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.model_selection import train_test_split
+# scikit-learn is where the digits and the stratified split come from, but importing it
+# costs ~1.7 CPU-s (scipy.stats), paid by every process that loads the data: each Ray
+# Train worker, each Tune trial's actor, each `sqz` command. So its results (the digits'
+# arrays, each split's indices) are kept in a small .npz cache, written once per machine;
+# a process that finds them never imports sklearn. The key includes sklearn's version, so
+# an upgrade that changed the data or the split is seen.
+def cache_dir() -> str:
+    """Where sqz keeps derived files it can rebuild: ``SQZ_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/sqz``, else ``~/.cache/sqz``."""
+    if os.environ.get("SQZ_CACHE_DIR"):
+        return os.environ["SQZ_CACHE_DIR"]
+    return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "sqz")
 
-    indices = np.arange(len(labels))
-    train_idx, val_idx = train_test_split(
-        indices, test_size=val_fraction, random_state=seed, stratify=labels
-    )
-    return np.sort(train_idx), np.sort(val_idx)
+
+def _cached_arrays(name: str, key: object, compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """``compute()``'s arrays, read from ``cache_dir()/name-<digest of key>.npz`` when an
+    earlier process wrote them (no pickle: ``allow_pickle=False``). An unreadable cache
+    file is recomputed and replaced; an unwritable cache folder only means no cache."""
+    digest = hashlib.sha256(repr((key, importlib.metadata.version("scikit-learn"))).encode()).hexdigest()[:16]
+    path = os.path.join(cache_dir(), f"{name}-{digest}.npz")
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            return {field: stored[field] for field in stored.files}
+    except (OSError, ValueError, zipfile.BadZipFile):
+        pass  # not cached yet, or a damaged file: compute it again
+    arrays = compute()
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        # Written under a temporary name, then renamed: a process reading it sees the
+        # whole file or none, however many write it at once.
+        with tempfile.NamedTemporaryFile(dir=os.path.dirname(path), suffix=".tmp", delete=False) as tmp:
+            try:
+                np.savez(tmp, **arrays)
+            except BaseException:
+                os.unlink(tmp.name)
+                raise
+        os.replace(tmp.name, path)
+    except OSError:
+        pass  # a read-only or full disk: this process computed the arrays, the next will too
+    return arrays
+
+
+def _stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    def split() -> dict[str, np.ndarray]:
+        from sklearn.model_selection import train_test_split
+
+        indices = np.arange(len(labels))
+        train_idx, val_idx = train_test_split(
+            indices, test_size=val_fraction, random_state=seed, stratify=labels
+        )
+        return {"train": np.sort(train_idx), "val": np.sort(val_idx)}
+
+    key = (hashlib.sha256(np.ascontiguousarray(labels).tobytes()).hexdigest(), str(labels.dtype), val_fraction, seed)
+    arrays = _cached_arrays("split", key, split)
+    return arrays["train"], arrays["val"]
+
+
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled digits: images (1797, 8, 8) in 0..16 and their labels."""
+
+    def load() -> dict[str, np.ndarray]:
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        return {"images": digits.images, "target": digits.target}
+
+    arrays = _cached_arrays("digits", "load_digits", load)
+    return arrays["images"], arrays["target"]
 
 
 def _digits_tensors(image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images = torch.from_numpy(digits.images.astype(np.float32) / 16.0).unsqueeze(1)  # (N, 1, 8, 8)
+    digits_images, digits_target = digits_arrays()
+    images = torch.from_numpy(digits_images.astype(np.float32) / 16.0).unsqueeze(1)  # (N, 1, 8, 8)
     images = F.interpolate(images, size=(image_size, image_size), mode="bilinear", align_corners=False)
     images = images.repeat(1, 3, 1, 1)  # (N, 3, S, S): SqueezeNet expects RGB
     images = (images - _DIGITS_MEAN) / _DIGITS_STD
-    return images, torch.from_numpy(digits.target.astype(np.int64))
+    return images, torch.from_numpy(digits_target.astype(np.int64))
 
 
 class ShiftedTensors(TensorDataset):

@@ -82,9 +82,9 @@ def data_fingerprint(data_url: str) -> str:
     plan, or the folder's listing)."""
     digest = hashlib.sha256()
     if data_url == "digits":
-        from sklearn.datasets import load_digits
+        from sqz.data.builtin import digits_arrays
 
-        digest.update(load_digits().images.tobytes())
+        digest.update(digits_arrays()[0].tobytes())
     elif data_url == "synthetic":
         digest.update(b"synthetic")
     elif not storage.is_local(data_url) or os.path.exists(os.path.join(storage.local_path(data_url), "dataset.json")):
