@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import sys
 import tempfile
 from typing import Iterator
 
@@ -12,7 +13,7 @@ import ray
 
 from sqz import storage
 
-__all__ = ["ray_session", "alive_nodes", "require_shared_storage"]
+__all__ = ["ray_session", "alive_nodes", "require_shared_storage", "quiet_exit_in_finalizers"]
 
 # Ray puts unix sockets under its temp dir and those paths must stay under 107 bytes:
 # ".../session_<date>_<time>_<pid>/sockets/plasma_store" adds about 70 to the base.
@@ -74,3 +75,25 @@ def require_shared_storage(url: str, *, shared_mount: bool = False, option: str 
         raise ValueError(f"{option} {url}: a local path on a {nodes}-node Ray cluster, but nodes do not share a local "
                          f"disk; use S3-compatible storage (s3://bucket/prefix), or --shared-mount if the path is a "
                          f"mount every node shares")  # fmt: skip
+
+
+def quiet_exit_in_finalizers() -> None:
+    """Called first in each sqz function a Ray worker runs (a Train worker's loop, a Tune
+    trial, a sensitivity task). Ray ends a worker whose actor or job is done with SIGTERM,
+    and its handler raises SystemExit. When the signal lands while Python runs a
+    finalizer (a weakref callback, a ``__del__``), Python cannot raise it there and prints
+    "Exception ignored in: ... SystemExit: 1" with a traceback, which Ray forwards to the
+    driver's console: a traceback in the middle of a healthy run (seen in `make demo`).
+    Ray still ends the process. Every other exception a finalizer raises still goes to
+    the previous ``sys.unraisablehook``."""
+    if getattr(sys.unraisablehook, "_sqz_quiet_exit", False):
+        return  # a reused worker: installed already
+    previous = sys.unraisablehook
+
+    def hook(unraisable: "sys.UnraisableHookArgs") -> None:
+        if isinstance(unraisable.exc_value, SystemExit):
+            return
+        previous(unraisable)
+
+    hook._sqz_quiet_exit = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook

@@ -20,6 +20,7 @@ from safetensors.torch import load as load_safetensors
 from sqz import metrics, sensitivity, storage
 from sqz.compress.prune import prunable_parameters
 from sqz.config import DataConfig, SensitivityConfig, config_from_dict, config_to_dict
+from sqz.distributed.cluster import quiet_exit_in_finalizers
 from sqz.models import build_model
 from sqz.runs import RunLayout
 
@@ -44,6 +45,7 @@ def _writer(*parts: Any) -> str:
 @ray.remote
 def _unit(kind: str, item: Any, baseline: bytes, context: dict[str, Any]) -> int:
     """One unit of work: "baseline", "curves" of one layer, or "sizes" at one (level, bits)."""
+    quiet_exit_in_finalizers()
     config: SensitivityConfig = config_from_dict(SensitivityConfig, context["config"])
     torch.set_num_threads(max(1, int(config.cpus_per_task)))
     model = _model(baseline, context["arch"])

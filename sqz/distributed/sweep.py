@@ -32,6 +32,7 @@ from ray.util.client import ray as ray_client
 
 from sqz import metrics, sensitivity, storage
 from sqz.compress import codec
+from sqz.distributed.cluster import quiet_exit_in_finalizers
 from sqz.distributed.follow import RowFollower
 from sqz.logs import format_eta, terminal_bar
 from sqz.config import DataConfig, PruneConfig, SensitivityConfig, SweepConfig, config_from_dict, config_to_dict
@@ -148,6 +149,7 @@ def training_schedule(layout: RunLayout) -> tuple[float, int, float]:
 
 
 def _trial(config: dict[str, Any], *, baseline: bytes, points: dict[str, dict[str, Any]], context: dict[str, Any]) -> None:
+    quiet_exit_in_finalizers()
     point = points[config["trial_id"]]
     sweep_cfg: SweepConfig = config_from_dict(SweepConfig, context["sweep"])
     # Ray sets OMP_NUM_THREADS from the trial's CPUs; say it to torch too, whatever ran first.

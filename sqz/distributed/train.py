@@ -36,6 +36,7 @@ from sqz.compress.prune import attach_masks_
 from sqz.config import DataConfig, TrainConfig, config_from_dict, config_to_dict
 from sqz.data import load_split, make_loader, read_manifest
 from sqz.distributed import stream
+from sqz.distributed.cluster import quiet_exit_in_finalizers
 from sqz.distributed.follow import RowFollower
 from sqz.models import build_model, count_parameters
 from sqz.runs import RunLayout
@@ -120,6 +121,7 @@ def _progress_bar(enabled: bool, total: int, description: str):
 
 
 def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    quiet_exit_in_finalizers()
     train_cfg: TrainConfig = config_from_dict(TrainConfig, loop_config["train"])
     data_cfg: DataConfig = config_from_dict(DataConfig, loop_config["data"])
     run_url, run_id = loop_config["run_url"], loop_config["run_id"]
