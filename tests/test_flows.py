@@ -249,15 +249,32 @@ def test_sweep_finished_event_carries_the_chosen_variant(monkeypatch):
     assert second["payload"]["chosen"] is None and second["resource"]["sqz.origin"] == "squeeze_pipeline"
 
 
-@pytest.mark.slow
-def test_sqz_train_is_a_flow_run_whose_log_has_every_epoch(ray_local, tmp_path, capsys):
-    """`sqz train` runs as the train_model flow, named after its run; its per-epoch lines
-    are in the flow run's log as the Prefect API (and so the UI) serves it."""
+def _flow_run_log(client, name: str, enough) -> list[str]:
+    """The messages of the flow run called ``name`` (and of its tasks), as the Prefect API
+    (and so the UI) serves them; polled until ``enough(lines)``, for at most 30 s."""
     import time
+
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, LogFilter, LogFilterFlowRunId
+
+    (flow_run,) = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name])))
+    assert flow_run.state.is_completed()
+    deadline = time.monotonic() + 30  # the log handler ships records in batches
+    while True:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run.id])))
+        lines = [log.message for log in logs]
+        if enough(lines) or time.monotonic() > deadline:
+            return lines
+        time.sleep(1)
+
+
+@pytest.mark.slow
+def test_sqz_train_and_sweep_are_flow_runs_whose_logs_have_every_epoch_and_trial(ray_local, tmp_path, capsys):
+    """`sqz train` runs as the train_model flow, `sqz sweep` as sweep_checkpoint, each named
+    after its run; their per-epoch and per-trial lines (logged by sqz's Ray layer, on the
+    driver) are in the flow runs' logs as the Prefect API (and so the UI) serves them."""
     import uuid
 
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, LogFilter, LogFilterFlowRunId
 
     from sqz.cli import main
 
@@ -265,18 +282,20 @@ def test_sqz_train_is_a_flow_run_whose_log_has_every_epoch(ray_local, tmp_path, 
     assert main(["train", "--epochs", "2", "--workers", "1", "--storage", str(tmp_path), "--run-id", run_id]) == 0
     out = capsys.readouterr().out
     assert f"run {run_id}: squeezenet_small after 2 epochs" in out
+    sweep_id = f"{run_id}-sweep"
+    assert main(["sweep", "--checkpoint", str(tmp_path / run_id), "--storage", str(tmp_path), "--run-id", sweep_id,
+                 "--prune-mode", "std", "--thresholds", "0.3,0.9", "--bits", "4", "--retrain-epochs", "0",
+                 "--finetune-epochs", "0", "--distill-steps", "0"]) == 0  # fmt: skip
     with get_client(sync_client=True) as client:
-        (flow_run,) = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[f"{run_id}/train"])))
-        assert flow_run.state.is_completed()
-        deadline = time.monotonic() + 30  # the log handler ships records in batches
-        while True:
-            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run.id])))
-            lines = [log.message for log in logs]
-            if sum(": loss " in line and "top-1" in line for line in lines) >= 2 or time.monotonic() > deadline:
-                break
-            time.sleep(1)
+        epoch_lines = _flow_run_log(client, f"{run_id}/train", lambda lines: sum(": loss " in line and "top-1" in line for line in lines) >= 2)
+        trial_lines = _flow_run_log(client, f"{sweep_id}/sweep", lambda lines: sum(line.startswith("trial ") for line in lines) >= 2)
     rows = sorted(metrics.read_table(str(tmp_path / run_id), "train_epochs").to_pylist(), key=lambda r: r["epoch"])
     for row in rows:  # each epoch's line carries that epoch's numbers
         assert any(line.startswith(f"epoch {row['epoch'] + 1}/2: loss ") and f"top-1 {row['top1']:.2f}" in line
-                   for line in lines), lines  # fmt: skip
+                   for line in epoch_lines), epoch_lines  # fmt: skip
     assert len(rows) == 2
+    trials = metrics.read_table(str(tmp_path / sweep_id), "sweep_trials").to_pylist()
+    assert sorted(row["trial_id"] for row in trials) == ["std0.3-b4", "std0.9-b4"]
+    for row in trials:  # each trial's line carries that trial's file size and accuracy
+        assert any(line.startswith(f"trial {row['trial_id']} done: {row['size_bytes']:,} bytes, top-1 {row['top1']:.2f}")
+                   for line in trial_lines), trial_lines  # fmt: skip
