@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import io
 import os
-import tempfile
 import zipfile
 from collections.abc import Callable
 
@@ -18,6 +18,7 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import Dataset, TensorDataset
 
+from sqz import storage
 from sqz.config import DataConfig
 from sqz.data.imagenet import Split
 
@@ -56,17 +57,10 @@ def _cached_arrays(name: str, key: object, compute: Callable[[], dict[str, np.nd
     except (OSError, ValueError, zipfile.BadZipFile):
         pass  # not cached yet, or a damaged file: compute it again
     arrays = compute()
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        # Written under a temporary name, then renamed: a process reading it sees the
-        # whole file or none, however many write it at once.
-        with tempfile.NamedTemporaryFile(dir=os.path.dirname(path), suffix=".tmp", delete=False) as tmp:
-            try:
-                np.savez(tmp, **arrays)
-            except BaseException:
-                os.unlink(tmp.name)
-                raise
-        os.replace(tmp.name, path)
+        storage.write_bytes(path, buffer.getvalue())  # whole or not at all, however many write it at once
     except OSError:
         pass  # a read-only or full disk: this process computed the arrays, the next will too
     return arrays

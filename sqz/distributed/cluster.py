@@ -85,7 +85,8 @@ def quiet_exit_in_finalizers() -> None:
     "Exception ignored in: ... SystemExit: 1" with a traceback, which Ray forwards to the
     driver's console: a traceback in the middle of a healthy run (seen in `make demo`).
     Ray still ends the process. Every other exception a finalizer raises still goes to
-    the previous ``sys.unraisablehook``."""
+    the previous ``sys.unraisablehook``. Not a runtime_env ``worker_process_setup_hook``:
+    that would import sqz into every worker Ray starts, idle ones included."""
     if getattr(sys.unraisablehook, "_sqz_quiet_exit", False):
         return  # a reused worker: installed already
     previous = sys.unraisablehook
