@@ -74,7 +74,7 @@ def squeeze_pipeline(config: dict[str, Any] | None = None, run_id: str | None = 
             run_url, values["train"], values["data"], progress_artifact_id=str(train_progress.id), shared_mount=shared_mount)
         baseline = {k: v for k, v in trained.items() if k not in ("epoch_rows", "run_id")}
         seconds["train"], clock = time.perf_counter() - clock, time.perf_counter()
-        logger.info("stage 1/3 train done: top-1 %.2f, %d bytes", baseline["top1"], baseline["size_bytes"])
+        logger.info("stage 1/3 train done: top-1 %.2f, %s bytes (float32)", baseline["top1"], f"{baseline['size_bytes']:,}")
         logger.info("stage 2/3 sweep: thresholds %s x bits %s", pipeline.sweep.thresholds, pipeline.sweep.bits)
         trials = sweep_compression.with_options(flow_run_name=f"{run}/sweep")(
             run_url, values["sweep"], values["data"], arch, progress_artifact_id=str(sweep_progress.id), announce=False,
