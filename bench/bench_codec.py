@@ -108,17 +108,8 @@ def _table(label: str, model: torch.nn.Module, repeat: int) -> None:
     print(f"whole file, one core: encode() {encode_s:.3f} s, decode() {decode_s:.3f} s (model built and loaded included); bit-exact: {exact}")
 
 
-def _bits_plug_in(symbols) -> float:
-    """N times the empirical entropy of ``symbols``: the ideal code length if the
-    distribution were known for free (a lower estimate: it fits the data it measures)."""
-    import numpy as np
-
-    _, counts = np.unique(symbols, return_counts=True)
-    return float(-(counts * np.log2(counts / counts.sum())).sum())
-
-
-def _bits_adaptive(symbols, alphabet: int) -> float:
-    """Ideal code length of an adaptive add-1/2 (Krichevsky-Trofimov) estimator over
+def _adaptive_bytes(symbols, alphabet: int) -> float:
+    """Ideal code length in bytes of an adaptive add-1/2 (Krichevsky-Trofimov) estimator over
     ``alphabet`` symbols: what a coder that learns the distribution as it reads pays,
     tables included (it stores none)."""
     import numpy as np
@@ -126,7 +117,7 @@ def _bits_adaptive(symbols, alphabet: int) -> float:
 
     _, counts = np.unique(symbols, return_counts=True)
     log_p = gammaln(alphabet / 2) - gammaln(counts.sum() + alphabet / 2) + (gammaln(counts + 0.5) - gammaln(0.5)).sum()
-    return float(-log_p / np.log(2))
+    return float(-log_p / np.log(2) / 8)
 
 
 def _channel_context_check(model: torch.nn.Module) -> None:
@@ -134,11 +125,14 @@ def _channel_context_check(model: torch.nn.Module) -> None:
     channel is ~15% below its order-0 entropy". The same plug-in estimate with the codes
     shuffled across each layer (no dependence on the channel left, channel sizes kept)
     tells how much of that is the estimator's bias (hundreds of codes per channel, 255
-    values); the adaptive code lengths tell what a coder can gain from the channel."""
+    values); the adaptive code lengths tell what a coder can gain from the channel. The
+    plug-in entropy is the codec's own order-0 bound (the table's column)."""
     import numpy as np
 
+    from sqz.compress.codec import _entropy_bytes
+
     rng = np.random.default_rng(0)
-    totals = dict.fromkeys(("order0", "channel", "shuffled", "adaptive0", "adaptive_channel"), 0.0)
+    sizes = dict.fromkeys(("order0", "channel", "shuffled", "adaptive0", "adaptive_channel"), 0.0)
     for name, weight in model.state_dict().items():
         if weight.dim() < 2:
             continue
@@ -148,19 +142,18 @@ def _channel_context_check(model: torch.nn.Module) -> None:
         starts = np.searchsorted(rows, np.arange(flat.shape[0] + 1))  # np.nonzero is row-major: each channel's run
         runs = [slice(a, b) for a, b in zip(starts[:-1], starts[1:]) if b > a]
         shuffled = rng.permutation(codes)
-        totals["order0"] += _bits_plug_in(codes)
-        totals["channel"] += sum(_bits_plug_in(codes[run]) for run in runs)
-        totals["shuffled"] += sum(_bits_plug_in(shuffled[run]) for run in runs)
-        totals["adaptive0"] += _bits_adaptive(codes, len(distinct))
-        totals["adaptive_channel"] += sum(_bits_adaptive(codes[run], len(distinct)) for run in runs)
-    b = {key: value / 8 for key, value in totals.items()}
+        sizes["order0"] += _entropy_bytes(codes)
+        sizes["channel"] += sum(_entropy_bytes(codes[run]) for run in runs)
+        sizes["shuffled"] += sum(_entropy_bytes(shuffled[run]) for run in runs)
+        sizes["adaptive0"] += _adaptive_bytes(codes, len(distinct))
+        sizes["adaptive_channel"] += sum(_adaptive_bytes(codes[run], len(distinct)) for run in runs)
     print("\nissue 13's premise, codes given their output channel (released 8-bit codes, all 26 layers):")
-    print(f"- plug-in entropy: order-0 {b['order0']:,.0f} B; given the channel {b['channel']:,.0f} B "
-          f"({b['channel'] / b['order0'] - 1:+.1%})")
-    print(f"- the same with the codes shuffled across each layer (no dependence left): {b['shuffled']:,.0f} B "
-          f"({b['shuffled'] / b['order0'] - 1:+.1%}); dependence on the channel: {b['shuffled'] - b['channel']:,.0f} B")
-    print(f"- adaptive (add-1/2) code length: order-0 {b['adaptive0']:,.0f} B; one model per channel "
-          f"{b['adaptive_channel']:,.0f} B ({b['adaptive_channel'] / b['adaptive0'] - 1:+.1%})")
+    print(f"- plug-in entropy: order-0 {sizes['order0']:,.0f} B; given the channel {sizes['channel']:,.0f} B "
+          f"({sizes['channel'] / sizes['order0'] - 1:+.1%})")
+    print(f"- the same with the codes shuffled across each layer (no dependence left): {sizes['shuffled']:,.0f} B "
+          f"({sizes['shuffled'] / sizes['order0'] - 1:+.1%}); dependence on the channel: {sizes['shuffled'] - sizes['channel']:,.0f} B")
+    print(f"- adaptive (add-1/2) code length: order-0 {sizes['adaptive0']:,.0f} B; one model per channel "
+          f"{sizes['adaptive_channel']:,.0f} B ({sizes['adaptive_channel'] / sizes['adaptive0'] - 1:+.1%})")
 
 
 def main() -> None:

@@ -64,12 +64,13 @@ def ray_train(model_name: str, data_cfg, workers: int, threads_per_worker: int, 
     return [r["images_per_s"] for r in rows if r["epoch"] >= 1], wall
 
 
-def gpu(model_name: str, batch: int, steps: int, compile_model: bool) -> list[tuple[str, float]]:
+def gpu(model_name: str, batch: int, steps: int, compile_model: bool) -> list[tuple[str, float, float]]:
+    """Per setting: its name, images/s and the share of wall time spent waiting for data."""
     device = torch.device("cuda")
     # Batches made on the GPU beforehand and cycled: the figure is the GPU's training
     # throughput. Collating 256 224x224 images from a TensorDataset on the host each step
-    # (the loader this used before) took longer than the step itself on an H200 (4.6k
-    # images/s either way, AMP or not); decoding real images is bench_input_pipeline's.
+    # (the loader this used before) took longer than the step itself on an H200 (4.6-5.2k
+    # images/s, AMP or not); decoding real images is bench_input_pipeline's.
     staged = [(torch.randn(batch, 3, 224, 224, device=device), torch.randint(0, 1000, (batch,), device=device))
               for _ in range(min(steps, 8))]  # fmt: skip
     loader = [staged[i % len(staged)] for i in range(steps)]
