@@ -32,14 +32,20 @@ def _output_error(w: torch.Tensor, q: torch.Tensor, x: torch.Tensor) -> float:
     return float(((x @ (w - q).T) ** 2).sum())
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_gptq_assign_stays_on_codebook_keeps_zeros_and_beats_nearest(seed):
+def _clustered_layer(seed: int):
+    """A 24 x 40 layer at 60% density, correlated inputs for it, its 3-bit k-means
+    clustering and its input Hessian."""
     w = _layer(24, 40, 0.6, seed)
     x = _correlated_inputs(400, 40, seed + 10)
     linear = nn.Sequential(nn.Linear(40, 24, bias=False))
     linear[0].weight.data.copy_(w)
     shared = quantize_(linear, QuantConfig(bits=3, method="exact"))["0.weight"]
-    hessian = x.double().T @ x.double() / len(x)
+    return w, x, shared, x.double().T @ x.double() / len(x)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_gptq_assign_stays_on_codebook_keeps_zeros_and_beats_nearest(seed):
+    w, x, shared, hessian = _clustered_layer(seed)
 
     labels = gptq_assign(w, hessian, shared.codebook, damp=0.01, block_size=8)
     q = shared.codebook[labels]
@@ -142,3 +148,34 @@ def test_import_options_refuse_bad_gptq_options(kwargs, message):
     with pytest.raises(ValueError, match=message) as info:
         ImportOptions(**kwargs)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_gptq_extra_pruning_prunes_the_share_keeps_old_zeros_and_beats_magnitude(seed):
+    w, x, shared, hessian = _clustered_layer(seed)
+
+    labels = gptq_assign(w, hessian, shared.codebook, block_size=8, prune=0.25)
+    q = shared.codebook[labels]
+    kept_before, kept_after = int((w != 0).sum()), int((labels != 0).sum())
+    assert abs(kept_after - 0.75 * kept_before) <= 40 / 8  # rounded once per block of 8 columns
+    assert bool((labels[w == 0] == 0).all())  # an old zero stays pruned
+    assert bool((q[labels != 0] != 0).all())  # a kept weight is never 0.0
+
+    # The same count pruned by magnitude, then GPTQ on that fixed pattern: OBS's choice
+    # with compensation costs the layer's output less.
+    threshold = w.abs()[w != 0].sort().values[kept_before - kept_after - 1]
+    by_magnitude = torch.where(w.abs() > threshold, w, torch.zeros_like(w))
+    q_magnitude = shared.codebook[gptq_assign(by_magnitude, hessian, shared.codebook, block_size=8)]
+    assert _output_error(w, q, x) < _output_error(w, q_magnitude, x)
+
+
+def test_gptq_refuses_a_bad_prune_share_before_work():
+    with pytest.raises(ValueError, match=r"gptq prune: must be in \[0, 1\)"):
+        gptq_assign(_layer(4, 6, 0.5, 0), torch.eye(6), torch.tensor([0.0, -1.0, 1.0]), prune=1.0)
+    model = nn.Sequential(nn.Linear(4, 3))
+    shared = quantize_(copy.deepcopy(model), QuantConfig(bits=2))
+    original = {"0.weight": model[0].weight.detach().clone()}
+    with pytest.raises(ValueError, match="gptq prune"):
+        gptq_(model, shared, original, torch.randn(5, 4), prune={"0.weight": -0.1})
+    with pytest.raises(ValueError, match="unknown or missing layer"):
+        gptq_(model, shared, original, torch.randn(5, 4), prune={"1.weight": 0.1})

@@ -11,7 +11,9 @@ onto it: the sparsity pattern never changes, and a kept weight is never assigned
 
 - ``input_hessians``: H of every conv/linear layer in one pass (inputs from one model).
 - ``gptq_assign``: one layer's labels into a codebook (columns in decreasing H-diagonal
-  order, "act order"; lazy batches of ``block_size`` columns).
+  order, "act order"; lazy batches of ``block_size`` columns); optionally pruning a share
+  of the kept weights as well, chosen and compensated as SparseGPT does (measured on the
+  released model: it costs far more fidelity per byte saved than fewer bits, README).
 - ``refit_codebook``: the codebook values that minimise the same objective for fixed labels
   (a k x k least-squares system).
 - ``gptq_``: every layer of a model already clustered by ``quantize_``; the inputs come
@@ -40,8 +42,11 @@ GPTQ_INPUTS = ("sequential", "dense")
 _REFIT_CHUNK = 4_000_000
 
 
-def check_gptq_options(*, damp: float, block_size: int, inputs: str = "sequential", images: int = 1) -> None:
+def check_gptq_options(*, damp: float, block_size: int, inputs: str = "sequential", images: int = 1,
+                       prune: float = 0.0) -> None:  # fmt: skip
     """One-line ValueError for a bad GPTQ option (called before any work)."""
+    if not (prune >= 0 and prune < 1):
+        raise ValueError(f"gptq prune: must be in [0, 1) (a share of the kept weights), got {prune}")
     if not (damp > 0 and damp < 1):
         raise ValueError(f"gptq damp: must be in (0, 1) (a share of the mean Hessian diagonal), got {damp}")
     if block_size < 1:
@@ -149,13 +154,16 @@ def _nearest(values: torch.Tensor, sorted_values: torch.Tensor, midpoints: torch
 
 @torch.no_grad()
 def gptq_assign(weight: torch.Tensor, hessian: torch.Tensor, codebook: torch.Tensor, *, damp: float = 0.01,
-                block_size: int = 128, act_order: bool = True) -> torch.Tensor:  # fmt: skip
+                block_size: int = 128, act_order: bool = True, prune: float = 0.0) -> torch.Tensor:  # fmt: skip
     """Labels (int64, ``weight``'s shape) into ``codebook`` (entry 0 is 0.0, the pruned
     weights') for a ``(rows, cols)`` weight (a conv's flattened to (out, in*kh*kw)) whose
     input Hessian is ``hessian`` (cols x cols). A weight equal to 0.0 gets label 0; every
     other weight gets a label >= 1, chosen greedily column by column with the rounding
-    error of earlier columns compensated (GPTQ)."""
-    check_gptq_options(damp=damp, block_size=block_size)
+    error of earlier columns compensated (GPTQ). ``prune`` in [0, 1): that share of each
+    block's kept weights is pruned as well (label 0), those with the least OBS saliency
+    ``w^2 / Hinv_jj^2`` after the compensation so far (SparseGPT's mask selection), and
+    their error compensated like a rounding error."""
+    check_gptq_options(damp=damp, block_size=block_size, prune=prune)
     if weight.dim() != 2:
         raise ValueError(f"gptq_assign: weight must be 2-D (rows, cols), got shape {tuple(weight.shape)}")
     rows, cols = weight.shape
@@ -176,7 +184,7 @@ def gptq_assign(weight: torch.Tensor, hessian: torch.Tensor, codebook: torch.Ten
 
     perm = torch.argsort(hessian.diagonal(), descending=True, stable=True) if act_order else torch.arange(cols)
     w = weight.detach().double().cpu()[:, perm].clone()
-    mask = kept.cpu()[:, perm]
+    mask = kept.cpu()[:, perm].clone()
     hinv = _damped_inverse_factor(hessian.cpu()[perm][:, perm], damp)
     picked = torch.zeros(rows, cols, dtype=torch.int64)
     for start in range(0, cols, block_size):
@@ -184,6 +192,8 @@ def gptq_assign(weight: torch.Tensor, hessian: torch.Tensor, codebook: torch.Ten
         block = w[:, start:end].clone()
         errors = torch.zeros_like(block)
         hinv_block = hinv[start:end, start:end]
+        if prune > 0:
+            mask[:, start:end] = _pruned_block(mask[:, start:end], block, hinv_block.diagonal(), prune)
         for i in range(end - start):
             column = block[:, i]
             index = _nearest(column, sorted_values, midpoints)
@@ -196,6 +206,18 @@ def gptq_assign(weight: torch.Tensor, hessian: torch.Tensor, codebook: torch.Ten
         w[:, end:] -= errors @ hinv[start:end, end:]
     labels[:, perm] = picked
     return labels
+
+
+def _pruned_block(mask: torch.Tensor, block: torch.Tensor, hinv_diagonal: torch.Tensor, share: float) -> torch.Tensor:
+    """``mask`` without the ``share`` of its kept entries whose removal costs the layer's
+    output least (OBS saliency w^2 / Hinv_jj^2)."""
+    count = int(round(share * int(mask.sum())))
+    if count < 1:
+        return mask
+    saliency = (block**2 / hinv_diagonal.unsqueeze(0) ** 2).masked_fill(~mask, float("inf"))
+    pruned = mask.clone().reshape(-1)
+    pruned[torch.topk(saliency.flatten(), count, largest=False).indices] = False
+    return pruned.view_as(mask)
 
 
 @torch.no_grad()
@@ -237,7 +259,8 @@ def _layer_error(weight: torch.Tensor, quantized: torch.Tensor, hessian: torch.T
 def gptq_(model: nn.Module, shared: Mapping[str, SharedWeights], original: Mapping[str, torch.Tensor],
           inputs: torch.Tensor, *, prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
           batch_size: int = 16, inputs_from: str = "sequential", damp: float = 0.01, block_size: int = 128,
-          refit: bool = True, rounds: int = 1, log: Callable[[str], None] = lambda _: None) -> dict[str, dict[str, float]]:  # fmt: skip
+          refit: bool = True, rounds: int = 1, prune: Mapping[str, float] | None = None,
+          log: Callable[[str], None] = lambda _: None) -> dict[str, dict[str, float]]:  # fmt: skip
     """Re-assign every layer of ``shared`` (``quantize_``'s result on ``model``) by GPTQ
     against its ``original`` (pre-clustering) weights, keeping each layer's codebook (then
     refitting it for the new labels with ``refit``); the model's weights become
@@ -245,13 +268,16 @@ def gptq_(model: nn.Module, shared: Mapping[str, SharedWeights], original: Mappi
     ``prepare`` in batches of ``batch_size``. ``inputs_from``: "dense" (every Hessian from
     the original model in one pass) or "sequential" (layer by layer, from ``model`` with
     its earlier layers already re-assigned). ``rounds`` > 1 alternates: assign again to
-    the refitted codebook, refit again. Pruned zeros stay exactly zero.
+    the refitted codebook, refit again. Pruned zeros stay exactly zero. ``prune``: per
+    layer name, a share of its kept weights pruned as well (``gptq_assign``'s ``prune``).
     Returns per layer the output error ``tr((W-Q) H (W-Q)^T)`` of nearest and of GPTQ."""
     check_gptq_options(damp=damp, block_size=block_size, inputs=inputs_from, images=len(inputs))
     if rounds < 1:
         raise ValueError(f"gptq rounds: must be at least 1, got {rounds}")
+    for share in (prune or {}).values():
+        check_gptq_options(damp=damp, block_size=block_size, prune=share)
     params = prunable_parameters(model)
-    unknown = sorted(set(shared) - set(params)) + sorted(set(shared) - set(original))
+    unknown = sorted(set(shared) - set(params)) + sorted(set(shared) - set(original)) + sorted(set(prune or {}) - set(shared))
     if unknown:
         raise ValueError(f"gptq: unknown or missing layer(s) {', '.join(unknown[:3])}")
 
@@ -275,7 +301,8 @@ def gptq_(model: nn.Module, shared: Mapping[str, SharedWeights], original: Mappi
         flat = dense.flatten(1)
         nearest_error = _layer_error(flat, layer.weight().flatten(1), hessian)
         for _ in range(rounds):
-            labels = gptq_assign(flat, hessian, layer.codebook, damp=damp, block_size=block_size)
+            labels = gptq_assign(flat, hessian, layer.codebook, damp=damp, block_size=block_size,
+                                 prune=(prune or {}).get(name, 0.0))
             codebook = refit_codebook(flat, hessian, layer.codebook, labels) if refit else layer.codebook
             layer.labels.copy_(labels.view_as(layer.labels))
             layer.codebook.copy_(codebook)
