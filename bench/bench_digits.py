@@ -123,6 +123,9 @@ def _jobs(quick: bool, train_cfg: TrainConfig) -> list[tuple[str, dict, dict]]:
         # GPTQ's error-compensated assignment instead of the nearest shared value.
         job("gradual", 0.33, 8, 600, assign="gptq"), job("gradual", 0.33, 6, 600, assign="gptq"),
         job("gradual", 0.25, 6, 600, assign="gptq"),
+        # Toward the 15x moonshot (<= 194,033 B): fewer bits at about the density of 14.4x.
+        job("gradual", 0.27, 5, 600), job("gradual", 0.25, 5, 600), job("gradual", 0.3, 4, 600),
+        job("gradual", 0.25, 5, 600, assign="gptq"), job("gradual", 0.3, 4, 600, assign="gptq"),
     ]  # fmt: skip
 
 
@@ -132,9 +135,11 @@ def main() -> int:
     parser.add_argument("--seeds", default="0", help="baseline seeds, comma-separated; trials use the first (default: 0)")
     parser.add_argument("--processes", type=int, default=2, help="trials at once (default: 2)")
     parser.add_argument("--only", default="", metavar="TEXT",
-                        help="run only the trials whose name contains TEXT (e.g. gptq, d0.25)")  # fmt: skip
+                        help="run only the trials whose name contains TEXT, or one of several comma-separated "
+                        "(e.g. gptq, d0.25, b5-nearest,b4-nearest)")  # fmt: skip
     args = parser.parse_args()
-    if not any(args.only in name for name, _, _ in _jobs(args.quick, recipe_configs(0)[1])):
+    wanted = args.only.split(",")
+    if not any(any(text in name for text in wanted) for name, _, _ in _jobs(args.quick, recipe_configs(0)[1])):
         parser.error(f"--only {args.only!r}: no trial name contains it")  # before any baseline is trained
     WORK.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
@@ -165,7 +170,7 @@ def main() -> int:
     float32 = 4 * count_parameters(build_model(train_cfg.model, num_classes=10))
     arch = {"name": train_cfg.model, "kwargs": {"num_classes": 10}}
     jobs = [{"name": n, "spec": s, "label": lab, "baseline": baseline, "arch": arch, "data": data_cfg}
-            for n, s, lab in _jobs(args.quick, train_cfg) if args.only in n]  # fmt: skip
+            for n, s, lab in _jobs(args.quick, train_cfg) if any(text in n for text in wanted)]  # fmt: skip
     start = time.perf_counter()
     with futures.ProcessPoolExecutor(args.processes) as pool:
         rows = list(pool.map(_trial, jobs))

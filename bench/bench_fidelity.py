@@ -143,7 +143,7 @@ def main() -> int:
     distill_for = set(args.distill.split(","))
     targets = [(f"{b} bits", b, None, str(b)) for b in bit_widths] + [(f"<= {B:,} B", None, B, f"b{B}") for B in budgets]
     print()
-    header = f"| {'target':<14} | {'weighting':<9} | {'assign':<10} | {'distill':>7} | {'bytes':>9} | {'top-1 agree %':>13} | {'top-5 overlap %':>15} | {'KL':>6} | {'flips (near-tie)':>16} | {'s':>5} |"
+    header = f"| {'target':<15} | {'weighting':<9} | {'assign':<10} | {'distill':>7} | {'bytes':>9} | {'top-1 agree %':>13} | {'top-5 overlap %':>15} | {'KL':>6} | {'flips (near-tie)':>16} | {'s':>5} |"
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|", flush=True)
     rows = []
@@ -192,7 +192,7 @@ def main() -> int:
         flips = f"{int(flipped.sum())} ({int((flipped & near_tie).sum())})"
         row = (label, f"{weighting}/{assign}", steps, len(data), fid, time.perf_counter() - start)
         rows.append(row)
-        print(f"| {label:<14} | {weighting:<9} | {assign:<10} | {steps:>7} | {len(data):>9,} | {fid['top1_agreement']:>13.1f} | "
+        print(f"| {label:<15} | {weighting:<9} | {assign:<10} | {steps:>7} | {len(data):>9,} | {fid['top1_agreement']:>13.1f} | "
               f"{fid['top5_overlap']:>15.1f} | {fid['kl']:>6.3f} | {flips:>16} | {row[5]:>5.0f} |", flush=True)  # fmt: skip
 
     # Plain rows first (seconds each), then the distilled ones (minutes each on CPU).
