@@ -7,7 +7,8 @@ it minimises ``||(W - Q) X||^2`` over the calibration inputs ``X`` greedily, wit
 Hessian ``H = X X^T`` of that objective (the unfolded conv inputs: in_ch*kh*kw dims).
 Here the grid is not uniform but the layer's k-means codebook, and, as SparseGPT, a
 pruned weight (exactly 0.0 in the layer) is "rounded" to 0.0 whatever compensation moved
-onto it: the sparsity pattern never changes, and a kept weight is never assigned 0.0.
+onto it: the sparsity pattern never changes (unless ``prune`` asks for more zeros), and
+a kept weight is never assigned 0.0.
 
 - ``input_hessians``: H of every conv/linear layer in one pass (inputs from one model).
 - ``gptq_assign``: one layer's labels into a codebook (columns in decreasing H-diagonal
