@@ -126,7 +126,7 @@ def main() -> int:
     gap = top2[:, 0] - top2[:, 1]
     near_tie = gap < 0.02  # the table's "flips (near-tie)": flipped crops, and of them those near-ties
     print(f"held-out crops whose dense top-1 and top-2 probabilities differ by < 0.01: {int((gap < 0.01).sum())}, "
-          f"< 0.02: {int((gap < 0.02).sum())}, < 0.05: {int((gap < 0.05).sum())} (of {len(gap)}; dense top-1 "
+          f"< 0.02: {int(near_tie.sum())}, < 0.05: {int((gap < 0.05).sum())} (of {len(gap)}; dense top-1 "
           f"probability median {float(top2[:, 0].median()):.2f})", flush=True)  # fmt: skip
 
     start = time.perf_counter()

@@ -275,10 +275,11 @@ def gptq_(model: nn.Module, shared: Mapping[str, SharedWeights], original: Mappi
     check_gptq_options(damp=damp, block_size=block_size, inputs=inputs_from, images=len(inputs))
     if rounds < 1:
         raise ValueError(f"gptq rounds: must be at least 1, got {rounds}")
-    for share in (prune or {}).values():
+    shares = dict(prune or {})
+    for share in shares.values():
         check_gptq_options(damp=damp, block_size=block_size, prune=share)
     params = prunable_parameters(model)
-    unknown = sorted(set(shared) - set(params)) + sorted(set(shared) - set(original)) + sorted(set(prune or {}) - set(shared))
+    unknown = sorted(set(shared) - set(params)) + sorted(set(shared) - set(original)) + sorted(set(shares) - set(shared))
     if unknown:
         raise ValueError(f"gptq: unknown or missing layer(s) {', '.join(unknown[:3])}")
 
@@ -303,7 +304,7 @@ def gptq_(model: nn.Module, shared: Mapping[str, SharedWeights], original: Mappi
         nearest_error = _layer_error(flat, layer.weight().flatten(1), hessian)
         for _ in range(rounds):
             labels = gptq_assign(flat, hessian, layer.codebook, damp=damp, block_size=block_size,
-                                 prune=(prune or {}).get(name, 0.0))
+                                 prune=shares.get(name, 0.0))
             codebook = refit_codebook(flat, hessian, layer.codebook, labels) if refit else layer.codebook
             layer.labels.copy_(labels.view_as(layer.labels))
             layer.codebook.copy_(codebook)
