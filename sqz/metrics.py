@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from sqz import storage
 
-__all__ = ["SCHEMAS", "write_rows", "read_table", "table_url", "table_files"]
+__all__ = ["SCHEMAS", "write_rows", "read_writer_rows", "read_table", "table_url", "table_files"]
 
 SCHEMAS: dict[str, pa.Schema] = {
     "train_epochs": pa.schema([
@@ -86,17 +86,29 @@ def table_url(run_url: str, table: str) -> str:
     return storage.join(run_url, "metrics", table)
 
 
-def write_rows(run_url: str, table: str, rows: Iterable[dict[str, Any]], *, writer_id: str) -> str:
-    """Write ``rows`` as ``<run_url>/metrics/<table>/<writer_id>.parquet``; returns its URL."""
+def _writer_url(run_url: str, table: str, writer_id: str) -> str:
     if not _WRITER_ID.match(writer_id):
         raise ValueError(f"writer_id: {writer_id!r} is not a safe file name")
+    return storage.join(table_url(run_url, table), f"{writer_id}.parquet")
+
+
+def write_rows(run_url: str, table: str, rows: Iterable[dict[str, Any]], *, writer_id: str) -> str:
+    """Write ``rows`` as ``<run_url>/metrics/<table>/<writer_id>.parquet``; returns its URL."""
+    url = _writer_url(run_url, table, writer_id)
     schema = SCHEMAS[table] if table in SCHEMAS else None
-    url = storage.join(table_url(run_url, table), f"{writer_id}.parquet")
     data = pa.Table.from_pylist(list(rows), schema=schema)
     buffer = io.BytesIO()
     pq.write_table(data, buffer)
     storage.write_bytes(url, buffer.getvalue())
     return url
+
+
+def read_writer_rows(run_url: str, table: str, *, writer_id: str) -> list[dict[str, Any]] | None:
+    """The rows one writer wrote to ``table`` (its own file), or None if it wrote none yet."""
+    url = _writer_url(run_url, table, writer_id)
+    if not storage.exists(url):
+        return None
+    return pq.read_table(io.BytesIO(storage.read_bytes(url)), schema=SCHEMAS[table]).to_pylist()
 
 
 def read_table(run_url: str, table: str) -> pa.Table:

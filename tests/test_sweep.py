@@ -258,6 +258,43 @@ def _tune_trial_dirs(layout):
     return [d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))]
 
 
+def test_a_restarted_trial_whose_row_exists_reports_it_and_does_not_run_again(tmp_path, monkeypatch):
+    """Tune restarts a trial whose node died, also one that wrote its sweep_trials row just
+    before: that restart reports the row it finds and writes nothing; without a row it runs."""
+    from sqz.distributed import sweep as sweep_module
+
+    class Ran(Exception):
+        pass
+
+    def compress_and_evaluate(**kwargs):
+        raise Ran(kwargs["name"])
+
+    reports = []
+    monkeypatch.setattr(sweep_module, "compress_and_evaluate", compress_and_evaluate)
+    monkeypatch.setattr(sweep_module.tune, "report", reports.append)
+    layout = RunLayout(str(tmp_path / "run"))
+    sweep_cfg = SweepConfig(thresholds=(0.5,), bits=(6,), retrain_epochs=0, quant=QuantConfig(finetune_epochs=0, distill_steps=0))
+    point = sweep_module.grid_points(sweep_cfg)[0]
+    context = {"sweep": sweep_module.config_to_dict(sweep_cfg), "data": sweep_module.config_to_dict(DATA), "arch": ARCH,
+               "run_url": layout.run_url, "lr_rewind": None}  # fmt: skip
+
+    def run_trial():
+        sweep_module._trial({"trial_id": point["trial_id"]}, baseline=b"", points={point["trial_id"]: point}, context=context)
+
+    with pytest.raises(Ran, match=point["trial_id"]):
+        run_trial()  # no row yet: the trial does its work
+    assert reports == []
+
+    row = {name: None for name in metrics.SCHEMAS["sweep_trials"].names}
+    row.update(run_id=layout.run_id, trial_id=point["trial_id"], threshold=0.5, bits=6, size_bytes=1234, top1=97.5,
+               top5=99.0, model_url=layout.model_url(point["trial_id"]))  # fmt: skip
+    metrics.write_rows(layout.run_url, "sweep_trials", [row], writer_id=point["trial_id"])
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    run_trial()
+    assert len(reports) == 1 and reports[0]["size_bytes"] == 1234 and reports[0]["top1"] == 97.5
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written again
+
+
 @pytest.mark.slow
 def test_sweep_extended_grid_runs_only_the_missing_trials(ray_local, tmp_path, baseline_bytes, caplog):
     import ray

@@ -164,6 +164,14 @@ def _trial(config: dict[str, Any], *, baseline: bytes, points: dict[str, dict[st
         # compares trials on.
         tune.report({"top1": result.top1, "top5": result.top5, "retrain_epoch": epoch + 1})
 
+    # Tune restarts a trial whose node died, also one that wrote its row just before the
+    # node went and so had no time to report it: its row says it is done, so it reports that
+    # row instead of retraining and writing its file again.
+    written = metrics.read_writer_rows(layout.run_url, "sweep_trials", writer_id=name)
+    if written:
+        _log.info("trial %s: already done (its sweep_trials row exists); not run again", name)
+        _report_final(written[0], spec)
+        return
     row = compress_and_evaluate(
         baseline=baseline, arch=context["arch"], data=config_from_dict(DataConfig, context["data"]),
         spec=spec, model_url=layout.model_url(name), run_id=layout.run_id, name=name,
@@ -176,6 +184,11 @@ def _trial(config: dict[str, Any], *, baseline: bytes, points: dict[str, dict[st
     metrics.write_rows(layout.run_url, "compressed_layers", [{"run_id": layout.run_id, "model": name, **r} for r in account],
                        writer_id=name)  # fmt: skip
     metrics.write_rows(layout.run_url, "sweep_trials", [row], writer_id=name)
+    _report_final(row, spec)
+
+
+def _report_final(row: dict[str, Any], spec: TrialSpec) -> None:
+    """The trial's last report to Tune: its row's numbers, at the round after retraining."""
     numbers = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     tune.report({**numbers, "retrain_epoch": retrain_rounds(spec) + 1})
 
