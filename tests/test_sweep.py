@@ -270,6 +270,9 @@ def test_a_restarted_trial_whose_row_exists_reports_it_and_does_not_run_again(tm
         raise Ran(kwargs["name"])
 
     reports = []
+    # _trial sets torch's threads to the trial's CPUs (1): in this pytest process that would
+    # leave every later test on one thread.
+    monkeypatch.setattr(sweep_module.torch, "set_num_threads", lambda n: None)
     monkeypatch.setattr(sweep_module, "compress_and_evaluate", compress_and_evaluate)
     monkeypatch.setattr(sweep_module.tune, "report", reports.append)
     layout = RunLayout(str(tmp_path / "run"))
