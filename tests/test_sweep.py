@@ -22,7 +22,7 @@ from sqz import engine, metrics, sensitivity, storage
 from sqz.cli import main
 from sqz.compress import decode
 from sqz.compress.prune import prunable_parameters, prune_
-from sqz.config import DataConfig, PruneConfig, QuantConfig, SensitivityConfig, SweepConfig
+from sqz.config import DataConfig, PruneConfig, QuantConfig, SensitivityConfig, SweepConfig, config_to_dict
 from sqz.data import load_split
 from sqz.models import build_model
 from sqz.runs import RunLayout
@@ -278,7 +278,7 @@ def test_a_restarted_trial_whose_row_exists_reports_it_and_does_not_run_again(tm
     layout = RunLayout(str(tmp_path / "run"))
     sweep_cfg = SweepConfig(thresholds=(0.5,), bits=(6,), retrain_epochs=0, quant=QuantConfig(finetune_epochs=0, distill_steps=0))
     point = sweep_module.grid_points(sweep_cfg)[0]
-    context = {"sweep": sweep_module.config_to_dict(sweep_cfg), "data": sweep_module.config_to_dict(DATA), "arch": ARCH,
+    context = {"sweep": config_to_dict(sweep_cfg), "data": config_to_dict(DATA), "arch": ARCH,
                "run_url": layout.run_url, "lr_rewind": None}  # fmt: skip
 
     def run_trial():
@@ -292,10 +292,10 @@ def test_a_restarted_trial_whose_row_exists_reports_it_and_does_not_run_again(tm
     row.update(run_id=layout.run_id, trial_id=point["trial_id"], threshold=0.5, bits=6, size_bytes=1234, top1=97.5,
                top5=99.0, model_url=layout.model_url(point["trial_id"]))  # fmt: skip
     metrics.write_rows(layout.run_url, "sweep_trials", [row], writer_id=point["trial_id"])
-    before = sorted(p.name for p in tmp_path.rglob("*"))
+    before = _mtimes(p for p in tmp_path.rglob("*") if p.is_file())
     run_trial()
     assert len(reports) == 1 and reports[0]["size_bytes"] == 1234 and reports[0]["top1"] == 97.5
-    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written again
+    assert _mtimes(p for p in tmp_path.rglob("*") if p.is_file()) == before  # nothing written again
 
 
 @pytest.mark.slow
