@@ -4,6 +4,7 @@ State-dict keys of ``squeezenet1_0`` / ``squeezenet1_1`` are the same as torchvi
 so weights move freely between the two. The bypass variants follow Section 6 of the
 SqueezeNet paper; ``squeezenet_small`` keeps v1.1's fire modules but starts with a 3x3,
 stride-1 stem so 32x32 inputs (the digits demo) still reach the last fire at 4x4.
+The layer sizes are data in ``sqz.architectures`` (torch-free); this module builds them.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from typing import Any, Callable, Literal
 
 import torch
 from torch import nn
+
+from sqz.architectures import ARCHITECTURES, FINAL_CONV_IN, Bypass, ConvSpec, PoolSpec, Version, feature_plan
+from sqz.architectures import list_models as _registered
 
 __all__ = [
     "Fire",
@@ -31,9 +35,6 @@ __all__ = [
     "list_models",
     "count_parameters",
 ]
-
-Bypass = Literal["none", "simple", "complex"]
-
 
 class Fire(nn.Module):
     def __init__(
@@ -77,65 +78,31 @@ class Fire(nn.Module):
         return out
 
 
-# Fire module sizes (in, squeeze, expand1x1, expand3x3); "M" is a 3x3/2 max-pool.
-_V1_0_FIRES = [
-    (96, 16, 64, 64), (128, 16, 64, 64), (128, 32, 128, 128), "M",
-    (256, 32, 128, 128), (256, 48, 192, 192), (384, 48, 192, 192), (384, 64, 256, 256), "M",
-    (512, 64, 256, 256),
-]  # fmt: skip
-_V1_1_FIRES = [
-    (64, 16, 64, 64), (128, 16, 64, 64), "M",
-    (128, 32, 128, 128), (256, 32, 128, 128), "M",
-    (256, 48, 192, 192), (384, 48, 192, 192), (384, 64, 256, 256), (512, 64, 256, 256),
-]  # fmt: skip
-
-
-def _fire_bypass(index: int, inplanes: int, outplanes: int, bypass: Bypass) -> str:
-    """Paper, Section 6: simple bypass around fire3/5/7/9 (channels match), complex adds
-    a 1x1 conv bypass around fire2/4/6/8. ``index`` counts fires from 0 (= fire2)."""
-    if bypass == "none":
-        return "none"
-    if inplanes == outplanes and index % 2 == 1:
-        return "identity"
-    if bypass == "complex" and inplanes != outplanes:
-        return "conv"
-    return "none"
-
-
 class SqueezeNet(nn.Module):
     def __init__(
         self,
-        version: Literal["1_0", "1_1", "small"] = "1_0",
+        version: Version = "1_0",
         num_classes: int = 1000,
         dropout: float = 0.5,
         bypass: Bypass = "none",
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
-        if version == "1_0":
-            stem: list[nn.Module] = [nn.Conv2d(3, 96, kernel_size=7, stride=2), nn.ReLU(inplace=True)]
-            plan, pool = _V1_0_FIRES, lambda: nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True)
-        elif version == "1_1":
-            stem = [nn.Conv2d(3, 64, kernel_size=3, stride=2), nn.ReLU(inplace=True)]
-            plan, pool = _V1_1_FIRES, lambda: nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True)
-        elif version == "small":
-            stem = [nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1), nn.ReLU(inplace=True)]
-            plan, pool = _V1_1_FIRES, lambda: nn.MaxPool2d(kernel_size=2, stride=2)
-        else:
-            raise ValueError(f"version: unknown SqueezeNet version {version!r}")
-        layers = stem + [pool()]
-        fire_index = 0
-        for item in plan:
-            if item == "M":
-                layers.append(pool())
-                continue
-            inplanes, squeeze, e1, e3 = item
-            mode = _fire_bypass(fire_index, inplanes, e1 + e3, bypass)
-            layers.append(Fire(inplanes, squeeze, e1, e3, bypass=mode))
-            fire_index += 1
+        layers: list[nn.Module] = []
+        for item in feature_plan(version, bypass):  # the architecture as data (sqz.architectures)
+            if isinstance(item, ConvSpec):
+                layers.append(nn.Conv2d(item.in_channels, item.out_channels, kernel_size=item.kernel_size,
+                                        stride=item.stride, padding=item.padding))  # fmt: skip
+            elif item == "relu":
+                layers.append(nn.ReLU(inplace=True))
+            elif isinstance(item, PoolSpec):
+                layers.append(nn.MaxPool2d(kernel_size=item.kernel_size, stride=item.stride, ceil_mode=item.ceil_mode))
+            else:
+                layers.append(Fire(item.inplanes, item.squeeze_planes, item.expand1x1_planes, item.expand3x3_planes,
+                                   bypass=item.bypass))  # fmt: skip
         self.features = nn.Sequential(*layers)
 
-        final_conv = nn.Conv2d(512, num_classes, kernel_size=1)
+        final_conv = nn.Conv2d(FINAL_CONV_IN, num_classes, kernel_size=1)
         # The published models put a ReLU on the class scores; from scratch on a tiny
         # dataset it kills whole classes (a class whose scores start negative never gets a
         # gradient), so the small variant uses an identity there. Keys and shapes match.
@@ -229,30 +196,32 @@ def build_reference(name: str, *, with_aux: bool = False, device: str | torch.de
         return getattr(torchvision.models, spec.builder)(weights=None, **options)
 
 
-def _squeezenet(version: str, *, num_classes: int, dropout: float, bypass: Bypass) -> SqueezeNet:
-    return SqueezeNet(version=version, num_classes=num_classes, dropout=dropout, bypass=bypass)  # type: ignore[arg-type]
+def _squeezenet(name: str, *, num_classes: int, dropout: float) -> SqueezeNet:
+    spec = ARCHITECTURES[name]
+    return SqueezeNet(version=spec.version, num_classes=num_classes, dropout=dropout, bypass=spec.bypass)
 
 
 def squeezenet1_0(*, num_classes: int = 1000, dropout: float = 0.5) -> SqueezeNet:
-    return _squeezenet("1_0", num_classes=num_classes, dropout=dropout, bypass="none")
+    return _squeezenet("squeezenet1_0", num_classes=num_classes, dropout=dropout)
 
 
 def squeezenet1_1(*, num_classes: int = 1000, dropout: float = 0.5) -> SqueezeNet:
-    return _squeezenet("1_1", num_classes=num_classes, dropout=dropout, bypass="none")
+    return _squeezenet("squeezenet1_1", num_classes=num_classes, dropout=dropout)
 
 
 def squeezenet1_0_simple_bypass(*, num_classes: int = 1000, dropout: float = 0.5) -> SqueezeNet:
-    return _squeezenet("1_0", num_classes=num_classes, dropout=dropout, bypass="simple")
+    return _squeezenet("squeezenet1_0_simple_bypass", num_classes=num_classes, dropout=dropout)
 
 
 def squeezenet1_0_complex_bypass(*, num_classes: int = 1000, dropout: float = 0.5) -> SqueezeNet:
-    return _squeezenet("1_0", num_classes=num_classes, dropout=dropout, bypass="complex")
+    return _squeezenet("squeezenet1_0_complex_bypass", num_classes=num_classes, dropout=dropout)
 
 
 def squeezenet_small(*, num_classes: int = 10, dropout: float = 0.5) -> SqueezeNet:
-    return _squeezenet("small", num_classes=num_classes, dropout=dropout, bypass="none")
+    return _squeezenet("squeezenet_small", num_classes=num_classes, dropout=dropout)
 
 
+# The public builders by registry name (sqz.architectures.ARCHITECTURES lists the names).
 _BUILDERS: dict[str, Callable[..., SqueezeNet]] = {
     "squeezenet1_0": squeezenet1_0,
     "squeezenet1_1": squeezenet1_1,
@@ -260,6 +229,8 @@ _BUILDERS: dict[str, Callable[..., SqueezeNet]] = {
     "squeezenet1_0_complex_bypass": squeezenet1_0_complex_bypass,
     "squeezenet_small": squeezenet_small,
 }
+if sorted(_BUILDERS) != _registered():
+    raise ImportError("sqz.models: every architecture in sqz.architectures needs a builder, and no other")
 
 # A .sqz file names its architecture; decoding rebuilds it from these bounded options only,
 # so a hostile header cannot ask for an arbitrarily large model.
@@ -267,7 +238,7 @@ _MAX_CLASSES = 100_000
 
 
 def list_models() -> list[str]:
-    return sorted(_BUILDERS)
+    return _registered()
 
 
 def build_model(name: str, **kwargs: Any) -> SqueezeNet:

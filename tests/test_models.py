@@ -156,3 +156,54 @@ def test_models_with_a_compressed_file_adds_its_real_size(tmp_path, capsys):
     assert "415,921 of 1,244,448 weights kept (33.4%)" in out
     assert main(["models", "--with", str(tmp_path / "missing.sqz")]) == 2
     assert "no such object" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("num_classes", [2, 10, 1000])
+@pytest.mark.parametrize("name", list_models())
+def test_torch_free_layer_sizes_are_the_built_models(name, num_classes):
+    # The CLI refuses impossible densities from sqz.architectures' counts, without torch:
+    # they must be exactly what pruning sees in the built model (same keys, same order).
+    from sqz.architectures import prunable_weight_counts
+    from sqz.compress.prune import prunable_parameters
+
+    built = {key: weight.numel() for key, weight in prunable_parameters(build_model(name, num_classes=num_classes)).items()}
+    counts = prunable_weight_counts(name, num_classes=num_classes)
+    assert list(counts.items()) == list(built.items())
+
+
+@pytest.mark.parametrize("name", ["squeezenet_small", "squeezenet1_0_complex_bypass"])
+def test_the_density_check_agrees_with_layer_thresholds_at_the_boundary(name):
+    from sqz.architectures import check_densities, prunable_weight_counts, smallest_density
+    from sqz.compress.prune import layer_thresholds
+    from sqz.config import PruneConfig
+
+    model = build_model(name, num_classes=10)
+    dense, total = 10_000, sum(prunable_weight_counts(name, num_classes=10).values())
+    bound = smallest_density(name, num_classes=10, dense_below=dense)
+    assert 0 < bound < 1
+    for density in (bound / 2, bound):
+        with pytest.raises(ValueError, match="keeps fewer weights"):
+            layer_thresholds(model, PruneConfig(mode="density", amount=density, dense_below=dense))
+        with pytest.raises(ValueError, match=f"--thresholds: density {density:g} keeps fewer weights than {name}'s"):
+            check_densities([0.5, density], model=name, num_classes=10, dense_below=dense, option="--thresholds")
+    above = bound + 1 / total
+    layer_thresholds(model, PruneConfig(mode="density", amount=above, dense_below=dense))  # accepted: no error
+    check_densities([above], model=name, num_classes=10, dense_below=dense)
+    check_densities([bound], model=name, num_classes=10, dense_below=0)  # nothing stays dense: any density works
+
+
+def test_the_density_refusal_names_a_density_that_works():
+    import re
+
+    from sqz.architectures import check_densities
+    from sqz.compress.prune import layer_thresholds
+    from sqz.config import PruneConfig
+
+    with pytest.raises(ValueError) as refused:
+        check_densities([0.02], model="squeezenet_small", num_classes=10, dense_below=10_000, option="--thresholds",
+                        dense_option="--dense-below")  # fmt: skip
+    message = str(refused.value)
+    assert "\n" not in message and "--dense-below" in message and "9.6%" in message, message
+    suggested = float(re.search(r"density above ([0-9.]+)", message).group(1))
+    model = build_model("squeezenet_small", num_classes=10)
+    layer_thresholds(model, PruneConfig(mode="density", amount=suggested, dense_below=10_000))
