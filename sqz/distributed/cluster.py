@@ -1,4 +1,15 @@
-"""Connect to Ray, or start a local Ray for the duration of a run."""
+"""Connect to Ray, or start a local Ray for the duration of a run.
+
+Access rules (ShadowRay, CVE-2023-48022: whoever reaches an unauthenticated Ray runs code
+on it):
+- The embedded Ray that a run starts listens on 127.0.0.1 only, however sqz was started
+  (make, the bare console script, or a notebook), so nothing off this machine reaches it.
+- A cluster (``--ray-address``) is reached with Ray's token authentication: the token in
+  ``RAY_AUTH_TOKEN``, the file ``RAY_AUTH_TOKEN_PATH`` names, or ``~/.ray/auth_token``,
+  with ``RAY_AUTH_MODE=token``. Before ``ray.init``, one gRPC call checks that the cluster
+  accepts this client, so a missing or wrong token is one line naming RAY_AUTH_TOKEN
+  within a second, not 20-30 s of Ray retrying and pages of its warnings.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +20,21 @@ import sys
 import tempfile
 from typing import Iterator
 
+import grpc
 import ray
+from ray._private import ray_constants
+from ray.exceptions import AuthenticationError
 
 from sqz import storage
 
-__all__ = ["ray_session", "alive_nodes", "require_shared_storage", "quiet_exit_in_finalizers"]
+__all__ = ["ray_session", "RayAccessError", "check_ray_access", "alive_nodes", "require_shared_storage",
+           "quiet_exit_in_finalizers"]  # fmt: skip
+
+# Ray's knob for "a single machine only": with it off, every process of a local Ray binds
+# 127.0.0.1; on (Linux's default), they bind all interfaces and advertise the machine's
+# external address.
+_CLUSTER_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+_PROBE_TIMEOUT_S = 5.0
 
 # Ray puts unix sockets under its temp dir and those paths must stay under 107 bytes:
 # ".../session_<date>_<time>_<pid>/sockets/plasma_store" adds about 70 to the base.
@@ -30,6 +51,91 @@ def _local_temp_dir(workdir: str) -> tuple[str, bool]:
     return tempfile.mkdtemp(prefix="sqz-ray-", dir="/tmp"), True
 
 
+class RayAccessError(ValueError):
+    """The Ray cluster could not be reached, or refused this client (bad input: a wrong
+    address or credential; the CLI prints it as one line)."""
+
+
+def _auth_token() -> tuple[str | None, str]:
+    """The token this process would send, and where it came from (never the token itself
+    in any message). Ray's own order: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token."""
+    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return os.environ["RAY_AUTH_TOKEN"].strip(), "RAY_AUTH_TOKEN"
+    path_setting = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    path = os.path.expanduser(path_setting or "~/.ray/auth_token")
+    try:
+        with open(path) as f:
+            token = f.read().strip()
+    except OSError:
+        if path_setting:
+            raise RayAccessError(f"RAY_AUTH_TOKEN_PATH: cannot read the token file {path}") from None
+        return None, "RAY_AUTH_TOKEN"
+    return (token, "RAY_AUTH_TOKEN_PATH" if path_setting else "~/.ray/auth_token") if token else (None, "RAY_AUTH_TOKEN")
+
+
+def _probe(address: str, token: str | None) -> grpc.StatusCode | None:
+    """One cheap RPC to the cluster's entry point (the GCS for host:port, the Ray Client
+    server for ray://) with or without the token; None when it was accepted."""
+    from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc, ray_client_pb2, ray_client_pb2_grpc
+
+    metadata = [("authorization", f"Bearer {token}")] if token else []
+    target = address.removeprefix("ray://")
+    with grpc.insecure_channel(target) as channel:
+        try:
+            if address.startswith("ray://"):
+                request = ray_client_pb2.ClusterInfoRequest(type=ray_client_pb2.ClusterInfoType.PING)
+                ray_client_pb2_grpc.RayletDriverStub(channel).ClusterInfo(request, metadata=metadata, timeout=_PROBE_TIMEOUT_S)
+            else:
+                gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel).GetClusterId(
+                    gcs_service_pb2.GetClusterIdRequest(), metadata=metadata, timeout=_PROBE_TIMEOUT_S)  # fmt: skip
+        except grpc.RpcError as exc:
+            return exc.code()
+    return None
+
+
+def check_ray_access(address: str) -> None:
+    """Refuse, in one line, a cluster that does not answer or does not accept this
+    client's token; ``auto`` (a driver on a cluster node) is left to ``ray.init``."""
+    if address == "auto":
+        return
+    token, source = _auth_token()
+    refused = _probe(address, token)
+    if refused == grpc.StatusCode.UNAUTHENTICATED:
+        if token is None:
+            raise RayAccessError(f"--ray-address {address}: the Ray cluster requires token authentication and no token "
+                                 "was given: set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the cluster's token, with "
+                                 "RAY_AUTH_MODE=token")  # fmt: skip
+        raise RayAccessError(f"--ray-address {address}: the Ray cluster refused the token from {source}: set "
+                             "RAY_AUTH_TOKEN to this cluster's token")  # fmt: skip
+    if refused is not None:
+        raise RayAccessError(f"--ray-address {address}: no Ray cluster answered there ({refused.name.lower()} within "
+                             f"{_PROBE_TIMEOUT_S:.0f} s)")  # fmt: skip
+    if token is not None and os.environ.get("RAY_AUTH_MODE", "").lower() != "token" and _probe(address, None) is not None:
+        # The probe sent the token, but Ray itself only sends it in token mode.
+        raise RayAccessError(f"--ray-address {address}: the Ray cluster requires token authentication: set "
+                             f"RAY_AUTH_MODE=token (now {os.environ.get('RAY_AUTH_MODE', 'unset')!r}) so that Ray sends "
+                             "the token from RAY_AUTH_TOKEN")  # fmt: skip
+
+
+@contextlib.contextmanager
+def _loopback_only() -> Iterator[None]:
+    """A local Ray started inside this block binds 127.0.0.1 only. Ray reads the switch
+    from the environment when it is imported (this module imports it first), and its
+    processes read it when they start: both are set for the start, then restored, so a
+    later connection to a real cluster from this process is unaffected."""
+    previous_env, previous_flag = os.environ.get(_CLUSTER_SWITCH), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[_CLUSTER_SWITCH] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = previous_flag
+        if previous_env is None:
+            os.environ.pop(_CLUSTER_SWITCH, None)
+        else:
+            os.environ[_CLUSTER_SWITCH] = previous_env
+
+
 @contextlib.contextmanager
 def ray_session(address: str | None = None, *, workdir: str = ".", num_cpus: int | None = None) -> Iterator[None]:
     """Use an already initialised Ray (tests share one), connect to ``address``
@@ -43,14 +149,20 @@ def ray_session(address: str | None = None, *, workdir: str = ".", num_cpus: int
         # nodes started elsewhere do not have them. Credentials are never sent; each node
         # brings its own.
         settings = storage.s3_settings_env()
-        ray.init(address=address, log_to_driver=True, runtime_env={"env_vars": settings} if settings else None)
+        check_ray_access(address)
+        try:
+            ray.init(address=address, log_to_driver=True, runtime_env={"env_vars": settings} if settings else None)
+        except (AuthenticationError, ConnectionError) as exc:  # "auto", or a cluster that changed since the probe
+            raise RayAccessError(f"--ray-address {address}: could not connect ({type(exc).__name__}); with token "
+                                 "authentication, RAY_AUTH_TOKEN must hold the cluster's token and RAY_AUTH_MODE=token") from None  # fmt: skip
         try:
             yield
         finally:
             ray.shutdown()
         return
     temp_dir, remove_after = _local_temp_dir(workdir)
-    ray.init(num_cpus=num_cpus, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=True)
+    with _loopback_only():
+        ray.init(num_cpus=num_cpus, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=True)
     try:
         yield
     finally:
