@@ -20,6 +20,7 @@ from flows.common import NOT_CACHED, RETRYING, label_flow_run, run_tags
 from flows.report_flow import announce_sweep_finished, publish_run, report_run
 from flows.sweep_flow import sweep_compression
 from flows.train_flow import train_model
+from sqz.architectures import check_sweep_densities
 from sqz.config import PipelineConfig, config_from_dict, config_to_dict
 from sqz.distributed.cluster import ray_session, require_shared_storage
 from sqz.runs import RunLayout, write_manifest
@@ -50,6 +51,8 @@ def squeeze_pipeline(config: dict[str, Any] | None = None, run_id: str | None = 
             without it a local storage_url is refused on a cluster of more than one node.
     """
     pipeline = config_from_dict(PipelineConfig, config or {})  # bad input fails here, before any work
+    check_sweep_densities(pipeline.sweep, {"name": pipeline.train.model, "kwargs": {"num_classes": pipeline.train.num_classes}},
+                          option="config.sweep.thresholds", dense_option="config.sweep.dense_below")  # fmt: skip
     values = config_to_dict(pipeline)
     logger = get_run_logger()
     labels = run_tags(model=pipeline.train.model, data_url=pipeline.data.url, bits=pipeline.sweep.bits,

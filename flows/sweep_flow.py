@@ -16,6 +16,7 @@ from flows.common import (
 )  # fmt: skip
 from flows.report_flow import announce_sweep_finished, publish_run, report_folder
 from sqz import storage
+from sqz.architectures import check_sweep_densities
 from sqz.config import DataConfig, SweepConfig, config_from_dict
 from sqz.distributed.cluster import ray_session, require_shared_storage
 from sqz.distributed.sweep import sweep
@@ -93,6 +94,7 @@ def sweep_compression(run_url: str, sweep_config: dict[str, Any], data_config: d
     # Bad input fails here, before Ray starts.
     sweep_cfg = config_from_dict(SweepConfig, sweep_config)
     data_cfg = config_from_dict(DataConfig, data_config)
+    check_sweep_densities(sweep_cfg, arch, option="sweep_config.thresholds", dense_option="sweep_config.dense_below")
     run_id = _label(run_url, "sweep", arch, data_cfg, sweep_cfg)
     if progress_artifact_id is None:
         progress_artifact_id = str(Progress(run_id, "sweep", f"sweep of sqz run {run_id}: trials finished").id)
@@ -130,6 +132,7 @@ def sweep_checkpoint(plan: dict[str, Any], sweep_config: dict[str, Any], ray_add
     data_cfg = config_from_dict(DataConfig, plan["data"])
     if max_drop < 0:
         raise ValueError(f"max_drop: must be >= 0, got {max_drop}")
+    check_sweep_densities(sweep_cfg, plan["arch"], option="sweep_config.thresholds", dense_option="sweep_config.dense_below")
     run_url = claim_run_folder(plan)
     run_id = _label(run_url, "sweep", plan["arch"], data_cfg, sweep_cfg)
     progress = Progress(run_id, "sweep", f"sweep of sqz run {run_id}: trials finished")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Literal
+from typing import Any, Iterable, Literal
 
 __all__ = [
     "Bypass",
@@ -31,6 +31,7 @@ __all__ = [
     "prunable_weight_counts",
     "smallest_density",
     "check_densities",
+    "check_sweep_densities",
 ]
 
 Bypass = Literal["none", "simple", "complex"]
@@ -216,5 +217,17 @@ def check_densities(densities: Iterable[float], *, model: str, num_classes: int,
         bound = dense / total
         shown = ", ".join(f"{d:g}" for d in too_low)
         raise ValueError(f"{option}: density {shown} keeps fewer weights than {model}'s layers of <= {dense_below:,} weights "
-                         f"(which stay dense) hold: {100 * bound:.1f}% of its {total:,} with {num_classes} classes; use a "
+                         f"(which stay dense) hold: {100 * bound:.1f}% of its {total:,} prunable weights with {num_classes} classes; use a "
                          f"density above {_round_up(bound):g} or lower {dense_option}")  # fmt: skip
+
+
+def check_sweep_densities(sweep: Any, arch: dict[str, Any], *, option: str = "sweep.thresholds",
+                          dense_option: str = "sweep.dense_below") -> None:  # fmt: skip
+    """:func:`check_densities` for a grid sweep (a ``sqz.config.SweepConfig``) of the model
+    ``arch`` ({"name", "kwargs": {"num_classes"}}). Only density-mode grid trials keep the
+    small layers dense; per-layer trials prune each layer alone (no dense layers)."""
+    num_classes = (arch.get("kwargs") or {}).get("num_classes")
+    if sweep.prune_mode != "density" or sweep.per_layer or not sweep.dense_below or num_classes is None:
+        return
+    check_densities(sweep.thresholds, model=arch["name"], num_classes=num_classes, dense_below=sweep.dense_below,
+                    option=option, dense_option=dense_option)  # fmt: skip

@@ -1,8 +1,9 @@
-"""Frozen configuration dataclasses, one per stage, and the run id derived from them.
+"""Frozen configuration dataclasses, one per stage.
 
 Every stage takes its config object rather than loose keyword arguments, so a run's whole
 behaviour is one JSON-serialisable value: it goes into manifest.json and its hash is the
-run id (same config, same id: a rerun resumes instead of duplicating).
+run id (sqz.runs.manifest.pipeline_run_id: same config, same id, so a rerun resumes
+instead of duplicating). This is the ground floor: it imports no other sqz module.
 
 The configs are pydantic dataclasses: each field declares its type and range, checked on
 construction (also by ``dataclasses.replace``), and the few rules that tie fields together
@@ -34,9 +35,10 @@ __all__ = [
     "PipelineConfig",
     "config_to_dict",
     "config_from_dict",
-    "derive_run_id",
     "TRAIN_RECIPES",
     "RETRAIN_LR_FACTOR",
+    "BUILTIN_DATASETS",
+    "BUILTIN_CLASSES",
 ]
 
 PruneMode = Literal["std", "absolute", "density"]
@@ -124,6 +126,12 @@ def _config(cls: type) -> type:
 
     cls.__init__ = __init__
     return cls
+
+
+# The data sets built into sqz.data (held in memory), here so that torch-free callers (the
+# CLI's checks) know them and their class count without importing sqz.data.
+BUILTIN_DATASETS = ("digits", "synthetic")
+BUILTIN_CLASSES = 10  # both: the ten digits, ten synthetic patterns
 
 
 @_config
@@ -381,9 +389,10 @@ class ImportOptions:
         if not 0 < self.gptq_damp < 1:
             raise ValueError(f"--gptq-damp: must be in (0, 1), got {self.gptq_damp}")
         if self.calibrate is not None:
-            from sqz.fidelity import check_calibration_source  # torch: only when calibrating
-
-            check_calibration_source(self.calibrate)
+            # Whether the source exists is for the caller to check (sqz.fidelity.check_calibration_source):
+            # a config names its inputs, it does not read them.
+            if not self.calibrate.strip():
+                raise ValueError("--calibrate: must not be empty; give photos, a folder of images or a prepared dataset")
             if self.bits is None and self.size_budget is None:
                 raise ValueError("--calibrate: give --bits or --size-budget (the released codebooks are kept as they are otherwise)")
 
@@ -514,10 +523,3 @@ def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
     """Inverse of :func:`config_to_dict`: nested configs from their dicts, lists to tuples;
     unknown keys are an error, not silently dropped."""
     return cls(**values)
-
-
-def derive_run_id(config: PipelineConfig) -> str:
-    """Same config, same id: sqz.runs.manifest.pipeline_run_id, the one derivation."""
-    from sqz.runs.manifest import pipeline_run_id  # sqz.runs imports this module
-
-    return pipeline_run_id(config)

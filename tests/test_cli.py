@@ -25,6 +25,8 @@ from sqz.cli import main
         (["--prune-ramp", "1.5"], "--prune-ramp"),
         (["--prune-schedule", "cubic"], "--prune-schedule"),
         (["--retrain-lr", "-1"], "--retrain-lr"),
+        (["--thresholds", "0.02"], "--thresholds: density 0.02"),  # below what the dense small layers hold
+        (["--prune-mode", "density", "--thresholds", "0.5,0.05", "--model", "squeezenet1_1"], "--thresholds: density 0.05"),
     ],
 )
 def test_bad_input_is_one_line_naming_the_option(args, option, refused_in_process):
@@ -43,6 +45,36 @@ def test_a_fresh_process_refuses_bad_input_in_one_line_before_ray_or_prefect():
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "--bits" in lines[0], result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_density_the_dense_layers_leave_no_room_for_is_refused_before_training_without_torch(tmp_path):
+    # Reported: `sqz run --thresholds 0.02` trained first, then every trial failed on it.
+    # The chosen model's layer sizes are known at once (sqz.architectures, no torch).
+    runs = tmp_path / "runs"
+    code = ("import sys\nfrom sqz.cli import main\n"
+            f"code = main(['run', '--thresholds', '0.02', '--bits', '4,8', '--storage', {str(runs)!r}])\n"
+            "print(code, 'torch' in sys.modules)")  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.stdout.split() == ["2", "False"], result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("sqz run: error: --thresholds: density 0.02 keeps fewer weights than squeezenet_small's")
+    assert "9.6%" in lines[0] and "use a density above 0.096 or lower --dense-below" in lines[0]
+    assert not runs.exists()
+
+
+def test_the_density_refusal_follows_dense_below_and_the_mode():
+    from sqz.cli import build_parser
+    from sqz.cli.run import pipeline_config
+
+    def config(*argv):
+        return pipeline_config(build_parser().parse_args(["run", *argv]))
+
+    with pytest.raises(ValueError, match="--thresholds: density 0.05"):
+        config("--thresholds", "0.05")
+    assert config("--thresholds", "0.05", "--dense-below", "1000").sweep.thresholds == (0.05,)  # no layer stays dense
+    assert config("--thresholds", "0.1").sweep.thresholds == (0.1,)  # above the 9.6% the small layers hold
+    assert config("--prune-mode", "std", "--thresholds", "0.02").sweep.prune_mode == "std"  # not a density
 
 
 def test_help_explains_every_subcommand(capsys):

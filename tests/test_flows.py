@@ -89,6 +89,26 @@ def test_flow_rejects_bad_input_before_any_work(baseline_run):
     assert tasks == []  # failed in the flow body, before any task ran
 
 
+def test_pipeline_and_sweep_flows_refuse_an_unreachable_density_before_ray(monkeypatch, tmp_path, baseline_run):
+    # A deployment run gets the CLI's check too: in the flow's parameter validation.
+    import flows.pipeline_flow
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray was started")
+
+    monkeypatch.setattr(flows.pipeline_flow, "ray_session", no_ray)
+    monkeypatch.setattr(flows.sweep_flow, "ray_session", no_ray)
+    config = config_to_dict(PipelineConfig(sweep=SweepConfig(prune_mode="density", thresholds=(0.5, 0.02)),
+                                           storage_url=str(tmp_path / "pipeline-runs")))  # fmt: skip
+    state = squeeze_pipeline(config=config, return_state=True)
+    with pytest.raises(ValueError, match="config.sweep.thresholds: density 0.02 keeps fewer weights than squeezenet_small"):
+        state.result()
+    assert not (tmp_path / "pipeline-runs").exists()
+    state = flows.sweep_flow.sweep_compression(baseline_run, config["sweep"], {"url": "digits"}, ARCH, return_state=True)
+    with pytest.raises(ValueError, match="sweep_config.thresholds: density 0.02"):
+        state.result()
+    assert not storage.exists(storage.join(baseline_run, "tune"))
+
 @pytest.mark.slow
 def test_compress_model_writes_the_file_its_row_and_artifacts_and_reruns_from_cache(baseline_run, monkeypatch):
     calls = _counting(monkeypatch, flows.compress_flow, "compress_and_evaluate")

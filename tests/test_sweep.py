@@ -253,6 +253,21 @@ def _mtimes(paths):
     return {p: os.stat(p).st_mtime_ns for p in paths}
 
 
+def test_sweep_refuses_a_density_the_checkpoints_model_cannot_reach(tmp_path, refused_in_process):
+    from safetensors.torch import save_file
+
+    checkpoint = tmp_path / "m.safetensors"
+    save_file(build_model(ARCH["name"], **ARCH["kwargs"]).state_dict(), str(checkpoint))
+    code, err = refused_in_process(["sweep", "--checkpoint", str(checkpoint), "--storage", str(tmp_path / "runs"),
+                                    "--prune-mode", "density", "--thresholds", "0.5,0.05", "--bits", "4"])  # fmt: skip
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert "--thresholds: density 0.05 keeps fewer weights than squeezenet_small's" in lines[0], err
+    assert "use a density above 0.096 or lower --dense-below" in lines[0], err
+    assert not (tmp_path / "runs").exists()
+
+
 def _tune_trial_dirs(layout):
     root = os.path.join(layout.run_url, "tune", "ray-tune")
     return [d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))]

@@ -51,17 +51,20 @@ def add_parser(sub: Any) -> None:
 
 
 def pipeline_config(args: argparse.Namespace):
-    """The PipelineConfig of `sqz run`'s options; every bad value is a ValueError here."""
-    from sqz.config import TRAIN_RECIPES, DataConfig, PipelineConfig, SweepConfig, TrainConfig
-    from sqz.data import check_data_url, num_classes_of
-    from sqz.models import list_models
+    """The PipelineConfig of `sqz run`'s options; every bad value is a ValueError here.
+    For the built-in data sets nothing here imports torch: the refusal is immediate."""
+    from sqz.architectures import check_model_name, check_sweep_densities
+    from sqz.config import BUILTIN_CLASSES, BUILTIN_DATASETS, TRAIN_RECIPES, DataConfig, PipelineConfig, SweepConfig, TrainConfig
     from sqz.runs.manifest import check_run_id
     from sqz.storage import check_url
 
-    check_data_url(args.data)
+    builtin = args.data in BUILTIN_DATASETS
+    if not builtin:
+        from sqz.data import check_data_url  # torch: a folder or prepared data set is read
+
+        check_data_url(args.data)
     check_url(args.storage, option="--storage")
-    if args.model not in list_models():
-        raise ValueError(f"--model: unknown model {args.model!r}; choose one of {', '.join(list_models())}")
+    check_model_name(args.model, option="--model")
     check_run_id(args.run_id)
     # `sqz run` trains with the digits recipe (TRAIN_RECIPES) on any data; SGD without --lr
     # gets the ImageNet recipe's 0.04.
@@ -71,20 +74,30 @@ def pipeline_config(args: argparse.Namespace):
     train_values = {**recipe["train"], "epochs": epochs, "optimizer": args.optimizer, "lr": lr}
     if train_values.get("warmup_epochs", 0.0) >= epochs:
         train_values["warmup_epochs"] = epochs / 8  # the recipe's warm-up would fill a short run: an eighth of it
-    image_size = args.image_size or (32 if args.data in ("digits", "synthetic") else 224)
+    image_size = args.image_size or (32 if builtin else 224)
     data_values = dict(recipe["data"])
-    if args.data not in ("digits", "synthetic"):
+    if not builtin:
         data_values.pop("shift_augment", None)  # the in-memory datasets' augmentation
     data = DataConfig(**data_values, url=args.data, image_size=image_size, normalization=args.normalize)
+    if builtin:
+        num_classes = BUILTIN_CLASSES
+    else:
+        from sqz.data import num_classes_of
+
+        num_classes = num_classes_of(data)
+    sweep = SweepConfig(thresholds=args.thresholds or (DEMO_DENSITIES if args.prune_mode == "density" else (0.3, 0.6, 0.9)),
+                        bits=args.bits, prune_mode=args.prune_mode, **retrain_settings(args),
+                        max_concurrent=args.max_concurrent, max_top1_drop=args.max_drop, quant=quant_config(args))  # fmt: skip
+    # The model is known now: a density its small (dense) layers leave no room for fails
+    # here, not in every trial after training.
+    check_sweep_densities(sweep, {"name": args.model, "kwargs": {"num_classes": num_classes}},
+                          option="--thresholds", dense_option="--dense-below")  # fmt: skip
     return PipelineConfig(
         data=data,
-        train=TrainConfig(**train_values, model=args.model, num_classes=num_classes_of(data), workers=args.workers),
-        sweep=SweepConfig(thresholds=args.thresholds or (DEMO_DENSITIES if args.prune_mode == "density" else (0.3, 0.6, 0.9)),
-                          bits=args.bits, prune_mode=args.prune_mode,
-                          **retrain_settings(args), max_concurrent=args.max_concurrent,
-                          max_top1_drop=args.max_drop, quant=quant_config(args)),
+        train=TrainConfig(**train_values, model=args.model, num_classes=num_classes, workers=args.workers),
+        sweep=sweep,
         storage_url=args.storage,
-    )  # fmt: skip
+    )
 
 
 def print_summary(summary: dict[str, Any]) -> None:

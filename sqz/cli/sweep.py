@@ -73,6 +73,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 def command(args: argparse.Namespace) -> int:
+    from sqz.architectures import check_sweep_densities
     from sqz.config import SweepConfig, config_to_dict
     from sqz.runs.claims import plan_sweep_trials
 
@@ -87,6 +88,8 @@ def command(args: argparse.Namespace) -> int:
         max_drops=max_drops, size_budgets=args.size_budgets or (), sensitivity_images=args.sensitivity_images,
     )  # fmt: skip
     plan = plan_sweep_trials(plan_checkpoint_run(args), sweep_cfg)  # every conflict fails here, before any work
+    # The checkpoint's model is known now: a density it cannot reach fails here, not in every trial.
+    check_sweep_densities(sweep_cfg, plan["arch"], option="--thresholds", dense_option="--dense-below")
 
     def flow():
         from flows.sweep_flow import sweep_checkpoint

@@ -19,13 +19,10 @@ from torch.nn import functional as F
 from torch.utils.data import Dataset, TensorDataset
 
 from sqz import storage
-from sqz.config import DataConfig
+from sqz.config import BUILTIN_CLASSES, BUILTIN_DATASETS, DataConfig
 from sqz.data.imagenet import Split
 
 __all__ = ["BUILTIN_DATASETS", "BUILTIN_CLASSES", "ShiftedTensors", "cache_dir", "digits_arrays", "load_builtin"]
-
-BUILTIN_DATASETS = ("digits", "synthetic")
-BUILTIN_CLASSES = 10  # both: the ten digits, ten synthetic patterns
 
 # Digits pixels are in [0, 1] after scaling: map them to roughly zero mean, unit range.
 _DIGITS_MEAN, _DIGITS_STD = 0.5, 0.5
