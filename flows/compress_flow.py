@@ -121,7 +121,10 @@ def import_released(file_url: str, out_url: str, bits: int | None = None, method
     options = {"bits": bits, "method": method, "calibrate": calibrate, "size_budget": size_budget, "weighting": weighting,
                "distill_steps": distill_steps, "distill_lr": distill_lr, "calibration_images": calibration_images,
                "assign": assign, "gptq_inputs": gptq_inputs, "budget_kl_images": budget_kl_images}  # fmt: skip
-    ImportOptions(**options)  # bad input fails here, before the task (and its retries)
+    if ImportOptions(**options).calibrate is not None:  # bad input fails here, before the task (and its retries)
+        from sqz.fidelity import check_calibration_source
+
+        check_calibration_source(calibrate)
     storage.check_url(out_url, option="out_url")
     summary = import_released_task(file_url, out_url, options, run_url)
     if summary["fidelity"] is not None:

@@ -3,8 +3,9 @@ import dataclasses
 import pytest
 
 from sqz.config import (DataConfig, PipelineConfig, PruneConfig, QuantConfig, SweepConfig, TrainConfig,
-                        config_from_dict, config_to_dict, derive_run_id)  # fmt: skip
+                        config_from_dict, config_to_dict)  # fmt: skip
 from sqz.runs import RunLayout
+from sqz.runs.manifest import pipeline_run_id
 
 
 def test_roundtrip_through_json_dicts():
@@ -15,15 +16,15 @@ def test_roundtrip_through_json_dicts():
 def test_run_ids_of_existing_runs_are_kept():
     # Golden ids, computed before the configs became pydantic dataclasses: a change to the
     # JSON a run id hashes would orphan every existing run folder (no resume, no reuse).
-    assert derive_run_id(PipelineConfig()) == "run-1e8c4659b2dc"
+    assert pipeline_run_id(PipelineConfig()) == "run-1e8c4659b2dc"
     digits = PipelineConfig(data=DataConfig(batch_size=16, shift_augment=2),
                             train=TrainConfig(epochs=12, lr=5e-4, warmup_epochs=1.0, weight_decay=0.05, label_smoothing=0.1),
                             sweep=SweepConfig(thresholds=(0.33, 0.25), bits=(8, 6), prune_mode="density", retrain_steps=600,
                                               retrain_lr=5e-4, quant=QuantConfig(finetune_epochs=1)))  # fmt: skip
-    assert derive_run_id(digits) == "run-da4c2aada8c6"
+    assert pipeline_run_id(digits) == "run-da4c2aada8c6"
     # A field added later changes the id only away from its old behaviour.
     gptq = dataclasses.replace(digits, sweep=dataclasses.replace(digits.sweep, quant=QuantConfig(finetune_epochs=1, assign="gptq")))
-    assert derive_run_id(gptq) != "run-da4c2aada8c6"
+    assert pipeline_run_id(gptq) != "run-da4c2aada8c6"
 
 
 def test_values_are_normalised_and_copies_validated():
@@ -36,9 +37,9 @@ def test_values_are_normalised_and_copies_validated():
 
 def test_run_id_same_config_same_id_storage_excluded():
     a = PipelineConfig(storage_url="/x")
-    assert derive_run_id(a) == derive_run_id(PipelineConfig(storage_url="s3://b/p"))
-    assert derive_run_id(a) != derive_run_id(PipelineConfig(train=TrainConfig(epochs=3)))
-    assert RunLayout.for_config(a).run_url == f"/x/{derive_run_id(a)}"
+    assert pipeline_run_id(a) == pipeline_run_id(PipelineConfig(storage_url="s3://b/p"))
+    assert pipeline_run_id(a) != pipeline_run_id(PipelineConfig(train=TrainConfig(epochs=3)))
+    assert RunLayout.for_config(a).run_url == f"/x/{pipeline_run_id(a)}"
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ CLI = ["sqz.cli", *(f"sqz.cli.{m.name}" for m in pkgutil.iter_modules([os.path.j
                     if m.name != "__main__")]  # __main__ runs the command
 DISTRIBUTED = ["sqz.distributed", *(f"sqz.distributed.{m.name}" for m in pkgutil.iter_modules(
     [os.path.join(os.path.dirname(sqz.__file__), "distributed")]))]  # fmt: skip
-CORE = ["sqz", "sqz.config", "sqz.models", "sqz.data", "sqz.engine", "sqz.compress", "sqz.storage",
+CORE = ["sqz", "sqz.config", "sqz.architectures", "sqz.models", "sqz.data", "sqz.engine", "sqz.compress", "sqz.storage",
         "sqz.metrics", "sqz.report", "sqz.runs", "sqz.runs.layout", "sqz.runs.manifest", "sqz.runs.claims",
         "sqz.runs.catalog", "sqz.trial", "sqz.checkpoint", "sqz.data.prepare", "sqz.evaluation", "sqz.table2",
         "sqz.byte_account", "sqz.sensitivity", "sqz.import_dc", "sqz.fidelity", "sqz.logs",
@@ -53,6 +53,12 @@ def test_cli_parser_builds_without_torch_ray_or_prefect():
     assert _loaded_after_importing(["sqz.cli"], ("ray", "torch", "prefect"), then=building) == []
 
 
+def test_architectures_and_configs_load_no_torch():
+    # What the CLI refuses bad input with (model names, layer sizes, configs) answers in
+    # the time of its own imports: torch alone takes ~2 s to import.
+    assert _loaded_after_importing(["sqz.architectures", "sqz.config"], ("torch", "ray", "prefect")) == []
+
+
 @pytest.mark.slow
 def test_ray_layer_imports_no_prefect():
     assert len(DISTRIBUTED) > 3
@@ -65,3 +71,31 @@ def test_detector_sees_what_is_imported():
     # by a module or by the ``then`` statement (torch here; the parser check runs its code so).
     assert _loaded_after_importing(["sqz.distributed.cluster"], ("ray", "prefect", "torch"), then="import torch") == ["ray", "torch"]
     assert _loaded_after_importing(["flows.common"], ("prefect",)) == ["prefect"]
+
+
+def _sqz_imports(path: str) -> list[str]:
+    """Every sqz module ``path`` imports, at module level or inside a function (relative
+    imports count: they can only name sqz modules)."""
+    import ast
+
+    with open(path) as source:
+        tree = ast.parse(source.read(), path)
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names if alias.name.split(".")[0] == "sqz"]
+        elif isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").split(".")[0] == "sqz"):
+            found.append("." * node.level + (node.module or ""))
+    return found
+
+
+def test_config_is_the_ground_floor():
+    # sqz.config is what every other module builds on: one import upwards (even inside a
+    # function) and the floors depend on each other.
+    assert _sqz_imports(os.path.join(os.path.dirname(sqz.__file__), "config.py")) == []
+
+
+def test_the_import_finder_sees_function_level_and_relative_imports(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text("import os\nfrom . import x\n\ndef f():\n    from sqz.fidelity import g\n    import sqz.runs.manifest\n")
+    assert sorted(_sqz_imports(str(sample))) == [".", "sqz.fidelity", "sqz.runs.manifest"]

@@ -67,6 +67,10 @@ def command(args: argparse.Namespace) -> int:
                             distill_steps=defaults.distill_steps if args.distill_steps is None else args.distill_steps,
                             calibration_images=args.calibration_images, assign=args.assign or defaults.assign,
                             gptq_inputs=args.gptq_inputs, budget_kl_images=args.budget_kl_images)  # fmt: skip  # every bad value fails here
+    if options.calibrate is not None:
+        from sqz.fidelity import check_calibration_source  # torch: only when calibrating
+
+        check_calibration_source(options.calibrate)  # a missing folder or dataset: one line, before Prefect
     parameters = {k: v for k, v in dataclasses.asdict(options).items()
                   if k in ("bits", "method", "calibrate", "size_budget", "weighting", "distill_steps", "distill_lr",
                            "calibration_images", "assign", "gptq_inputs", "budget_kl_images")}  # fmt: skip
