@@ -19,6 +19,7 @@ from __future__ import annotations
 import atexit
 import os
 import pathlib
+import secrets
 import shutil
 import socket
 import subprocess
@@ -39,7 +40,16 @@ if os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get("SQZ_TEST_SHARED_DIR
 else:
     SHARED_DIR = os.environ["SQZ_TEST_SHARED_DIR"] = SESSION_DIR
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # local Ray binds 127.0.0.1
-os.environ["RAY_AUTH_MODE"] = "disabled"
+# Token authentication everywhere, as on a real cluster: the session's local Ray, the
+# two-node cluster and every `sqz` subprocess share one token made for this session; the
+# session's Prefect server asks for a basic-auth string, which every client sends. Made
+# by the first process; xdist workers inherit both (a developer's own values never reach
+# the tests).
+if SHARED_DIR == SESSION_DIR:
+    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    os.environ["PREFECT_API_AUTH_STRING"] = f"sqz-tests:{secrets.token_hex(16)}"
+os.environ["RAY_AUTH_MODE"] = "token"
+os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 # As in the Makefile: no preemption-watcher actor per training run (no spot nodes here).
 os.environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
@@ -80,7 +90,8 @@ def _start_prefect_server() -> tuple[subprocess.Popen, str, str]:
     port = free_port()
     # The UI is served too (the browser test opens it); it must call this server's API,
     # not the default port 4200's.
-    env = {**os.environ, "PREFECT_HOME": home, "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api"}
+    env = {**os.environ, "PREFECT_HOME": home, "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api",
+           "PREFECT_SERVER_API_AUTH_STRING": os.environ["PREFECT_API_AUTH_STRING"]}  # fmt: skip
     env.pop("PREFECT_API_URL", None)
     with open(os.path.join(home, "server.log"), "wb") as log:
         process = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "prefect"), "server", "start",
@@ -183,7 +194,7 @@ def ray_cluster():
     from ray_cluster import TwoNodeRayCluster
 
     cluster = TwoNodeRayCluster(os.path.join(SESSION_DIR, "rc"), free_port_outside(10002, 19999),
-                                free_port_outside(10002, 19999))  # fmt: skip
+                                free_port_outside(10002, 19999), dashboard_port=free_port_outside(10002, 19999))  # fmt: skip
     cluster.start()
     try:
         yield cluster

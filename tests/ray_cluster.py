@@ -32,15 +32,21 @@ NODE_ENV = {
 
 
 class TwoNodeRayCluster:
-    """Head (1 CPU, GCS on ``gcs_port``, Ray Client server on ``client_port``) and one
-    worker node (1 CPU). ``address`` and ``client_address`` are what `sqz --ray-address` takes."""
+    """Head (1 CPU, GCS on ``gcs_port``, Ray Client server on ``client_port``, the
+    dashboard and its job API on 127.0.0.1:``dashboard_port``) and one worker node (1 CPU).
+    ``address`` and ``client_address`` are what `sqz --ray-address` takes. Every node
+    runs with the token authentication of the environment it is started from
+    (RAY_AUTH_MODE, RAY_AUTH_TOKEN: the session's, tests/conftest.py)."""
 
-    def __init__(self, base_dir: str, gcs_port: int, client_port: int):
-        if 10002 <= client_port <= 19999:
-            raise ValueError(f"client port {client_port} lies in Ray's worker port range 10002-19999")
+    def __init__(self, base_dir: str, gcs_port: int, client_port: int, *, dashboard_port: int):
+        for name, port in (("client", client_port), ("dashboard", dashboard_port)):
+            if 10002 <= port <= 19999:
+                raise ValueError(f"{name} port {port} lies in Ray's worker port range 10002-19999")
         self.base_dir, self.gcs_port, self.client_port = base_dir, gcs_port, client_port
         self.address = f"127.0.0.1:{gcs_port}"
         self.client_address = f"ray://127.0.0.1:{client_port}"
+        self.dashboard_url = f"http://127.0.0.1:{dashboard_port}"
+        self._dashboard_port = dashboard_port
         self.head: subprocess.Popen | None = None
         self.worker: subprocess.Popen | None = None
         self._workers_started = 0
@@ -62,7 +68,10 @@ class TwoNodeRayCluster:
 
     def start(self, timeout_s: float = 120) -> None:
         try:
-            self.head = self._start_node("head", ["--head", "--port", str(self.gcs_port), "--include-dashboard", "false",
+            # The dashboard serves the job API (what `ray job submit` and RayJobs use), so the
+            # tests can show that it refuses a submission without the token.
+            self.head = self._start_node("head", ["--head", "--port", str(self.gcs_port), "--include-dashboard", "true",
+                                                  "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self._dashboard_port),
                                                   "--ray-client-server-port", str(self.client_port)])  # fmt: skip
             self.wait_for_nodes(1, timeout_s)
             self.start_worker(timeout_s)

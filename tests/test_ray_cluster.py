@@ -11,14 +11,19 @@ is bounded; the cluster's nodes are ended by their process ids (conftest's ``ray
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.error
+import urllib.request
 from datetime import datetime, timezone
 
 import boto3
+import grpc
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -148,3 +153,77 @@ def test_ray_client_sweep_survives_the_loss_of_a_node(ray_cluster, s3_bucket, s3
           f"head {head[:12]}, lost node {second[:12]}; trials before the kill "
           f"{sorted((r['trial_id'], r['node_id'][:12]) for r in done_before)}, after "
           f"{sorted((r['trial_id'], r['node_id'][:12]) for r in after)}")  # fmt: skip
+
+
+def _without_token(token: str | None) -> dict[str, str]:
+    """This process's environment with no Ray token, or with ``token`` in its place."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
+    env["HOME"] = tempfile.mkdtemp(prefix="sqz-home-")  # no ~/.ray/auth_token to fall back on
+    if token is not None:
+        env["RAY_AUTH_TOKEN"] = token
+    return env
+
+
+def _job_api(url: str, token: str | None, body: dict | None = None) -> int:
+    """The HTTP status the dashboard's job API answers (GET the job list, or POST a job)."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(f"{url}/api/jobs/", data=data, method="POST" if body else "GET",
+                                     headers={"Content-Type": "application/json"})  # fmt: skip
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_the_cluster_refuses_drivers_clients_and_jobs_without_its_token(ray_cluster, trained_baseline, tmp_path):
+    """ShadowRay (CVE-2023-48022) ran code through an unauthenticated job API. The session's
+    cluster runs with token authentication: with no token or a wrong one, a driver (GCS
+    address), a Ray Client (ray://) and a job submission are refused, and `sqz` says so in
+    one line naming RAY_AUTH_TOKEN before any work. With the token, all three get in (and
+    `sqz run` places work on both nodes: test_prefect_server)."""
+    from ray.exceptions import AuthenticationError  # noqa: F401  (the refusal the raw drivers below print)
+
+    from sqz.distributed.cluster import _probe
+
+    token, wrong = os.environ["RAY_AUTH_TOKEN"], "0" * 64
+    # What Ray's own drivers and clients call first (GetClusterId: "Failed to get cluster ID
+    # from GCS server: Unauthenticated" is what ray.init logs on a wrong token), answered by
+    # the cluster's GCS and Ray Client server themselves.
+    for address in (ray_cluster.address, ray_cluster.client_address):
+        assert _probe(address, token) is None, address
+        for attempt in (None, wrong):
+            assert _probe(address, attempt) == grpc.StatusCode.UNAUTHENTICATED, (address, attempt is None)
+    # A raw Ray driver and client in token mode with no token: refused at once.
+    connect = "import sys, ray; ray.init(address=sys.argv[1])"
+    for address in (ray_cluster.address, ray_cluster.client_address):
+        result = subprocess.run([sys.executable, "-c", connect, address], env=_without_token(None), capture_output=True,
+                                text=True, timeout=120)  # fmt: skip
+        assert result.returncode != 0 and "AuthenticationError" in result.stderr, result.stderr[-2000:]
+
+    # The job API: nothing listed, nothing run without the token.
+    marker = tmp_path / "ran-without-a-token"
+    job = {"entrypoint": f"touch {marker}"}
+    assert _job_api(ray_cluster.dashboard_url, token) == 200
+    assert _job_api(ray_cluster.dashboard_url, None) == 401 and _job_api(ray_cluster.dashboard_url, wrong) == 403
+    assert _job_api(ray_cluster.dashboard_url, None, job) == 401 and _job_api(ray_cluster.dashboard_url, wrong, job) == 403
+    time.sleep(2)
+    assert not marker.exists()
+
+    # sqz itself: one line naming RAY_AUTH_TOKEN, no traceback, nothing written.
+    for address, attempt in ((ray_cluster.client_address, None), (ray_cluster.address, wrong)):
+        storage_dir = tmp_path / f"runs-{attempt is None}"
+        started = time.monotonic()
+        result = subprocess.run([SQZ, "sweep", "--checkpoint", str(trained_baseline), "--ray-address", address,
+                                 "--storage", str(storage_dir), "--thresholds", "0.33", "--bits", "6"],
+                                env=_without_token(attempt), cwd=tmp_path, capture_output=True, text=True, timeout=300)  # fmt: skip
+        seconds = time.monotonic() - started
+        errors = [line for line in result.stderr.splitlines() if line.startswith("sqz sweep: error:")]
+        assert result.returncode == 2 and len(errors) == 1, result.stderr[-3000:]
+        assert "RAY_AUTH_TOKEN" in errors[0] and address in errors[0], errors[0]
+        assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
+        assert wrong not in result.stderr + result.stdout and token not in result.stderr + result.stdout
+        assert not storage_dir.exists() or not any(storage_dir.rglob("*.sqz"))
+        print(f"refused in {seconds:.1f} s: {errors[0]}")
