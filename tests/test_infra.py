@@ -6,9 +6,11 @@ default field validation); RayCluster/RayJob against the KubeRay CRD schemas kep
 infra/schemas/; the compose file against the compose-spec schema; the Prefect work pool
 template with Prefect's own validator and then as the Job it renders; the worker's Helm
 values against the chart's schema. Beyond schemas: the Dockerfile installs the project
-with the Makefile's commands, no file holds a literal secret, the names the pieces use to
-find each other (Secret, bucket, volume, cluster, pool) agree, and infra/README.md lists
-every value a user has to change.
+with the Makefile's commands, no file holds a literal secret, every Ray process and client
+has Ray's token and every Prefect server and client Prefect's basic-auth string from a
+Secret or a required variable, the names the pieces use to find each other (Secret,
+bucket, volume, cluster, pool) agree, and infra/README.md lists every value a user has to
+change and creates every Secret the files read.
 """
 
 from __future__ import annotations
@@ -322,8 +324,11 @@ def test_dockerfile_flavours_and_runtime_user():
 
 # ---------------------------------------------------------------- secrets
 
-SECRETISH_ENV = re.compile(r"PASSWORD|SECRET|TOKEN|API_KEY|ACCESS_KEY|PRIVATE_KEY|CREDENTIAL", re.I)
-SECRETISH_KEY = re.compile(r"^(?:\w+[_-])?(?:password|passwd|secret|secret[_-]?access[_-]?key|api[_-]?key|token|private[_-]?key)$", re.I)
+# AUTH_STRING: Prefect's basic-auth `user:password` (PREFECT_API_AUTH_STRING,
+# PREFECT_SERVER_API_AUTH_STRING, the compose variable SQZ_PREFECT_AUTH_STRING, the Secret
+# key auth-string); TOKEN covers Ray's RAY_AUTH_TOKEN, SQZ_RAY_AUTH_TOKEN and auth_token.
+SECRETISH_ENV = re.compile(r"PASSWORD|SECRET|TOKEN|AUTH[_-]?STRING|API_KEY|ACCESS_KEY|PRIVATE_KEY|CREDENTIAL", re.I)
+SECRETISH_KEY = re.compile(r"^(?:\w+[_-])?(?:password|passwd|secret|secret[_-]?access[_-]?key|api[_-]?key|token|auth[_-]?string|private[_-]?key)$", re.I)
 LEAK_PATTERNS = {
     "an AWS access key id": re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"),
     "a private key": re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
@@ -367,7 +372,7 @@ def _literal_secret_findings(path: Path, text: str) -> list[str]:
                 found.append(f"{path.name}: {key} has a value")
     # Shell commands in docs: `--from-literal=NAME=VALUE` must take a secret from a shell
     # expansion, never spell it out.
-    for name, value in re.findall(r"--from-literal=(\w+)=(\S+)", text):
+    for name, value in re.findall(r"--from-literal=([\w.-]+)=(\S+)", text):
         if SECRETISH_ENV.search(name) and not value.startswith('"$'):
             found.append(f"{path.name}: --from-literal={name} spells out its value")
     return found
@@ -392,7 +397,8 @@ def test_secrets_come_from_kubernetes_secrets_and_required_variables():
                 refs.add((node["secretKeyRef"]["name"], node["secretKeyRef"]["key"]))
             if isinstance(node, dict) and "secretRef" in node:
                 refs.add((node["secretRef"]["name"], None))
-    assert {("minio-root", "MINIO_ROOT_PASSWORD"), ("sqz-s3", "AWS_SECRET_ACCESS_KEY"), ("sqz-s3", None)} <= refs
+    assert {("minio-root", "MINIO_ROOT_PASSWORD"), ("sqz-s3", "AWS_SECRET_ACCESS_KEY"), ("sqz-s3", None),
+            ("sqz-ray-auth", "auth_token")} <= refs  # fmt: skip
     compose = COMPOSE.read_text()
     assert re.search(r"MINIO_ROOT_PASSWORD: \$\{MINIO_ROOT_PASSWORD:\?", compose)
     assert re.search(r"AWS_SECRET_ACCESS_KEY: \$\{SQZ_S3_SECRET_ACCESS_KEY:\?", compose)
@@ -413,11 +419,34 @@ def test_secret_scanner_catches_planted_secrets():
         "f.md": "kubectl create secret generic x --from-literal=AWS_SECRET_ACCESS_KEY=hunter2\n",
         "g.md": "S3 at http://user:hunter2@minio:9000\n",
         ".env.example": "MINIO_ROOT_PASSWORD=hunter2\n",
+        # Ray's token and Prefect's basic-auth string, in each place they appear.
+        "h.yml": "services:\n  ray-head:\n    environment:\n      RAY_AUTH_TOKEN: abc123def456\n",
+        "i.yml": "services:\n  prefect-server:\n    environment:\n      PREFECT_SERVER_API_AUTH_STRING: admin:hunter2\n",
+        "j.yaml": "env:\n  - name: PREFECT_API_AUTH_STRING\n    value: admin:hunter2\n",
+        "k.yaml": "env:\n  - name: RAY_AUTH_TOKEN\n    value: abc123def456\n",
+        "l.json": json.dumps({"env": [{"name": "PREFECT_API_AUTH_STRING", "value": "admin:hunter2"}]}),
+        "m.md": "kubectl create secret generic sqz-ray-auth --from-literal=auth_token=hunter2\n",
+        "n.md": "kubectl create secret generic sqz-prefect-auth --from-literal=auth-string=admin:hunter2\n",
+        "o.yaml": "worker:\n  basicAuth:\n    authString: admin:hunter2\n",
+        "p.yml": "x-ray-env:\n  SQZ_RAY_AUTH_TOKEN: abc123def456\n",
+        ".env": "SQZ_PREFECT_AUTH_STRING=admin:hunter2\nSQZ_RAY_AUTH_TOKEN=abc\n",
     }
     for name, text in samples.items():
         assert _literal_secret_findings(Path(name), text), name
     clean = "env:\n  - name: AWS_SECRET_ACCESS_KEY\n    valueFrom: {secretKeyRef: {name: s, key: k}}\n"
     assert _literal_secret_findings(Path("ok.yaml"), clean) == []
+    # What the files here do instead is not flagged: the mode is no secret, the values come
+    # from a Secret, a required variable or a shell expansion.
+    clean_auth = {
+        "ok.yml": "services:\n  s:\n    environment:\n      RAY_AUTH_MODE: token\n"
+                  "      RAY_AUTH_TOKEN: ${SQZ_RAY_AUTH_TOKEN:?set it}\n"
+                  "      PREFECT_API_AUTH_STRING: ${SQZ_PREFECT_AUTH_STRING:?set it}\n",
+        "ok2.yaml": "env:\n  - {name: RAY_AUTH_MODE, value: token}\n  - name: PREFECT_API_AUTH_STRING\n"
+                    "    valueFrom: {secretKeyRef: {name: sqz-prefect-auth, key: auth-string}}\n",
+        "ok.md": 'kubectl create secret generic x --from-literal=auth-string="$(echo "admin:$(openssl rand -hex 20)")"\n',
+    }
+    for name, text in clean_auth.items():
+        assert _literal_secret_findings(Path(name), text) == [], name
 
 
 # ---------------------------------------------------------------- Prefect
@@ -448,20 +477,35 @@ def _k8s_deployment() -> dict[str, Any]:
     return deployment
 
 
+# What the worker adds to each flow run's env: its own Prefect settings (BaseJobConfiguration.
+# _base_environment copies every setting it has, secrets included, as plain values).
+WORKER_ENV = {"PREFECT_API_URL": "http://prefect-server.sqz.svc.cluster.local:4200/api",
+              "PREFECT_API_AUTH_STRING": "worker:copy"}  # fmt: skip
+
+
 def _render_flow_run_job(job_variables: dict[str, Any]) -> dict[str, Any]:
     """The Job the worker would create: Prefect's own templating of the pool's template
     with its variable defaults, the deployment's job variables, and what the worker fills
-    in per flow run (name, command, labels, env)."""
+    in per flow run (name, command, labels, env). The env goes where prefect-kubernetes'
+    KubernetesWorkerJobConfiguration._populate_env_in_manifest puts it: in place of a
+    `{{ env }}` placeholder, or before the entries of a container env the template spells
+    out (as this one does, for its Secret references)."""
     from prefect.utilities.templating import apply_values
     from prefect.workers.base import BaseJobConfiguration
 
     template = json.loads(BASE_JOB_TEMPLATE.read_text())
     values = BaseJobConfiguration._get_base_config_defaults(template["variables"]["properties"])
     values.update(job_variables)
+    env = {**WORKER_ENV, **(job_variables.get("env") or {})}
     values.update(name="sqz-flow-run", command=["prefect", "flow-run", "execute"],
-                  labels={"prefect.io/flow-run-id": "0"}, annotations={},
-                  env=[{"name": "PREFECT_API_URL", "value": "http://prefect-server.sqz.svc.cluster.local:4200/api"}])  # fmt: skip
+                  labels={"prefect.io/flow-run-id": "0"}, annotations={}, env=env)  # fmt: skip
     job = apply_values(template["job_configuration"]["job_manifest"], values)
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    as_list = [{"name": k, "value": v} for k, v in env.items() if v is not None]
+    if isinstance(container.get("env"), list):
+        container["env"] = [*as_list, *container["env"]]
+    else:
+        container["env"] = as_list
 
     def drop_none(node: Any) -> Any:  # unset optional fields (e.g. serviceAccountName)
         if isinstance(node, dict):
@@ -610,6 +654,179 @@ def test_cluster_autoscales_with_gpu_and_cpu_groups():
     assert spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
 
 
+# ---------------------------------------------------------------- access: Ray token, Prefect basic auth
+
+RAY_AUTH_SECRET = ("sqz-ray-auth", "auth_token")
+PREFECT_AUTH_SECRET = ("sqz-prefect-auth", "auth-string")  # the key the prefect-server chart reads
+
+
+def _effective_env(env: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """A container's env as the kubelet applies it: of repeated names, the last wins."""
+    return {entry["name"]: entry for entry in env}
+
+
+def _secret_ref(entry: dict[str, Any] | None) -> tuple[str, str] | None:
+    """(Secret, key) when ``entry`` takes its value from a Secret and has no literal value."""
+    if not entry or "value" in entry:
+        return None
+    ref = entry.get("valueFrom", {}).get("secretKeyRef", {})
+    return (ref.get("name"), ref.get("key")) if ref else None
+
+
+def _assert_ray_token_env(env: list[dict[str, Any]], where: str) -> None:
+    effective = _effective_env(env)
+    assert effective.get("RAY_AUTH_MODE", {}).get("value") == "token", where
+    assert _secret_ref(effective.get("RAY_AUTH_TOKEN")) == RAY_AUTH_SECRET, where
+
+
+def test_every_ray_container_authenticates_with_the_token_from_a_secret():
+    """Token auth must be on everywhere or nowhere: a node or client without it is refused
+    by the others. Head and every worker group (KubeRay copies the worker container's env
+    into its wait-gcs-ready init container), the autoscaler sidecar (a GCS client), and
+    the RayJob submitters (`ray job submit` to the dashboard's job API)."""
+    cluster = _one("RayCluster", "sqz")
+    pods = {"head": cluster["spec"]["headGroupSpec"]["template"]["spec"]}
+    pods.update({g["groupName"]: g["template"]["spec"] for g in cluster["spec"]["workerGroupSpecs"]})
+    assert set(pods) == {"head", "cpu", "gpu"}
+    for group, pod in pods.items():
+        for container in pod["containers"]:
+            _assert_ray_token_env(container.get("env", []), f"{group}/{container['name']}")
+    assert cluster["spec"]["enableInTreeAutoscaling"] is True
+    _assert_ray_token_env(cluster["spec"]["autoscalerOptions"].get("env", []), "autoscaler")
+    for job in _of_kind("RayJob"):
+        for container in job["spec"]["submitterPodTemplate"]["spec"]["containers"]:
+            _assert_ray_token_env(container.get("env", []), f"{job['metadata']['name']}/{container['name']}")
+    # The check fails where it should: a worker group without the token, a literal token.
+    broken = copy.deepcopy(cluster["spec"]["workerGroupSpecs"][1]["template"]["spec"]["containers"][0]["env"])
+    with pytest.raises(AssertionError):
+        _assert_ray_token_env([e for e in broken if e["name"] != "RAY_AUTH_TOKEN"], "gpu")
+    with pytest.raises(AssertionError):
+        _assert_ray_token_env([*broken, {"name": "RAY_AUTH_TOKEN", "value": "abc"}], "gpu")
+
+
+def _compose_services() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE.read_text())["services"]
+
+
+def _required_var(value: Any) -> str:
+    """NAME of a ``${NAME:?message}`` value (no default possible), else an AssertionError."""
+    assert isinstance(value, str) and REQUIRED_VAR.match(value), value
+    return re.match(r"^\$\{(\w+):", value).group(1)
+
+
+def test_compose_ray_head_and_its_clients_use_the_token():
+    services = _compose_services()
+    head, worker = services["ray-head"]["environment"], services["prefect-worker"]["environment"]
+    for env in (head, worker):  # the worker's flow runs connect with ray://ray-head:10001
+        assert env["RAY_AUTH_MODE"] == "token"
+    assert _required_var(head["RAY_AUTH_TOKEN"]) == _required_var(worker["RAY_AUTH_TOKEN"]) == "SQZ_RAY_AUTH_TOKEN"
+    # The healthcheck runs inside the head's container, so with its RAY_AUTH_* variables.
+    assert services["ray-head"]["healthcheck"]["test"] == ["CMD", "ray", "status"]
+    assert "SQZ_RAY_AUTH_TOKEN=" in ENV_EXAMPLE.read_text().splitlines()
+
+
+def test_compose_prefect_server_and_worker_use_basic_auth():
+    services = _compose_services()
+    server, worker = services["prefect-server"]["environment"], services["prefect-worker"]["environment"]
+    assert _required_var(server["PREFECT_SERVER_API_AUTH_STRING"]) == "SQZ_PREFECT_AUTH_STRING"
+    assert _required_var(worker["PREFECT_API_AUTH_STRING"]) == "SQZ_PREFECT_AUTH_STRING"
+    assert worker["PREFECT_API_URL"].startswith("http://prefect-server:")
+    assert "SQZ_PREFECT_AUTH_STRING=" in ENV_EXAMPLE.read_text().splitlines()
+
+
+def test_prefect_server_healthcheck_path_is_open_under_basic_auth():
+    """The compose healthcheck sends no credentials: Prefect's own API app, with basic auth
+    on, must answer its path, and refuse the rest of the API without the string."""
+    import asyncio
+    import base64
+
+    import httpx
+    from prefect.server.api.server import create_api_app
+    from prefect.settings import PREFECT_SERVER_API_AUTH_STRING, temporary_settings
+
+    probe = " ".join(_compose_services()["prefect-server"]["healthcheck"]["test"])
+    url = urlparse(re.search(r"http://[^'\" ]+", probe).group(0))
+    assert url.path.startswith("/api/") and "Authorization" not in probe
+    api_path = url.path.removeprefix("/api")  # the API app is mounted at /api
+
+    async def statuses() -> dict[str, int]:
+        with temporary_settings({PREFECT_SERVER_API_AUTH_STRING: "admin:pw"}):
+            app = create_api_app(ignore_cache=True)
+        basic = {"Authorization": "Basic " + base64.b64encode(b"admin:pw").decode()}
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+            return {"probe": (await client.get(api_path)).status_code,
+                    "api without": (await client.get("/version")).status_code,
+                    "api with": (await client.get("/version", headers=basic)).status_code}  # fmt: skip
+
+    assert asyncio.run(statuses()) == {"probe": 200, "api without": 401, "api with": 200}
+
+
+def test_flow_run_jobs_take_prefect_and_ray_credentials_from_secrets():
+    deployment = _k8s_deployment()
+    job_variables = {k: v for k, v in deployment["work_pool"].get("job_variables", {}).items()
+                     if not (isinstance(v, str) and v.startswith("{{ $"))}  # fmt: skip
+    container = _render_flow_run_job(job_variables)["spec"]["template"]["spec"]["containers"][0]
+    env = _effective_env(container["env"])
+    # The worker's plain copy of its own auth string comes first; the Secret wins.
+    assert [e.get("value") for e in container["env"] if e["name"] == "PREFECT_API_AUTH_STRING"][0] == WORKER_ENV["PREFECT_API_AUTH_STRING"]
+    assert _secret_ref(env["PREFECT_API_AUTH_STRING"]) == PREFECT_AUTH_SECRET
+    _assert_ray_token_env(container["env"], "flow-run Job")
+    # The same Secrets as the worker (Prefect) and the Ray head (the cluster ray:// reaches).
+    head = _one("RayCluster", "sqz")["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert _secret_ref(env["RAY_AUTH_TOKEN"]) == _secret_ref(_effective_env(head["env"])["RAY_AUTH_TOKEN"])
+    # The Secret names are pool variables, so a deployment can point elsewhere.
+    moved = _render_flow_run_job({**job_variables, "ray_auth_secret_name": "other-ray", "prefect_auth_secret_name": "other-prefect"})
+    moved_env = _effective_env(moved["spec"]["template"]["spec"]["containers"][0]["env"])
+    assert _secret_ref(moved_env["RAY_AUTH_TOKEN"]) == ("other-ray", RAY_AUTH_SECRET[1])
+    assert _secret_ref(moved_env["PREFECT_API_AUTH_STRING"]) == ("other-prefect", PREFECT_AUTH_SECRET[1])
+
+
+def test_worker_takes_the_auth_string_from_a_secret():
+    schema = _load_schema("prefect-worker.values.schema.json")
+    # This chart version has no auth field of its own; with one, use it instead.
+    assert not {"basicAuth", "selfHostedServerApiConfig"} & set(schema["properties"]["worker"]["properties"])
+    values = yaml.safe_load(WORKER_VALUES.read_text())
+    env = _effective_env(values["worker"]["extraEnvVars"])
+    assert _secret_ref(env.get("PREFECT_API_AUTH_STRING")) == PREFECT_AUTH_SECRET
+    assert values["worker"]["apiConfig"] == "server"  # basic auth is a self-hosted server's
+    literal = copy.deepcopy(values)
+    literal["worker"]["extraEnvVars"] = [{"name": "PREFECT_API_AUTH_STRING", "value": "admin:pw"}]
+    jsonschema.Draft7Validator(schema).validate(literal)  # the schema would take it...
+    assert _literal_secret_findings(Path("values.yaml"), yaml.safe_dump(literal))  # ...the scanner not
+
+
+def test_readme_creates_every_secret_with_the_keys_read_from_it():
+    """Step 2 makes each Secret the manifests, the pool's template, the worker and the
+    Prefect server read, with every key they read; the server's --set names the worker's."""
+    text = README.read_text().replace("\\\n", " ")
+    created: dict[str, set[str]] = {}
+    for name, rest in re.findall(r"kubectl -n sqz create secret generic (\S+)(.*)$", text, flags=re.M):
+        created[name] = set(re.findall(r"--from-literal=([\w.-]+)=", rest))
+    read: set[tuple[str, str | None]] = set()
+    for _, doc in K8S_DOCS:
+        for node in _walk(doc):
+            if isinstance(node, dict) and "secretKeyRef" in node:
+                read.add((node["secretKeyRef"]["name"], node["secretKeyRef"]["key"]))
+            if isinstance(node, dict) and "secretRef" in node:
+                read.add((node["secretRef"]["name"], None))
+    template = json.loads(BASE_JOB_TEMPLATE.read_text())
+    defaults = {k: v.get("default") for k, v in template["variables"]["properties"].items()}
+    for node in _walk(template["job_configuration"]["job_manifest"]):
+        if isinstance(node, dict) and ("secretKeyRef" in node or "secretRef" in node):
+            ref = node.get("secretKeyRef") or node["secretRef"]
+            name = re.fullmatch(r"\{\{ (\w+) \}\}", ref["name"])
+            read.add((defaults[name.group(1)] if name else ref["name"], ref.get("key")))
+    for entry in yaml.safe_load(WORKER_VALUES.read_text())["worker"]["extraEnvVars"]:
+        if ref := _secret_ref(entry):
+            read.add(ref)
+    server_secret = re.search(r"--set server\.basicAuth\.existingSecret=(\S+)", text).group(1)
+    assert "--set server.basicAuth.enabled=true" in text
+    read.add((server_secret, PREFECT_AUTH_SECRET[1]))  # the chart reads key auth-string
+    assert {RAY_AUTH_SECRET, PREFECT_AUTH_SECRET, ("sqz-s3", None)} <= read
+    missing = {(name, key) for name, key in read if name not in created or (key and key not in created[name])}
+    assert missing == set()
+
+
 # ---------------------------------------------------------------- README
 
 
@@ -628,7 +845,10 @@ def test_readme_lists_every_value_a_user_must_change():
                            for img in [node["image"]] if img.startswith("registry.")},
         "namespace": {"sqz"},
         "Secret names": {ref for _, doc in K8S_DOCS for node in _walk(doc) if isinstance(node, dict)
-                         for ref in [node.get("secretKeyRef", node.get("secretRef", {})).get("name")] if ref},
+                         for ref in [node.get("secretKeyRef", node.get("secretRef", {})).get("name")] if ref}
+                        | {v["default"] for k, v in json.loads(BASE_JOB_TEMPLATE.read_text())["variables"]["properties"].items()
+                           if k.endswith("secret_name")}
+                        | {ref[0] for entry in values["worker"].get("extraEnvVars", []) for ref in [_secret_ref(entry)] if ref},
         "bucket": {_bucket()},
         "dataset volume": {_one("PersistentVolumeClaim", "imagenet")["spec"]["storageClassName"], "imagenet"},
         "GPU counts": {f"maxReplicas: {g['maxReplicas']}" for g in cluster["spec"]["workerGroupSpecs"] if g["groupName"] == "gpu"},
