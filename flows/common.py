@@ -8,7 +8,8 @@ and the artifacts a run shows in the Prefect UI.
 - Reuse: a task's cache key is its inputs + its source + the sqz code version, so
   re-running with the same config reuses finished stages, and changed code recomputes.
 - Retries: tasks that touch storage or the cluster retry with exponential backoff and
-  jitter, except when sqz raised ValueError (bad input: trying again cannot help).
+  jitter, except when sqz raised ValueError (bad input: trying again cannot help) or
+  sweep trials failed (Tune retried each one already).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import functools
 import hashlib
 import os
 import re
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,13 +126,17 @@ CACHE_POLICY = INPUTS + TASK_SOURCE + CodeVersion()
 
 
 def retry_unless_bad_input(task: Task, task_run: Any, state: Any) -> bool:
-    """Prefect's retry_condition_fn: a ValueError from sqz means bad input."""
+    """Prefect's retry_condition_fn: a ValueError from sqz means bad input; sweep trials
+    that failed (sqz.distributed.sweep.TrialsFailed) were each retried by Tune already."""
     try:
         state.result()
     except ValueError:
         return False
-    except BaseException:
-        return True
+    except BaseException as exc:
+        # Looked up, not imported (that would import Ray into every flow): only a process
+        # that ran a sweep can have raised it.
+        sweep = sys.modules.get("sqz.distributed.sweep")
+        return not (sweep is not None and isinstance(exc, sweep.TrialsFailed))
     return True
 
 

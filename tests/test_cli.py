@@ -110,3 +110,20 @@ def test_inspect_prints_the_byte_account(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "features.0.weight" in out and f"file: {path.stat().st_size:,} bytes" in out
     assert main(["inspect", str(tmp_path / "missing.sqz")]) == 2
+
+
+def test_the_console_keeps_a_failed_trials_line_and_drops_prefects_copies_of_what_the_cli_reports():
+    import logging
+
+    from sqz.cli.flowrun import _BadInputOnce
+
+    def record(name, level, message):
+        return logging.LogRecord(name, level, __file__, 1, message, None, None)
+
+    keep = _BadInputOnce().filter
+    # A failed trial's one line names its error (often a ValueError): sqz's lines all pass.
+    assert keep(record("sqz.sweep", logging.ERROR, "trial density0.05-b4 failed: ValueError: density: ... (traceback: x)"))
+    summary = "TrialsFailed: 4 of 4 sweep trial(s) failed (...); each one's error and traceback: <run>/errors/<trial>.txt"
+    assert not keep(record("prefect.task_runs", logging.ERROR, f"Finished in state Failed('Task run encountered an exception {summary}')"))
+    assert not keep(record("prefect.flow_runs", logging.INFO, f"Finished in state Failed('Flow run encountered an exception: {summary}')"))
+    assert keep(record("prefect.flow_runs", logging.ERROR, "Finished in state Failed('OSError: disk full')"))  # not reported by the CLI

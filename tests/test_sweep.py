@@ -299,8 +299,8 @@ def test_a_restarted_trial_whose_row_exists_reports_it_and_does_not_run_again(tm
     def run_trial():
         sweep_module._trial({"trial_id": point["trial_id"]}, baseline=b"", points={point["trial_id"]: point}, context=context)
 
-    with pytest.raises(Ran, match=point["trial_id"]):
-        run_trial()  # no row yet: the trial does its work
+    with pytest.raises(sweep_module.TrialFailed, match=f"Ran: {point['trial_id']}"):
+        run_trial()  # no row yet: the trial does its work (and says in one line that it failed)
     assert reports == []
 
     row = {name: None for name in metrics.SCHEMAS["sweep_trials"].names}
@@ -311,6 +311,58 @@ def test_a_restarted_trial_whose_row_exists_reports_it_and_does_not_run_again(tm
     run_trial()
     assert len(reports) == 1 and reports[0]["size_bytes"] == 1234 and reports[0]["top1"] == 97.5
     assert _mtimes(p for p in tmp_path.rglob("*") if p.is_file()) == before  # nothing written again
+
+
+def test_a_failing_trial_raises_one_line_and_keeps_its_traceback_in_the_run(tmp_path, monkeypatch):
+    from sqz.distributed import sweep as sweep_module
+
+    def compress_and_evaluate(**kwargs):
+        raise ValueError(f"density: something about {kwargs['name']}\nand a second line")
+
+    monkeypatch.setattr(sweep_module.torch, "set_num_threads", lambda n: None)  # as in the test above
+    monkeypatch.setattr(sweep_module, "compress_and_evaluate", compress_and_evaluate)
+    layout = RunLayout(str(tmp_path / "run"))
+    sweep_cfg = SweepConfig(thresholds=(0.5,), bits=(6,), retrain_epochs=0, quant=QuantConfig(finetune_epochs=0, distill_steps=0))
+    point = sweep_module.grid_points(sweep_cfg)[0]
+    context = {"sweep": config_to_dict(sweep_cfg), "data": config_to_dict(DATA), "arch": ARCH,
+               "run_url": layout.run_url, "lr_rewind": None}  # fmt: skip
+    with pytest.raises(sweep_module.TrialFailed) as failed:
+        sweep_module._trial({"trial_id": point["trial_id"]}, baseline=b"", points={point["trial_id"]: point}, context=context)
+    error_url = layout.error_url(point["trial_id"])
+    assert str(failed.value) == f"ValueError: density: something about std0.5-b6 (traceback: {error_url})"
+    assert failed.value.__cause__ is None  # Tune's error.txt gets the line; the traceback is in the file
+    text = storage.read_bytes(error_url).decode()
+    assert text.splitlines()[0] == "ValueError: density: something about std0.5-b6"
+    assert "Traceback (most recent call last)" in text and "in compress_and_evaluate" in text and "a second line" in text
+
+
+@pytest.mark.slow
+def test_failed_trials_say_so_in_one_line_each_not_in_ray_tracebacks(ray_local, tmp_path, baseline_bytes, caplog, capfd, monkeypatch):
+    """A trial that fails inside Ray (here: a density below what the dense small layers hold,
+    which the CLI and flows refuse before, but sweep() as a library does not) logs one line
+    per trial, after Tune's retries, naming its error and its traceback's file; Tune's own
+    console output (a traceback per attempt) is gone."""
+    from sqz.distributed import sweep as sweep_module
+
+    monkeypatch.setattr(sweep_module, "TRIAL_RETRIES", 1)  # one retry still exercises on_trial_recover
+    caplog.set_level(logging.INFO, logger="sqz")
+    layout = _layout(tmp_path, baseline_bytes)
+    sweep_cfg = SweepConfig(thresholds=(0.05,), bits=(8, 4), prune_mode="density", retrain_epochs=0,
+                            quant=QuantConfig(finetune_epochs=0, distill_steps=0))  # fmt: skip
+    capfd.readouterr()
+    with pytest.raises(sweep_module.TrialsFailed) as failed:
+        sweep_module.sweep(layout, sweep_cfg, DATA, ARCH)
+    console = "".join(capfd.readouterr())
+    assert str(failed.value).startswith("2 of 2 sweep trial(s) failed (density0.05-b4, density0.05-b8)")
+    assert "\n" not in str(failed.value)
+    lines = [r.getMessage() for r in caplog.records if r.name == "sqz.sweep" and r.levelno >= logging.ERROR]
+    assert len(lines) == 2, lines  # one per trial, not one per attempt
+    for name in ("density0.05-b4", "density0.05-b8"):
+        (line,) = [text for text in lines if text.startswith(f"trial {name} failed: ValueError: density: 0.05 keeps fewer")]
+        assert line.endswith(f"(traceback: {layout.error_url(name)})")
+        text = storage.read_bytes(layout.error_url(name)).decode()
+        assert "Traceback (most recent call last)" in text and "in layer_thresholds" in text
+    assert "Traceback" not in console and "errored after" not in console and "Trials did not complete" not in console, console
 
 
 @pytest.mark.slow

@@ -26,19 +26,28 @@ def prefect_defaults() -> None:
         os.makedirs(os.path.expanduser(os.environ["PREFECT_HOME"]), exist_ok=True)
 
 
+# Failures the CLI reports itself, in one line: bad input (ValueError, FileNotFoundError),
+# and a sweep whose trials failed or were interrupted (sqz.distributed.sweep.SweepIncomplete
+# and its TrialsFailed, named here: importing them would import Ray); each failed trial
+# already said why in one line.
+_REPORTED_BY_THE_CLI = ("ValueError", "FileNotFoundError", "SweepIncomplete", "TrialsFailed")
+
+
 class _BadInputOnce(logging.Filter):
-    """Drops Prefect's console copies of a bad-input failure (a ValueError: its
-    traceback, "Finished in state Failed"): the CLI prints it as one line. The flow
-    run's log on the API keeps every record."""
+    """Drops Prefect's console copies of a failure the CLI reports in one line (its
+    traceback, "Finished in state Failed"). sqz's own records pass: a failed trial's line
+    names its error. The flow run's log on the API keeps every record."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "sqz" or record.name.startswith("sqz."):
+            return True
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, (ValueError, FileNotFoundError)):
+        if exc is not None and any(cls.__name__ in _REPORTED_BY_THE_CLI for cls in type(exc).__mro__):
             return False
         text = record.getMessage()
         if record.levelno < logging.ERROR and "Finished in state Failed" not in text:
             return True
-        return not any(f"{name}:" in text or f"{name}(" in text for name in ("ValueError", "FileNotFoundError"))
+        return not any(f"{name}:" in text or f"{name}(" in text for name in _REPORTED_BY_THE_CLI)
 
 
 def _console_handlers() -> list[logging.Handler]:

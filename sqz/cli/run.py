@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from sqz.cli.args import bits_list, positive_int, thresholds_list
@@ -131,7 +132,12 @@ def command(args: argparse.Namespace) -> int:
 
         return squeeze_pipeline
 
-    summary = run_flow(flow, f"{args.run_id or pipeline_run_id(config)}/pipeline", config=config_to_dict(config),
-                       run_id=args.run_id, ray_address=args.ray_address, workdir=".", shared_mount=args.shared_mount)  # fmt: skip
+    try:
+        summary = run_flow(flow, f"{args.run_id or pipeline_run_id(config)}/pipeline", config=config_to_dict(config),
+                           run_id=args.run_id, ray_address=args.ray_address, workdir=".", shared_mount=args.shared_mount)  # fmt: skip
+    except RuntimeError as exc:  # trials failed (each said so in one line) or the run was interrupted: rerunning resumes
+        text = str(exc).strip()
+        print(f"sqz run: error: {text.splitlines()[0] if text else type(exc).__name__}", file=sys.stderr)
+        return 1
     print_summary(summary)
     return 0

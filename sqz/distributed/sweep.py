@@ -20,8 +20,10 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import time
-from typing import Any, Callable
+import traceback
+from typing import Any, Callable, Iterator
 
 import ray
 import torch
@@ -41,7 +43,8 @@ from sqz.trial import TrialSpec, compress_and_evaluate, retrain_rounds, trial_id
 
 _log = logging.getLogger("sqz.sweep")
 
-__all__ = ["sweep", "grid_points", "per_layer_points", "sensitivity_config_of", "trial_spec", "training_schedule"]
+__all__ = ["sweep", "grid_points", "per_layer_points", "sensitivity_config_of", "trial_spec", "training_schedule",
+           "TrialFailed", "SweepIncomplete", "TrialsFailed"]
 
 # Ray Tune copies AWS_* credentials from the driver's environment into every trial's
 # runtime_env, and Ray writes runtime envs in clear text to runtime_env_agent.log. Trials
@@ -148,7 +151,50 @@ def training_schedule(layout: RunLayout) -> tuple[float, int, float]:
     return float(train["lr"]), int(train["epochs"]), float(train.get("lr_power", 1.0))
 
 
+class TrialFailed(RuntimeError):
+    """A trial's error in one line: its type, its message and where its full traceback is."""
+
+
+class SweepIncomplete(RuntimeError):
+    """The sweep ended with trials that failed or were interrupted; the finished ones are
+    kept, so running it again runs only the others. (The CLI reports it in one line.)"""
+
+
+class TrialsFailed(SweepIncomplete):
+    """Trials raised, each after Tune's TRIAL_RETRIES: a retry of the whole sweep (a
+    Prefect task retry) would run them into the same errors again."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def _record_failure(layout: RunLayout, name: str, exc: BaseException) -> tuple[TrialFailed, bool]:
+    """Write ``exc``'s full traceback to the run's errors/<trial>.txt (first line: the
+    error); returns the one-line error the trial raises instead (pages of Ray frames on
+    the console say less than one line and a path) and whether the file was written."""
+    message = _first_line(exc)
+    summary = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    url = layout.error_url(name)
+    try:
+        storage.write_bytes(url, (summary + "\n\n" + "".join(traceback.format_exception(exc))).encode())
+    except Exception as write_error:  # noqa: BLE001  (the trial's own error matters more)
+        _log.warning("trial %s: its traceback could not be written to %s (%s)", name, url, _first_line(write_error))
+        return TrialFailed(summary), False
+    return TrialFailed(f"{summary} (traceback: {url})"), True
+
+
 def _trial(config: dict[str, Any], *, baseline: bytes, points: dict[str, dict[str, Any]], context: dict[str, Any]) -> None:
+    try:
+        _run_trial(config, baseline=baseline, points=points, context=context)
+    except Exception as exc:
+        failed, written = _record_failure(RunLayout(context["run_url"]), config["trial_id"], exc)
+        # Unwritten, the traceback stays chained to the error: Tune's error.txt keeps it.
+        raise failed from (None if written else exc)
+
+
+def _run_trial(config: dict[str, Any], *, baseline: bytes, points: dict[str, dict[str, Any]], context: dict[str, Any]) -> None:
     quiet_exit_in_finalizers()
     point = points[config["trial_id"]]
     sweep_cfg: SweepConfig = config_from_dict(SweepConfig, context["sweep"])
@@ -231,16 +277,39 @@ def _announce(trial: str, outcome: str, finished: int, total: int, eta_s: float)
     _log.info("trial %s done: %s; %d of %d left, ETA %s", trial, outcome, left, total, format_eta(eta_s) if left else "0s")
 
 
+def _failure_of(trial: Any) -> str:
+    """One line for a trial Tune gave up on: the TrialFailed its function raised (the
+    error and its traceback's path), else (the trial's process died: no Python error)
+    the last line of Tune's own error file, and that file's path."""
+    text = ""
+    if trial.error_file and os.path.exists(trial.error_file):
+        with open(trial.error_file, errors="replace") as tune_error:
+            text = tune_error.read()
+    marker = f"{TrialFailed.__name__}: "
+    if marker in text:
+        return text.rsplit(marker, 1)[1].strip().splitlines()[0]
+    last = next((line.strip() for line in reversed(text.splitlines()) if line.strip()), "no error recorded")
+    return f"{last} (Tune's error file: {trial.error_file})"
+
+
 class _Progress(tune.Callback):
     """In the driver, as each trial ends: a log line (trial id, bytes, top-1, trials left,
-    ETA) and ``on_progress(finished, total)``. Tune calls its callbacks in the driver
-    process, so the line reaches the driver's log handlers (the flow run's log too).
-    Not used through Ray Client: Tune's driver then runs on the cluster (see _TrialWatcher)."""
+    ETA, or the error of a failed trial) and ``on_progress(finished, total)``. Tune calls
+    its callbacks in the driver process, so the line reaches the driver's log handlers
+    (the flow run's log too). Not used through Ray Client: Tune's driver then runs on the
+    cluster (see _TrialWatcher)."""
 
     def __init__(self, on_progress: Callable[[int, int], None] | None, finished: int, total: int) -> None:
         self.on_progress, self.finished, self.total = on_progress, finished, total
         self.started, self.ended_here = time.monotonic(), 0
         self.bar = terminal_bar(total, "sweep", "trial", initial=finished)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        # Called once per trial, after its last retry (a retry is on_trial_recover).
+        _log.error("trial %s failed: %s", trial.config.get("trial_id", trial.trial_id), _failure_of(trial))
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        _log.debug("trial %s failed, Tune runs it again: %s", trial.config.get("trial_id", trial.trial_id), _failure_of(trial))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.finished += 1
@@ -287,6 +356,42 @@ class _TrialWatcher(RowFollower):
                       self.finished, self.total, eta)  # fmt: skip
             if self.on_progress is not None:
                 self.on_progress(self.finished, self.total)
+
+
+class _DropRecords(logging.Filter):
+    """Drops a logger's records whose message starts with ``prefix``."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
+
+
+# What Tune prints for a failed trial, each of which _Progress says in one line: its
+# controller logs the trial's traceback at every attempt, its terminal reporter prints an
+# "errored ... Error file:" block at every attempt (the legacy reporter honours verbose=0,
+# the default one does not), and tune.run logs the list of unfinished trials. Tune's files
+# (error.txt per trial under the run's tune/) and the run's errors/ keep everything.
+_TUNE_NOISE = (("ray.tune.execution.tune_controller", "Trial task failed"), ("ray.tune.tune", "Trials did not complete"))
+
+
+@contextlib.contextmanager
+def _tune_console_quiet() -> Iterator[None]:
+    filters = [(logging.getLogger(name), _DropRecords(prefix)) for name, prefix in _TUNE_NOISE]
+    for logger, drop in filters:
+        logger.addFilter(drop)
+    reporter_was = os.environ.get("RAY_AIR_NEW_OUTPUT")
+    if reporter_was is None:  # an operator's own choice stands
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    try:
+        yield
+    finally:
+        if reporter_was is None:
+            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
+        for logger, drop in filters:
+            logger.removeFilter(drop)
 
 
 def _tuner(layout: RunLayout, sweep_cfg: SweepConfig, data_cfg: DataConfig, arch: dict[str, Any],
@@ -352,20 +457,22 @@ def sweep(layout: RunLayout, sweep_cfg: SweepConfig, data_cfg: DataConfig, arch:
                        callbacks=[] if remote_driver else [_Progress(on_progress, finished, len(points))])  # fmt: skip
         watcher = (_TrialWatcher(layout.run_url, {p["trial_id"] for p in todo}, on_progress, finished, len(points))
                    if remote_driver else contextlib.nullcontext())  # fmt: skip
-        with watcher:
+        with watcher, _tune_console_quiet():
             results = tuner.fit()
         if scheduler is not None:
             for name, decision in scheduler.stopped.items():
                 row = {"run_id": layout.run_id, "trial_id": name, **decision, "reason": "asha"}
                 metrics.write_rows(layout.run_url, "sweep_stopped", [row], writer_id=name)
-        errors = [str(r.error) for r in results if r.error is not None]
-        if errors:
-            raise RuntimeError(f"{len(errors)} sweep trial(s) failed; first: {errors[0].strip().splitlines()[-1]}")
+        failed = sorted(r.config["trial_id"] for r in results if r.error is not None)
+        if failed:
+            raise TrialsFailed(f"{len(failed)} of {len(todo)} sweep trial(s) failed ({', '.join(failed[:4])}"
+                               f"{', ...' if len(failed) > 4 else ''}); each one's error and traceback: "
+                               f"{layout.error_url('<trial>')}")  # fmt: skip
         done, stopped = _finished_ids(layout)
         stopped = stopped if sweep_cfg.scheduler == "asha" else set()
         left = [p["trial_id"] for p in todo if p["trial_id"] not in done | stopped]
         if left:
-            raise RuntimeError(f"sweep interrupted: {len(left)} of {len(points)} trial(s) unfinished "
+            raise SweepIncomplete(f"sweep interrupted: {len(left)} of {len(points)} trial(s) unfinished "
                                f"({', '.join(left[:4])}); run the same command again to run only those")  # fmt: skip
     else:
         _log.info("all %d trial(s) already done, reusing them", finished)

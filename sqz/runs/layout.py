@@ -5,6 +5,7 @@
     models/         baseline.safetensors, <trial>.sqz
     metrics/<table>/*.parquet
     report/report.md, report/pareto.png
+    errors/<trial>.txt   the full traceback of a sweep trial that failed
 """
 
 from __future__ import annotations
@@ -49,6 +50,10 @@ class RunLayout:
 
     def model_url(self, name: str) -> str:
         return storage.join(self.run_url, "models", f"{name}.sqz")
+
+    def error_url(self, trial_id: str) -> str:
+        """The full traceback of sweep trial ``trial_id``'s last failure (its first line: the error)."""
+        return storage.join(self.run_url, "errors", f"{trial_id}.txt")
 
     @property
     def report_url(self) -> str:
