@@ -27,7 +27,7 @@ from ray.exceptions import AuthenticationError
 
 from sqz import storage
 
-__all__ = ["ray_session", "RayAccessError", "check_ray_access", "alive_nodes", "require_shared_storage",
+__all__ = ["ray_session", "RayAccessError", "check_ray_access", "is_embedded", "alive_nodes", "require_shared_storage",
            "quiet_exit_in_finalizers"]  # fmt: skip
 
 # Ray's knob for "a single machine only": with it off, every process of a local Ray binds
@@ -35,6 +35,13 @@ __all__ = ["ray_session", "RayAccessError", "check_ray_access", "alive_nodes", "
 # external address.
 _CLUSTER_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 _PROBE_TIMEOUT_S = 5.0
+# Set while this process runs the embedded local Ray (ray_session without an address).
+_embedded = False
+
+
+def is_embedded() -> bool:
+    """Whether the connected Ray is the loopback-only one this process started."""
+    return _embedded
 
 # Ray puts unix sockets under its temp dir and those paths must stay under 107 bytes:
 # ".../session_<date>_<time>_<pid>/sockets/plasma_store" adds about 70 to the base.
@@ -125,6 +132,10 @@ def _loopback_only() -> Iterator[None]:
     later connection to a real cluster from this process is unaffected."""
     previous_env, previous_flag = os.environ.get(_CLUSTER_SWITCH), ray_constants.ENABLE_RAY_CLUSTER
     os.environ[_CLUSTER_SWITCH] = "0"
+    if sys.platform.startswith("linux"):
+        # gloo (torch.distributed between Train workers) otherwise listens on the address
+        # the host name resolves to; Ray's processes, started below, keep this for good.
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     ray_constants.ENABLE_RAY_CLUSTER = False
     try:
         yield
@@ -160,12 +171,15 @@ def ray_session(address: str | None = None, *, workdir: str = ".", num_cpus: int
         finally:
             ray.shutdown()
         return
+    global _embedded
     temp_dir, remove_after = _local_temp_dir(workdir)
     with _loopback_only():
         ray.init(num_cpus=num_cpus, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=True)
+    _embedded = True
     try:
         yield
     finally:
+        _embedded = False
         ray.shutdown()
         if remove_after:
             shutil.rmtree(temp_dir, ignore_errors=True)

@@ -17,15 +17,20 @@ import math
 import os
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable
 
+import ray
 import ray.train
 import ray.train.torch
 import torch
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
+from ray.train.torch import TorchConfig, TorchTrainer
+# Ray Train's own torch backend and its process-group helpers (not public API): the
+# embedded Ray's file rendezvous (_FileRendezvousBackend) reuses them as they are.
+from ray.train.torch.config import _set_torch_distributed_env_vars, _setup_torch_process_group, _TorchBackend
 from safetensors.torch import save
 from torch.utils.data import DistributedSampler, Subset, TensorDataset
 
@@ -36,7 +41,7 @@ from sqz.compress.prune import attach_masks_
 from sqz.config import DataConfig, TrainConfig, config_from_dict, config_to_dict
 from sqz.data import load_split, make_loader, read_manifest
 from sqz.distributed import stream
-from sqz.distributed.cluster import quiet_exit_in_finalizers
+from sqz.distributed.cluster import is_embedded, quiet_exit_in_finalizers
 from sqz.distributed.follow import RowFollower
 from sqz.models import build_model, count_parameters
 from sqz.runs import RunLayout
@@ -285,6 +290,28 @@ def _finished(layout: RunLayout, train_cfg: TrainConfig) -> TrainResult | None:
     )  # fmt: skip
 
 
+class _FileRendezvousBackend(_TorchBackend):
+    """Ray Train's torch backend with the workers meeting through a file instead of a
+    TCPStore: torch binds the TCPStore of rank 0 to every interface (no option narrows it),
+    which would be the one socket the loopback-only embedded Ray opens to the network. All
+    workers of the embedded Ray share this machine's disk."""
+
+    def on_start(self, worker_group: Any, backend_config: TorchConfig) -> None:
+        rendezvous = os.path.join(tempfile.gettempdir(), f"sqz-rendezvous-{uuid.uuid4().hex}")
+        backend = "nccl" if worker_group.get_resources_per_worker().get("GPU", 0) > 0 else "gloo"
+        worker_group.execute(_set_torch_distributed_env_vars)
+        ray.get([worker_group.execute_single_async(rank, _setup_torch_process_group, backend=backend, world_rank=rank,
+                                                   world_size=len(worker_group), init_method=f"file://{rendezvous}",
+                                                   timeout_s=backend_config.timeout_s)
+                 for rank in range(len(worker_group))])  # fmt: skip
+
+
+class _FileRendezvous(TorchConfig):
+    @property
+    def backend_cls(self) -> type:
+        return _FileRendezvousBackend
+
+
 def train(layout: RunLayout, train_cfg: TrainConfig, data_cfg: DataConfig, *, progress: bool = False,
           on_epoch: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:  # fmt: skip
     """Train the run's baseline and write models/baseline.safetensors. A finished
@@ -308,6 +335,7 @@ def train(layout: RunLayout, train_cfg: TrainConfig, data_cfg: DataConfig, *, pr
     datasets, dataset_config = stream.trainer_datasets(data_cfg)
     trainer = TorchTrainer(
         _train_loop_per_worker,
+        torch_config=_FileRendezvous() if is_embedded() else None,
         datasets=datasets,
         dataset_config=dataset_config,
         train_loop_config={
