@@ -193,7 +193,15 @@ def test_the_pipeline_run_reads_well_in_the_prefect_ui(served_pipeline):
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1100})
             page.set_default_timeout(60_000)
+            # The server asks for its basic-auth string, as an operator meets it: the UI's
+            # login page, then back to the page that was asked for.
             page.goto(f"{ui}/runs/flow-run/{flow_run_id}", wait_until="networkidle")
+            page.wait_for_url("**/login**")
+            page.screenshot(path=os.path.join(SCREENSHOTS, "login.png"))
+            page.locator("input[type=password]").fill(os.environ["PREFECT_API_AUTH_STRING"])
+            page.get_by_role("button", name="Login").click()
+            page.wait_for_url(f"**/runs/flow-run/{flow_run_id}**")
+            page.wait_for_load_state("networkidle")
             # Named after the sqz run id and tagged for the UI's filters.
             for text in ("served/pipeline", "model:squeezenet_small", "dataset:digits", "bits:4"):
                 page.get_by_text(text, exact=True).first.wait_for()

@@ -125,3 +125,18 @@ def test_the_prefect_server_refuses_anonymous_requests(prefect_api):
     assert _api_status(flows, "admin:" + "wrong") == 401
     assert _api_status(f"{prefect_api}/deployments/filter", None) == 401
     assert _api_status(f"{prefect_api}/health", None, method="GET") == 200  # liveness probes need no credentials
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("auth", [None, "admin:wrong"], ids=["no-string", "wrong-string"])
+def test_sqz_refuses_a_prefect_server_it_has_no_credentials_for_in_one_line(prefect_api, auth, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_AUTH_STRING"}
+    if auth is not None:
+        env["PREFECT_API_AUTH_STRING"] = auth
+    result = subprocess.run([SQZ, "train", "--epochs", "1", "--storage", str(tmp_path / "runs")], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines() == [line for line in result.stderr.strip().splitlines() if line.startswith("sqz train: error:")]
+    assert "PREFECT_API_AUTH_STRING" in result.stderr and "401" in result.stderr and "Traceback" not in result.stderr
+    assert os.environ["PREFECT_API_AUTH_STRING"] not in result.stderr + result.stdout
+    assert not (tmp_path / "runs").exists()

@@ -72,8 +72,18 @@ def run_flow(flow_of: Callable[[], Any], name: str, **parameters: Any) -> Any:
     quiet = _BadInputOnce()
     for handler in handlers:
         handler.addFilter(quiet)
+    from prefect.exceptions import PrefectHTTPStatusError
+
     try:
         return flow.with_options(flow_run_name=name)(**parameters)
+    except PrefectHTTPStatusError as exc:
+        if exc.response.status_code not in (401, 403):
+            raise
+        # A server with basic auth (PREFECT_SERVER_API_AUTH_STRING) and no or a wrong
+        # string here: one line, never the string itself.
+        given = "a wrong one was given" if os.environ.get("PREFECT_API_AUTH_STRING") else "none was given"
+        raise ValueError(f"PREFECT_API_AUTH_STRING: the Prefect API at {exc.request.url.copy_with(path='/api')} refused "
+                         f"this client ({exc.response.status_code}; {given}): set it to the server's user:password") from None  # fmt: skip
     finally:
         for handler in handlers:
             handler.removeFilter(quiet)
