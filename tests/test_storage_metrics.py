@@ -229,7 +229,8 @@ def test_s3_run_survives_a_server_restart_and_writes_no_secret(s3_endpoint, tmp_
     8 s; then it starts again on the same port. moto keeps its objects in memory, so
     the endpoint process in front of it is what restarts, while the objects persist as
     on a real store's disks. The run must finish with every object present and
-    readable, and nothing it wrote may contain the secret key."""
+    readable, and nothing it wrote may contain the secret key, the Ray token or the
+    Prefect auth string."""
     import io
     import json
     import shutil
@@ -251,8 +252,13 @@ def test_s3_run_survives_a_server_restart_and_writes_no_secret(s3_endpoint, tmp_
     front = S3Front(_free_port(), s3_endpoint).start()
     workdir = tempfile.mkdtemp(prefix="s", dir="/tmp")  # short: Ray's temp dir (with its logs) lands inside
     request.addfinalizer(lambda: shutil.rmtree(workdir, ignore_errors=True))
+    # The run's local Ray with a token of its own and its Prefect API with a basic-auth
+    # string of its own: neither may appear in anything the run writes either.
+    ray_token, prefect_auth = f"sqz-ray-token-{uuid.uuid4().hex}", f"sqz:prefect-auth-{uuid.uuid4().hex}"
     env = {**os.environ, "AWS_ACCESS_KEY_ID": key_id, "AWS_SECRET_ACCESS_KEY": secret, "AWS_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL_S3": front.url, "PREFECT_HOME": os.path.join(workdir, "prefect")}  # fmt: skip
+           "AWS_ENDPOINT_URL_S3": front.url, "PREFECT_HOME": os.path.join(workdir, "prefect"),
+           "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": ray_token,
+           "PREFECT_SERVER_API_AUTH_STRING": prefect_auth, "PREFECT_API_AUTH_STRING": prefect_auth}  # fmt: skip
     # Its own ephemeral API, not the session's server: Prefect's database (logs, artifacts,
     # parameters) lands in the workdir, among the files checked for the secret below.
     env.pop("PREFECT_API_URL", None)
@@ -324,6 +330,8 @@ def test_s3_run_survives_a_server_restart_and_writes_no_secret(s3_endpoint, tmp_
     assert any("/.ray/" in path and path.endswith(".log") for path, _ in written)
     for where, data in written:
         assert secret.encode() not in data, f"the secret key is in {where}"
+        assert ray_token.encode() not in data, f"the Ray token is in {where}"
+        assert prefect_auth.encode() not in data, f"the Prefect auth string is in {where}"
         # The UI's presigned links carry the access key id in X-Amz-Credential, as SigV4
         # presigning requires (never the secret); anywhere else it must not appear.
         outside_links = re.sub(rb"X-Amz-Credential=" + re.escape(key_id.encode()) + rb"%2F", b"X-Amz-Credential=%2F", data)
