@@ -7,9 +7,12 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 WORK := $(CURDIR)/.work
 
-# Local Ray on 127.0.0.1 (not the machine's external address), no auth for the embedded
-# cluster, no usage stats; Prefect's home inside the project, no analytics, and time
-# for the ephemeral API to start on 2 cores.
+# The embedded Ray listens on 127.0.0.1 only (sqz.distributed.cluster sets Ray's
+# single-machine switch for every local start; this says so for the `ray` CLI too), so
+# nothing off this machine reaches it and it runs without token auth. A cluster
+# (--ray-address) is reached with RAY_AUTH_MODE=token and its RAY_AUTH_TOKEN: export both
+# before calling sqz against one. No usage stats; Prefect's home inside the project, no
+# analytics, and time for the ephemeral API to start on 2 cores.
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER ?= 0
 export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED ?= 0
