@@ -194,14 +194,15 @@ def test_the_pipeline_run_reads_well_in_the_prefect_ui(served_pipeline):
             page = browser.new_page(viewport={"width": 1400, "height": 1100})
             page.set_default_timeout(60_000)
             # The server asks for its basic-auth string, as an operator meets it: the UI's
-            # login page, then back to the page that was asked for.
-            page.goto(f"{ui}/runs/flow-run/{flow_run_id}", wait_until="networkidle")
-            page.wait_for_url("**/login**")
+            # login page (a deep link before logging in only says "Authentication
+            # failed"), then the run's page.
+            page.goto(f"{ui}/runs", wait_until="networkidle")
+            page.wait_for_url("**/login?**")
             page.screenshot(path=os.path.join(SCREENSHOTS, "login.png"))
             page.locator("input[type=password]").fill(os.environ["PREFECT_API_AUTH_STRING"])
             page.get_by_role("button", name="Login").click()
-            page.wait_for_url(f"**/runs/flow-run/{flow_run_id}**")
-            page.wait_for_load_state("networkidle")
+            page.wait_for_url(lambda url: "/login" not in url)
+            page.goto(f"{ui}/runs/flow-run/{flow_run_id}", wait_until="networkidle")
             # Named after the sqz run id and tagged for the UI's filters.
             for text in ("served/pipeline", "model:squeezenet_small", "dataset:digits", "bits:4"):
                 page.get_by_text(text, exact=True).first.wait_for()
@@ -226,3 +227,32 @@ def test_the_pipeline_run_reads_well_in_the_prefect_ui(served_pipeline):
         finally:
             browser.close()
     assert widths and all(width > 0 for width in widths)
+
+
+def test_no_credential_reaches_the_run_its_logs_or_the_servers(served_pipeline, ray_cluster, s3_endpoint):
+    """The Ray token and the Prefect auth string the deployed run used (the session's, in
+    every process's environment) appear nowhere it wrote: the run's objects, the worker's
+    log, the Prefect server's database and log (flow-run parameters, logs, artifacts), and
+    the two Ray nodes' session logs."""
+    _, _, run_url, tmp_path = served_pipeline
+    secrets = {"the Ray token": os.environ["RAY_AUTH_TOKEN"].encode(),
+               "the Prefect auth string": os.environ["PREFECT_API_AUTH_STRING"].encode()}  # fmt: skip
+    bucket, prefix = run_url.removeprefix("s3://").split("/", 1)
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    written = [(f"s3://{bucket}/{o['Key']}", s3.get_object(Bucket=bucket, Key=o["Key"])["Body"].read())
+               for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+               for o in page.get("Contents", [])]  # fmt: skip
+    server_home = os.path.join(os.environ["SQZ_TEST_SHARED_DIR"], "prefect-server")
+    for folder in (str(tmp_path), server_home, ray_cluster.base_dir):
+        for root, _, files in os.walk(folder):
+            for name in files:
+                path = os.path.join(root, name)
+                if os.path.isfile(path) and not os.path.islink(path) and not name.endswith((".sock", ".lock")):
+                    try:
+                        written.append((path, open(path, "rb").read()))
+                    except OSError:
+                        continue  # a socket or a file gone since the walk
+    assert len(written) > 50 and any(path.endswith("prefect.db") for path, _ in written)
+    assert any(path.endswith("raylet.out") for path, _ in written)  # the nodes' own logs are among them
+    leaks = [f"{what} in {path}" for path, data in written for what, secret in secrets.items() if secret in data]
+    assert not leaks, leaks
