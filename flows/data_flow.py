@@ -20,11 +20,13 @@ def write_shards(src: str, dest_url: str, options: dict[str, Any]) -> dict[str, 
 
 @flow(name="prepare_dataset")
 def prepare_dataset(src: str, dest_url: str, splits: list[str] | None = None, shard_mb: float = 256.0, workers: int = 4,
-                    progress: bool = True) -> dict[str, Any]:  # fmt: skip
+                    progress: bool = True, max_side: int | None = None,
+                    jpeg_quality: int | None = None) -> dict[str, Any]:  # fmt: skip
     """Write ``src``'s splits as Parquet shards of JPEG bytes + label under ``dest_url``
     (dataset.json last); returns the dataset's manifest."""
     storage.check_url(dest_url, option="DEST_URL")
-    options = {"splits": splits, "shard_mb": shard_mb, "workers": workers, "progress": progress}
+    options = {"splits": splits, "shard_mb": shard_mb, "workers": workers, "progress": progress,
+               "max_side": max_side, "jpeg_quality": jpeg_quality}  # fmt: skip
     manifest = write_shards(src, dest_url, options)
     url = storage.join(storage.absolute(dest_url), "dataset.json")
     create_link_artifact(link=url if not storage.is_local(url) else f"file://{url}", link_text="dataset.json",

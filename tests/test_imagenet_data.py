@@ -1,8 +1,10 @@
 """ImageNet layouts, transforms, Parquet shards (local and S3) and the two read paths,
 on real JPEGs generated here (a few classes, ImageNet-like sizes)."""
 
+import io
 import json
 import logging
+import math
 import os
 import shutil
 
@@ -27,6 +29,7 @@ from sqz.data import (
     scan_split,
 )
 from sqz.data.prepare import prepare
+from sqz.data.transforms import CorruptImageError, decode_image_bytes, decode_resized_crop
 
 WNIDS = synthetic_wnids(3)
 SIZE = 64  # crop size: small keeps the tests fast; decode still sees ~320x240 JPEGs
@@ -200,6 +203,78 @@ def test_eval_crops_follow_each_convention():
     assert train.crop(image).shape == (3, 64, 64) and train.crop(image).dtype == torch.uint8
 
 
+# ---------------------------------------------------------------- reduced-size decode
+
+# How far a crop decoded at 1/2, 1/4 or 1/8 scale may be from the same box of the full
+# decode, resized the same way (0..255 levels). Measured on these images and on two real
+# photos (scikit-learn's samples): mean absolute difference per crop <= 1.4 levels at
+# 1/8 on average, 3.0 at worst; PSNR >= 34 dB.
+MAX_MEAN_ABS_DIFF, MIN_PSNR_DB = 3.5, 32.0
+
+
+def _jpeg_bytes(tmp_path, size, label=0, seed=0):
+    path = str(tmp_path / f"big-{label}-{seed}.JPEG")
+    write_image(path, np.random.default_rng(seed), label, size)
+    return open(path, "rb").read()
+
+
+def test_reduced_decode_crops_agree_with_the_full_decode(tmp_path):
+    from torchvision.transforms.v2 import functional as F
+
+    generator = torch.Generator().manual_seed(0)
+    by_scale = {}
+    for label in range(3):
+        data = _jpeg_bytes(tmp_path, (1000, 750), label)
+        full = decode_image_bytes(data)  # the reference path: full decode, torchvision's resize
+        for _ in range(40):
+            side = int(torch.randint(SIZE, 750, (1,), generator=generator))
+            width = min(1000, round(side * (0.75 + 0.58 * float(torch.rand(1, generator=generator)))))
+            top = int(torch.randint(0, 750 - side + 1, (1,), generator=generator))
+            left = int(torch.randint(0, 1000 - width + 1, (1,), generator=generator))
+            reference = F.resized_crop(full, top, left, side, width, [SIZE, SIZE], antialias=True).float()
+            crop = decode_resized_crop(data, (top, left, side, width), SIZE)
+            assert crop.shape == (3, SIZE, SIZE) and crop.dtype == torch.uint8
+            scale = next(s for s in (8, 4, 2, 1) if min(side, width) >= s * SIZE)
+            diff = (crop.float() - reference).abs().mean().item()
+            psnr = 10 * math.log10(255**2 / max(((crop.float() - reference) ** 2).mean().item(), 1e-12))
+            by_scale.setdefault(scale, []).append((diff, psnr))
+    assert set(by_scale) == {1, 2, 4, 8}  # every DCT scale exercised
+    assert all(diff == 0 for diff, _ in by_scale[1])  # full size: the reference path itself
+    for scale in (2, 4, 8):
+        assert max(d for d, _ in by_scale[scale]) <= MAX_MEAN_ABS_DIFF, (scale, by_scale[scale])
+        assert min(p for _, p in by_scale[scale]) >= MIN_PSNR_DB, (scale, by_scale[scale])
+
+
+def test_reduced_and_full_decode_refuse_the_same_corrupt_bytes(tmp_path):
+    good = _jpeg_bytes(tmp_path, (640, 480))
+    damaged = {"empty": b"", "not an image": b"plain text, no image", "truncated": good[: len(good) // 3],
+               "header only": good[:600]}  # fmt: skip
+    for reduced in (True, False):
+        # 16 px crops: every crop and the eval resize take the 1/8 path where they can.
+        for transform in (ImageTransform(train=True, image_size=16, reduced_decode=reduced),
+                          ImageTransform(train=False, image_size=16, reduced_decode=reduced)):  # fmt: skip
+            assert transform(good).shape == (3, 16, 16)
+            for name, data in damaged.items():
+                with pytest.raises(CorruptImageError):
+                    transform(data)
+
+
+def test_eval_reduced_decode_matches_the_full_decode(tmp_path):
+    data = _jpeg_bytes(tmp_path, (1000, 750), label=2)
+    for normalization, size in (("torchvision", 64), ("caffe", 57)):
+        reduced = ImageTransform(train=False, image_size=size, normalization=normalization)(data).float()
+        full = ImageTransform(train=False, image_size=size, normalization=normalization, reduced_decode=False)(data)
+        assert (reduced - full.float()).abs().mean().item() <= MAX_MEAN_ABS_DIFF
+
+
+def test_normalize_on_any_device_dtype_and_layout():
+    images = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    plain = normalize_batch(images, "torchvision")
+    fast = normalize_batch(images, "torchvision", dtype=torch.bfloat16, channels_last=True)
+    assert fast.dtype == torch.bfloat16 and fast.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(fast.float(), plain, atol=0.02)
+
+
 # ---------------------------------------------------------------- Parquet shards
 
 
@@ -275,6 +350,79 @@ def test_prepare_resumes_after_a_crash_and_is_idempotent(imagenet_src, tmp_path,
     with pytest.raises(ValueError, match="different plan"):
         prepare(imagenet_src, dest, shard_mb=1.0, progress=False)
     assert not [n for n in os.listdir(os.path.join(dest, "train")) if n.startswith(".")]  # no temporaries left
+
+
+def _stored_images(url, split):
+    import pyarrow.parquet as pq
+
+    stored = {}
+    for shard in read_manifest(url)["splits"][split]["shards"]:
+        table = pq.read_table(os.path.join(url, shard["path"]), columns=["path", "image"])
+        stored.update(zip(table.column("path").to_pylist(), table.column("image").to_pylist()))
+    return stored
+
+
+def test_prepare_with_max_side_round_trips_and_is_idempotent(imagenet_src, tmp_path, caplog):
+    from PIL import Image
+
+    small = os.path.join(imagenet_src, "val", WNIDS[0], f"{WNIDS[0]}_val_0.JPEG")
+    dest = str(tmp_path / "pq-small")
+    first = prepare(imagenet_src, dest, shard_mb=0.05, progress=False, max_side=200, jpeg_quality=80)
+    assert first["max_side"] == 200 and first["jpeg_quality"] == 80
+    assert first["splits"]["train"]["images"] == 12  # the truncated file is still left out
+    assert [c["path"] for c in first["splits"]["train"]["skipped_corrupt"]] == [f"{WNIDS[1]}/truncated.JPEG"]
+    for split in ("train", "val"):
+        stored = _stored_images(dest, split)
+        for name, data in stored.items():
+            with Image.open(io.BytesIO(data)) as image:
+                original = Image.open(os.path.join(imagenet_src, split, name)).size
+                assert max(image.size) <= 200 and image.format == "JPEG"
+                assert abs(image.size[0] / image.size[1] - original[0] / original[1]) < 0.02  # aspect kept
+    # Images that already fit are stored as they are.
+    assert _stored_images(dest, "val")[f"{WNIDS[0]}/{os.path.basename(small)}"] != open(small, "rb").read()
+    kept = prepare(imagenet_src, str(tmp_path / "pq-fits"), splits=["val"], progress=False, max_side=1000)
+    assert _stored_images(str(tmp_path / "pq-fits"), "val")[f"{WNIDS[0]}/{os.path.basename(small)}"] == open(small, "rb").read()
+    assert kept["max_side"] == 1000 and kept["jpeg_quality"] == 90
+    # Both readers read the re-encoded shards.
+    labels, skipped = _labels_through_loader(DataConfig(url=dest, image_size=SIZE), "train")
+    assert labels == [0] * 4 + [1] * 4 + [2] * 4 and skipped == []
+    # Idempotent and resumable: the same bytes again, a lost shard rewritten alike.
+    shard = os.path.join(dest, first["splits"]["train"]["shards"][0]["path"])
+    before = open(shard, "rb").read()
+    os.remove(shard)
+    os.remove(os.path.join(dest, "dataset.json"))
+    assert prepare(imagenet_src, dest, shard_mb=0.05, progress=False, max_side=200, jpeg_quality=80) == first
+    assert open(shard, "rb").read() == before
+    caplog.set_level(logging.INFO, logger="sqz")
+    caplog.clear()
+    prepare(imagenet_src, dest, shard_mb=0.05, progress=False, max_side=200, jpeg_quality=80)
+    assert "nothing to do" in caplog.text
+    for other in ({"max_side": 201, "jpeg_quality": 80}, {"max_side": 200, "jpeg_quality": 81}, {}):
+        with pytest.raises(ValueError, match="different plan"):
+            prepare(imagenet_src, dest, shard_mb=0.05, progress=False, **other)
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"max_side": 0}, "--max-side"), ({"max_side": -5}, "--max-side"), ({"jpeg_quality": 0, "max_side": 9}, "--jpeg-quality"),
+    ({"jpeg_quality": 101, "max_side": 9}, "--jpeg-quality"), ({"jpeg_quality": 90}, "--jpeg-quality"),
+])  # fmt: skip
+def test_prepare_refuses_bad_sizes_and_qualities_before_writing(imagenet_src, tmp_path, options, match):
+    with pytest.raises(ValueError, match=match):
+        prepare(imagenet_src, str(tmp_path / "out"), progress=False, **options)
+    assert not os.path.exists(tmp_path / "out")
+
+
+@pytest.mark.parametrize("args, option", [
+    (["--max-side", "0"], "--max-side"), (["--max-side", "-1"], "--max-side"), (["--max-side", "big"], "--max-side"),
+    (["--jpeg-quality", "0"], "--jpeg-quality"), (["--jpeg-quality", "101"], "--jpeg-quality"),
+    (["--max-side", "none", "--jpeg-quality", "80"], "--jpeg-quality"),
+])  # fmt: skip
+def test_cli_prepare_refuses_bad_sizes_and_qualities_in_one_line(imagenet_src, tmp_path, args, option,
+                                                                 refused_in_process):  # fmt: skip
+    code, err = refused_in_process(["data", "prepare", imagenet_src, str(tmp_path / "out"), *args])
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("sqz data") and option in lines[0], err
+    assert not os.path.exists(tmp_path / "out")
 
 
 def test_prepare_refuses_bad_input_before_writing(tmp_path):
