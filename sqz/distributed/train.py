@@ -258,9 +258,11 @@ class EpochWatcher(RowFollower):
                 "top5": row["top5"], "lr": row["lr"], "images_per_s": row["images_per_s"], "wall_s": row["wall_s"],
                 "eta_s": left * sum(self.wall_s) / len(self.wall_s),
             }  # fmt: skip
-            _log.info("epoch %d/%d: loss %.3f, top-1 %.2f, top-5 %.2f, lr %.3g, %.0f img/s, %.1f s, ETA %s",
-                      progress["epoch"], self.epochs, row["loss"], row["top1"], row["top5"], row["lr"],
-                      row["images_per_s"], row["wall_s"], format_eta(progress["eta_s"]))  # fmt: skip
+            # The share of the epoch spent waiting for input: an input-bound run shows at once.
+            data_wait = row["data_wait_s"] / row["wall_s"] if row["wall_s"] > 0 else 0.0
+            _log.info("epoch %d/%d: loss %.3f, top-1 %.2f, top-5 %.2f, lr %.3g, %.0f img/s, data wait %.0f%%, %.1f s, "
+                      "ETA %s", progress["epoch"], self.epochs, row["loss"], row["top1"], row["top5"], row["lr"],
+                      row["images_per_s"], 100 * data_wait, row["wall_s"], format_eta(progress["eta_s"]))  # fmt: skip
             if self.on_epoch is not None:
                 self.on_epoch(progress)
             if self.bar is not None:
