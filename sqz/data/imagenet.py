@@ -9,14 +9,16 @@ ImageFolder orders them, so labels line up with torchvision-trained weights.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 from torch.utils.data import Dataset
 
+from sqz.data.gpu import EncodedImage
 from sqz.data.transforms import CorruptImageError, ImageTransform, SkippedImage
 
 __all__ = [
@@ -256,7 +258,7 @@ class FolderImages(Dataset):
         name, label = self.index.files[i], self.index.labels[i]
         try:
             with open(os.path.join(self.index.split_dir, name), "rb") as f:
-                return self.transform(f.read()), label
+                return _with_path(self.transform(f.read()), name), label
         except (OSError, CorruptImageError) as exc:
             return SkippedImage(name, str(exc)), label
 
@@ -280,3 +282,8 @@ def check_folder(root: str, splits: Sequence[str] = SPLITS) -> None:
             with os.scandir(os.path.join(split_dir, wnid)) as entries:
                 if not any(_is_image(e.name) or e.is_dir() for e in entries if _visible(e.name)):
                     raise ValueError(f"{split_dir}/{wnid}/ has no image files (an empty class folder)")
+
+
+def _with_path(item: Any, path: str) -> Any:
+    """GPU-path items carry their file's path, so a failure on the GPU names the file."""
+    return dataclasses.replace(item, path=path) if isinstance(item, EncodedImage) else item

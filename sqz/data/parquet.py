@@ -6,6 +6,7 @@ streams the same shards in :mod:`sqz.distributed.stream`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from typing import Any, Iterator
@@ -15,6 +16,7 @@ from torch.utils.data import IterableDataset
 
 from sqz import storage
 from sqz.data.imagenet import Split
+from sqz.data.gpu import EncodedImage
 from sqz.data.transforms import CorruptImageError, ImageTransform, SkippedImage
 
 __all__ = [
@@ -112,7 +114,11 @@ class ParquetImages(IterableDataset):
                 rng.shuffle(order)
             for i in order:
                 try:
-                    yield self.transform(images[i]), labels[i]
+                    yield _with_path(self.transform(images[i]), paths[i]), labels[i]
                 except CorruptImageError as exc:
                     yield SkippedImage(paths[i], str(exc)), labels[i]
 
+
+def _with_path(item: Any, path: str) -> Any:
+    """GPU-path items carry their file's path, so a failure on the GPU names the file."""
+    return dataclasses.replace(item, path=path) if isinstance(item, EncodedImage) else item
