@@ -1,27 +1,32 @@
 """Training input pipeline speed: images per second per core of decode + RandomResizedCrop
-+ flip to a normalised tensor batch, on the same generated ImageNet-like JPEGs (about
-500x375), for
++ flip to a batch, on generated ImageNet-size JPEGs (about 500x375, quality 90, about
+110 kB each: ImageNet's average file), in four parts:
 
-  1. torchvision ImageFolder + DataLoader (PIL decode, the classic recipe);
-  2. sqz's folder reader + DataLoader (TorchCodec decode, uint8 crops, batched normalise);
-  3. sqz's Parquet shards + DataLoader (pyarrow reads, same decode);
-  4. sqz's Parquet shards + Ray Data (read_parquet -> map_batches decode, as Ray Train uses it).
+  1. decoders per DCT scale: CPU ms per image of TorchCodec, torchvision.io and PIL at
+     full size and (PIL's draft, the only one that offers it) at 1/2, 1/4, 1/8;
+  2. --max-side: bytes, CPU ms per training crop, and the share of 224-px crops that
+     come out upsampled, for shards re-encoded at each longer side N;
+  3. pipelines (Parquet shards + DataLoader): original size or pre-resized, full or
+     reduced decode, uint8 batches (normalised on the GPU) or normalised on the CPU;
+     the folder reader and torchvision's ImageFolder as they were;
+  4. the Ray Data path (read_parquet -> map_batches decode, as Ray Train uses it).
 
-Two per-core figures: wall images/s divided by the cores given to decoding (DataLoader
-workers, or Ray CPUs), and images per CPU-second actually spent by every process of the
-pipeline (the consumer and DataLoader workers via getrusage, Ray's tasks via Ray Data's
-own stats) - what a core buys, which barely moves when other jobs share the machine.
-Each pipeline runs a warm-up pass, then timed passes; the best is shown. Then two
-pipelines feed a real training step (engine.train_one_epoch), whose data-wait is
-reported apart from compute. Figures only, no asserts.
+Per core: images per CPU-second spent by every process of the pipeline (the consumer and
+DataLoader workers via getrusage, Ray's tasks via Ray Data's own stats), which barely
+moves when other jobs share the machine; and wall images/s divided by the cores given to
+decoding (pin the run to one core, `taskset -c 1`, to make that one honest too). Each
+pipeline runs a warm-up pass, then timed passes; the best is shown. Figures only.
 
-    .venv/bin/python bench/bench_input_pipeline.py [--images 2048] [--cores 1] [--train-images 128]
+    taskset -c 1 .venv/bin/python bench/bench_input_pipeline.py [--images 1024] [--cores 1]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import io
 import logging
+import math
 import os
 import resource
 import sys
@@ -46,17 +51,16 @@ class Pipeline:
     last_ray_dataset: Callable[[], Any] | None = None  # Ray: the dataset the last pass ran
 
 
-def _timed_pass(pipeline: Pipeline) -> tuple[int, float, float, float]:
-    """(images, wall s, CPU s of every process involved, s to the first batch) of one pass."""
-    cpu, start, images, first = _cpu_seconds(), time.perf_counter(), 0, 0.0
+def _timed_pass(pipeline: Pipeline) -> tuple[int, float, float]:
+    """(images, wall s, CPU s of every process involved) of one pass."""
+    cpu, start, images = _cpu_seconds(), time.perf_counter(), 0
     for inputs, _ in pipeline.make():  # exhausting a DataLoader joins (reaps) its workers
-        first = first or time.perf_counter() - start
         images += len(inputs)
     wall = time.perf_counter() - start
     cpu = _cpu_seconds() - cpu
     if pipeline.last_ray_dataset is not None:
         cpu += _ray_task_cpu_seconds(pipeline.last_ray_dataset().get_stats_summary())
-    return images, wall, cpu, first
+    return images, wall, cpu
 
 
 def _ray_task_cpu_seconds(summary) -> float:
@@ -65,70 +69,191 @@ def _ray_task_cpu_seconds(summary) -> float:
     return own + sum(_ray_task_cpu_seconds(parent) for parent in summary.parents)
 
 
-def _load() -> float:
-    return os.getloadavg()[0]
+def _write_photo_like_jpegs(root: str, classes: list[str], per_class: int, grain: float) -> None:
+    """ImageNet-size JPEGs: the tests' generated pictures plus fine grain, which brings a
+    500x375 quality-90 file to ImageNet's average of about 110 kB (entropy decoding is
+    most of a JPEG's decode time, so the byte count matters as much as the size)."""
+    import numpy as np
+    from PIL import Image
+
+    from imagegen import _pixels
+
+    rng = np.random.default_rng(0)
+    for label, wnid in enumerate(classes):
+        os.makedirs(os.path.join(root, "train", wnid), exist_ok=True)
+        for i in range(per_class):
+            width, height = (int(v) for v in np.array([500, 375]) + rng.integers(-40, 41, size=2))
+            pixels = _pixels(rng, label, width, height).astype(np.float32) + rng.normal(scale=grain, size=(height, width, 3))
+            Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(
+                os.path.join(root, "train", wnid, f"{wnid}_{i}.JPEG"), "JPEG", quality=90)  # fmt: skip
+
+
+def _cpu_ms_per_item(work: Callable[[Any], Any], items: list, repeats: int = 3) -> float:
+    """Best of ``repeats`` CPU ms per item (this thread only: other jobs do not count)."""
+    best = math.inf
+    for _ in range(repeats):
+        start = time.thread_time()
+        for item in items:
+            work(item)
+        best = min(best, (time.thread_time() - start) / len(items))
+    return 1000 * best
+
+
+def decoders_per_scale(jpegs: list[bytes]) -> None:
+    import numpy as np
+    import torch
+    from PIL import Image
+    from torchcodec.decoders import decode_jpeg as torchcodec_decode
+    from torchvision.io import decode_jpeg as torchvision_decode
+
+    def pil(scale: int) -> Callable[[bytes], Any]:
+        def decode(data: bytes) -> Any:
+            image = Image.open(io.BytesIO(data))
+            if scale > 1:
+                image.draft("RGB", (image.width // scale, image.height // scale))
+            return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)
+
+        return decode
+
+    decoders: dict[str, dict[int, Callable[[bytes], Any]]] = {
+        "TorchCodec decode_jpeg": {1: lambda data: torchcodec_decode(data)},
+        "torchvision.io decode_jpeg": {1: lambda data: torchvision_decode(torch.frombuffer(bytearray(data), dtype=torch.uint8))},
+        "PIL (draft below 1/1)": {scale: pil(scale) for scale in (1, 2, 4, 8)},
+    }  # fmt: skip
+    print("\n1. decoders: CPU ms per image to a uint8 (3, H, W) tensor, at each DCT scale")
+    print(f"{'decoder':30} " + " ".join(f"{'1/' + str(s):>8}" for s in (1, 2, 4, 8)))
+    table = {name: {s: _cpu_ms_per_item(f, jpegs) for s, f in by_scale.items()} for name, by_scale in decoders.items()}
+    for name, row in table.items():
+        print(f"{name:30} " + " ".join(f"{row[s]:8.2f}" if s in row else f"{'n/a':>8}" for s in (1, 2, 4, 8)))
+    winners = {s: min((row[s], name) for name, row in table.items() if s in row)[1] for s in (1, 2, 4, 8)}
+    print("winner per scale: " + ", ".join(f"1/{s} {name}" for s, name in winners.items()))
+
+
+def max_side_sweep(jpegs: list[bytes], sides: list[int], size: int, quality: int) -> None:
+    import torch
+    from PIL import Image
+    from torchvision.transforms import RandomResizedCrop
+
+    from sqz.data import ImageTransform
+    from sqz.data.prepare import shrink_image_bytes
+
+    print(f"\n2. --max-side N (quality {quality}): stored bytes, CPU ms per {size}-px training crop (reduced decode),"
+          f" share of crops upsampled (box shorter than {size} px)")  # fmt: skip
+    print(f"{'N':>8} {'kB/img':>7} {'ms/img':>7} {'img/CPU-s':>9} {'upsampled':>9}")
+    transform = ImageTransform(train=True, image_size=size)
+    torch.manual_seed(0)
+    for side in [0, *sides]:
+        stored = [shrink_image_bytes(data, side, quality) or data if side else data for data in jpegs]
+        upsampled = total = 0
+        for data in stored:
+            header = Image.open(io.BytesIO(data))
+            for _ in range(50):
+                _, _, height, width = RandomResizedCrop.get_params(header, [0.08, 1.0], [3 / 4, 4 / 3])
+                upsampled, total = upsampled + (min(height, width) < size), total + 1
+        ms = _cpu_ms_per_item(transform, stored)
+        print(f"{side or 'original':>8} {sum(map(len, stored)) / len(stored) / 1e3:7.0f} {ms:7.2f} {1000 / ms:9.0f} "
+              f"{100 * upsampled / total:8.0f}%", flush=True)  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", default=".work/bench-input", help="generated images and shards go here (reused)")
-    parser.add_argument("--images", type=int, default=2048, help="training images to generate (default 2048)")
+    parser.add_argument("--workdir", default=".work/bench-input-110k", help="generated images and shards go here (reused)")
+    parser.add_argument("--images", type=int, default=1024, help="training images to generate (default 1024)")
     parser.add_argument("--classes", type=int, default=8)
+    parser.add_argument("--grain", type=float, default=22.0, help="noise added to reach ~110 kB per file (default 22)")
     parser.add_argument("--cores", type=int, default=1, help="DataLoader workers / Ray CPUs for decoding (default 1)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--size", type=int, default=224, help="crop size (default 224)")
+    parser.add_argument("--max-side", type=int, default=384, help="longer side of the pre-resized shards (default 384)")
+    parser.add_argument("--jpeg-quality", type=int, default=90)
+    parser.add_argument("--sweep-sides", default="512,448,384,320,256", help="max sides of part 2 ('' skips it)")
     parser.add_argument("--passes", type=int, default=2, help="timed passes per pipeline (default 2)")
-    parser.add_argument("--train-model", default="squeezenet1_1", help="model for the data-wait pass")
-    parser.add_argument("--train-images", type=int, default=128, help="images in the data-wait pass (0: skip it)")
+    parser.add_argument("--no-ray", action="store_true", help="skip the Ray Data path")
     args = parser.parse_args()
 
     import torch
-    from torch.utils.data import DataLoader, Subset
+    from torch.utils.data import DataLoader
     from torchvision import datasets, transforms
 
-    from sqz import engine
     from sqz.config import DataConfig
     from sqz.data import load_split, make_loader, read_manifest
+    from sqz.data.loaders import _CollateImages
     from sqz.data.prepare import prepare
-    from sqz.models import build_model
-    from imagegen import synthetic_wnids, write_imagenet_folder
+    from imagegen import synthetic_wnids
 
     torch.set_num_threads(1)  # the consumer: one thread, as a training process per core would be
-    src, dest = os.path.join(args.workdir, "src"), os.path.join(args.workdir, "parquet")
+    src = os.path.join(args.workdir, "src")
     per_class = max(1, args.images // args.classes)
-    marker = os.path.join(src, f".generated-{args.classes}x{per_class}")
+    marker = os.path.join(src, f".generated-{args.classes}x{per_class}-grain{args.grain:g}")
     if not os.path.exists(marker):
         start = time.perf_counter()
-        write_imagenet_folder(src, classes=synthetic_wnids(args.classes), per_class=per_class, splits=("train",))
+        _write_photo_like_jpegs(src, synthetic_wnids(args.classes), per_class, args.grain)
         open(marker, "w").close()
         print(f"generated {args.classes * per_class} JPEGs in {time.perf_counter() - start:.1f} s")
-    prepare(src, dest, shard_mb=32, workers=2, progress=False)
-    manifest = read_manifest(dest)
-    train = manifest["splits"]["train"]
-    n, mb = train["images"], sum(s["bytes"] for s in train["shards"]) / 1e6
-    print(f"{n} JPEGs of about 500x375, {mb / n * 1000:.0f} kB each, {len(train['shards'])} Parquet shard(s); "
-          f"{args.cores} decode core(s), batch {args.batch_size}, crop {args.size}; this machine has "
-          f"{os.cpu_count()} CPUs")  # fmt: skip
+    original = os.path.join(args.workdir, "parquet-original")
+    resized = os.path.join(args.workdir, f"parquet-max{args.max_side}-q{args.jpeg_quality}")
+    prepare(src, original, shard_mb=32, workers=2, progress=False)
+    prepare(src, resized, shard_mb=32, workers=2, progress=False, max_side=args.max_side, jpeg_quality=args.jpeg_quality)
+    sizes = {url: read_manifest(url)["splits"]["train"] for url in (original, resized)}
+    n = sizes[original]["images"]
+    kb = {url: sum(s["bytes"] for s in entry["shards"]) / entry["images"] / 1e3 for url, entry in sizes.items()}
+    print(f"{n} JPEGs of about 500x375, quality 90, {kb[original]:.0f} kB each ({kb[resized]:.0f} kB at max side "
+          f"{args.max_side}); {args.cores} decode core(s), batch {args.batch_size}, crop {args.size}; "
+          f"torch {torch.__version__}; this machine has {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")  # fmt: skip
 
-    classic = datasets.ImageFolder(os.path.join(src, "train"), transform=transforms.Compose([
+    train_dir = os.path.join(src, "train")
+    jpegs = [open(os.path.join(train_dir, wnid, name), "rb").read()
+             for wnid in sorted(os.listdir(train_dir))[:2] for name in sorted(os.listdir(os.path.join(train_dir, wnid)))[:20]]  # fmt: skip
+    decoders_per_scale(jpegs)
+    if args.sweep_sides:
+        max_side_sweep(jpegs, [int(s) for s in args.sweep_sides.split(",")], args.size, args.jpeg_quality)
+
+    def parquet(url: str, *, reduced: bool, on_gpu: bool) -> Callable[[], Iterable]:
+        dataset = load_split(DataConfig(url=url, image_size=args.size, batch_size=args.batch_size), "train")
+        dataset.transform = dataclasses.replace(dataset.transform, reduced_decode=reduced)
+        # uint8 batches are what a GPU trainer takes (normalised there); otherwise the
+        # workers normalise, as for training on the CPU.
+        collate = _CollateImages(None if on_gpu else "torchvision")
+        return lambda: ((inputs, targets) for inputs, targets, _ in DataLoader(
+            dataset, batch_size=args.batch_size, num_workers=args.cores, collate_fn=collate))  # fmt: skip
+
+    classic = datasets.ImageFolder(train_dir, transform=transforms.Compose([
         transforms.RandomResizedCrop(args.size), transforms.RandomHorizontalFlip(), transforms.ToTensor(),
         transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
     ]))  # fmt: skip
     folder_cfg = DataConfig(url=src, image_size=args.size, batch_size=args.batch_size)
-    parquet_cfg = DataConfig(url=dest, image_size=args.size, batch_size=args.batch_size)
+    side = f"max side {args.max_side}"
     pipelines = [
-        Pipeline("torchvision ImageFolder + DataLoader", lambda: DataLoader(
-            classic, batch_size=args.batch_size, shuffle=True, num_workers=args.cores)),
-        Pipeline("sqz folder + DataLoader", lambda: make_loader(
+        Pipeline("original, full decode, uint8", parquet(original, reduced=False, on_gpu=True)),
+        Pipeline("original, reduced decode, uint8", parquet(original, reduced=True, on_gpu=True)),
+        Pipeline(f"{side}, full decode, uint8", parquet(resized, reduced=False, on_gpu=True)),
+        Pipeline(f"{side}, reduced decode, uint8", parquet(resized, reduced=True, on_gpu=True)),
+        Pipeline("original, full decode, CPU-normalised", parquet(original, reduced=False, on_gpu=False)),
+        Pipeline(f"{side}, reduced decode, CPU-normalised", parquet(resized, reduced=True, on_gpu=False)),
+        Pipeline("sqz folder reader (CPU-normalised)", lambda: make_loader(
             load_split(folder_cfg, "train"), batch_size=args.batch_size, shuffle=True, num_workers=args.cores)),
-        Pipeline("sqz Parquet + DataLoader", lambda: make_loader(
-            load_split(parquet_cfg, "train"), batch_size=args.batch_size, num_workers=args.cores)),
+        Pipeline("torchvision ImageFolder", lambda: DataLoader(
+            classic, batch_size=args.batch_size, shuffle=True, num_workers=args.cores)),
     ]  # fmt: skip
+
+    def run(pipelines: list[Pipeline]) -> None:
+        for pipeline in pipelines:
+            _timed_pass(pipeline)  # warm-up: worker start, page cache, Ray operators
+            best = max((_timed_pass(pipeline) for _ in range(args.passes)), key=lambda r: r[0] / r[1])
+            images, wall, cpu = best
+            print(f"{pipeline.name:42} {images / cpu:10.0f} {images / wall / args.cores:11.0f} {1000 * cpu / images:10.2f}"
+                  f"  {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
+
+    print(f"\n3. pipelines: Parquet shards + DataLoader ({args.cores} worker(s)), then the readers as they were")
+    print(f"{'pipeline':42} {'img/CPU-s':>10} {'img/s/core':>11} {'CPU ms/img':>10}  load")
+    run(pipelines)
+    if args.no_ray:
+        return
 
     from sqz.distributed.cluster import ray_session
 
     logging.getLogger("ray.data").setLevel(logging.WARNING)
-    rates: dict[str, float] = {}
+    logging.getLogger("ray").setLevel(logging.WARNING)
     with ray_session(workdir=args.workdir, num_cpus=args.cores):
         import ray.data
 
@@ -137,48 +262,18 @@ def main() -> None:
         ray.data.DataContext.get_current().enable_progress_bars = False
         current: dict[str, Any] = {}
 
-        def ray_batches(limit: int | None = None) -> StreamedBatches:
-            dataset = image_dataset(parquet_cfg, "train")
-            current["dataset"] = dataset = dataset.limit(limit) if limit else dataset
-            return StreamedBatches(dataset, batch_size=args.batch_size, normalization="torchvision",
-                                   shuffle_buffer=2 * args.batch_size)  # fmt: skip
+        def ray_batches(url: str) -> Callable[[], StreamedBatches]:
+            def make() -> StreamedBatches:
+                current["dataset"] = image_dataset(DataConfig(url=url, image_size=args.size), "train")
+                return StreamedBatches(current["dataset"], batch_size=args.batch_size, normalization="torchvision",
+                                       shuffle_buffer=2 * args.batch_size)  # fmt: skip
 
-        pipelines.append(Pipeline("sqz Parquet + Ray Data", ray_batches, lambda: current["dataset"]))
-        print(f"\n{'pipeline':38} {'img/s':>7} {'img/s/core':>11} {'img/CPU-s':>10} {'CPU ms/img':>10} "
-              f"{'1st batch s':>11}  load avg")  # fmt: skip
-        for pipeline in pipelines:
-            _timed_pass(pipeline)  # warm-up: worker start, page cache, Ray operators
-            best = None
-            for _ in range(args.passes):
-                load = _load()
-                images, wall, cpu, first = _timed_pass(pipeline)
-                if best is None or images / wall > best[0] / best[1]:
-                    best = (images, wall, cpu, first, load)
-            images, wall, cpu, first, load = best
-            rates[pipeline.name] = images / wall
-            print(f"{pipeline.name:38} {images / wall:7.1f} {images / wall / args.cores:11.1f} {images / cpu:10.1f} "
-                  f"{1000 * cpu / images:10.2f} {first:11.2f}  {load:.1f}", flush=True)  # fmt: skip
+            return make
 
-        if args.train_images:
-            print(f"\ntraining step ({args.train_model}, {args.train_images} images, batch {args.batch_size}, "
-                  "1 compute thread): data wait apart from compute")  # fmt: skip
-            print(f"{'pipeline':38} {'wall s':>7} {'data wait s':>12} {'compute s':>10} {'img/s':>7}")
-            torch.manual_seed(0)
-            model = build_model(args.train_model, num_classes=args.classes)
-            optimizer = engine.make_optimizer(model.parameters(), "sgd", lr=0.01)
-            subset = Subset(classic, range(min(args.train_images, len(classic))))
-            feeds = {
-                "torchvision ImageFolder + DataLoader": lambda: DataLoader(
-                    subset, batch_size=args.batch_size, shuffle=True, num_workers=args.cores),
-                "sqz Parquet + Ray Data": lambda: ray_batches(limit=args.train_images),
-            }  # fmt: skip
-            for name, make in feeds.items():
-                stats = engine.train_one_epoch(model, make(), optimizer)
-                print(f"{name:38} {stats.wall_s:7.1f} {stats.data_wait_s:12.2f} "
-                      f"{stats.wall_s - stats.data_wait_s:10.1f} {stats.images_per_s:7.1f}", flush=True)  # fmt: skip
-    base = rates["torchvision ImageFolder + DataLoader"]
-    print("\nwall img/s per core vs torchvision ImageFolder + DataLoader: "
-          + ", ".join(f"{name} {rate / base:.2f}x" for name, rate in rates.items() if rate is not base))
+        print(f"\n4. Ray Data: read_parquet -> map_batches decode on {args.cores} Ray CPU(s), CPU-normalised batches")
+        print(f"{'pipeline':42} {'img/CPU-s':>10} {'img/s/core':>11} {'CPU ms/img':>10}  load")
+        run([Pipeline("Ray Data, original, reduced decode", ray_batches(original), lambda: current["dataset"]),
+             Pipeline(f"Ray Data, {side}, reduced decode", ray_batches(resized), lambda: current["dataset"])])  # fmt: skip
 
 
 if __name__ == "__main__":
