@@ -8,8 +8,8 @@ and the artifacts a run shows in the Prefect UI.
 - Reuse: a task's cache key is its inputs + its source + the sqz code version, so
   re-running with the same config reuses finished stages, and changed code recomputes.
 - Retries: tasks that touch storage or the cluster retry with exponential backoff and
-  jitter, except when sqz raised ValueError (bad input: trying again cannot help) or
-  sweep trials failed (Tune retried each one already).
+  jitter, except when sqz raised ValueError or FileNotFoundError (bad input: trying again
+  cannot help) or sweep trials failed (Tune retried each one already).
 """
 
 from __future__ import annotations
@@ -126,11 +126,13 @@ CACHE_POLICY = INPUTS + TASK_SOURCE + CodeVersion()
 
 
 def retry_unless_bad_input(task: Task, task_run: Any, state: Any) -> bool:
-    """Prefect's retry_condition_fn: a ValueError from sqz means bad input; sweep trials
-    that failed (sqz.distributed.sweep.TrialsFailed) were each retried by Tune already."""
+    """Prefect's retry_condition_fn: a ValueError from sqz means bad input, and so does a
+    FileNotFoundError (a missing object does not appear by waiting; the CLI reports both as
+    bad input); sweep trials that failed (sqz.distributed.sweep.TrialsFailed) were each
+    retried by Tune already."""
     try:
         state.result()
-    except ValueError:
+    except (ValueError, FileNotFoundError):
         return False
     except BaseException as exc:
         # Looked up, not imported (that would import Ray into every flow): only a process

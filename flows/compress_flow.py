@@ -126,6 +126,9 @@ def import_released(file_url: str, out_url: str, bits: int | None = None, method
 
         check_calibration_source(calibrate)
     storage.check_url(out_url, option="out_url")
+    storage.check_url(file_url, option="file_url")
+    if not storage.exists(file_url):
+        raise ValueError(f"file_url: no such file: {file_url}")
     summary = import_released_task(file_url, out_url, options, run_url)
     if summary["fidelity"] is not None:
         create_table_artifact([{"model": summary["model_url"], "size_bytes": summary["size_bytes"], **summary["fidelity"]}],

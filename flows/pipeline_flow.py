@@ -20,6 +20,7 @@ from flows.common import NOT_CACHED, RETRYING, label_flow_run, run_tags
 from flows.report_flow import announce_sweep_finished, publish_run, report_run
 from flows.sweep_flow import sweep_compression
 from flows.train_flow import train_model
+from sqz import storage
 from sqz.architectures import check_sweep_densities
 from sqz.config import PipelineConfig, config_from_dict, config_to_dict
 from sqz.distributed.cluster import ray_session, require_shared_storage
@@ -36,7 +37,8 @@ def record_manifest(config: dict[str, Any], run_id: str | None) -> str:
 
 @flow(name="squeeze_pipeline")
 def squeeze_pipeline(config: dict[str, Any] | None = None, run_id: str | None = None,
-                     ray_address: str | None = None, workdir: str = ".", shared_mount: bool = False) -> dict[str, Any]:  # fmt: skip
+                     ray_address: str | None = None, workdir: str = ".", shared_mount: bool = False,
+                     num_cpus: int | None = None) -> dict[str, Any]:  # fmt: skip
     """Train a SqueezeNet, sweep pruning x bit widths on it, report the smallest variant
     within the accuracy budget. Same config, same run folder: finished stages are reused.
 
@@ -49,6 +51,7 @@ def squeeze_pipeline(config: dict[str, Any] | None = None, run_id: str | None = 
         workdir: where a local Ray keeps its session files (.ray under it).
         shared_mount: the storage_url is a local path that every Ray node mounts (NFS, ...);
             without it a local storage_url is refused on a cluster of more than one node.
+        num_cpus: CPUs of a local Ray started for this run; empty: all of the machine's.
     """
     pipeline = config_from_dict(PipelineConfig, config or {})  # bad input fails here, before any work
     check_sweep_densities(pipeline.sweep, {"name": pipeline.train.model, "kwargs": {"num_classes": pipeline.train.num_classes}},
@@ -59,7 +62,8 @@ def squeeze_pipeline(config: dict[str, Any] | None = None, run_id: str | None = 
                       prune_mode=pipeline.sweep.prune_mode)  # fmt: skip
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
-    with ray_session(ray_address, workdir=workdir), tags(*labels):
+    storage.check_writable_folder(pipeline.storage_url, option="config.storage_url")
+    with ray_session(ray_address, workdir=workdir, num_cpus=num_cpus), tags(*labels):
         seconds["ray_start"], clock = time.perf_counter() - clock, time.perf_counter()
         # Checked on the connected cluster, before the run folder is claimed or anything written.
         require_shared_storage(pipeline.storage_url, shared_mount=shared_mount)

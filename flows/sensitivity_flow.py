@@ -26,17 +26,18 @@ def sensitivity_curves(run_url: str, sensitivity_config: dict[str, Any], data_co
 
 
 @flow(name="sensitivity_analysis")
-def sensitivity_analysis(plan: dict[str, Any], sensitivity_config: dict[str, Any],
-                         ray_address: str | None = None) -> dict[str, Any]:  # fmt: skip
+def sensitivity_analysis(plan: dict[str, Any], sensitivity_config: dict[str, Any], ray_address: str | None = None,
+                         num_cpus: int | None = None) -> dict[str, Any]:  # fmt: skip
     """Claim the checkpoint's run folder (``plan``, from sqz.runs.claims.plan_sweep_run),
     measure the missing curves, and return them as a per-layer table (top-1 change in
-    points per threshold and per bit width), also an artifact."""
+    points per threshold and per bit width), also an artifact. ``num_cpus``: CPUs of a
+    local Ray started for it (empty: all of the machine's)."""
     config = config_from_dict(SensitivityConfig, sensitivity_config)  # bad input fails here, before any work
     config_from_dict(DataConfig, plan["data"])
     run_url = claim_run_folder(plan)
     label_flow_run(f"{plan['run_id']}/sensitivity", [f"model:{plan['arch']['name']}"])
     get_run_logger().info("sensitivity run %s -> %s", plan["run_id"], run_url)
-    with ray_session(ray_address):
+    with ray_session(ray_address, num_cpus=num_cpus):
         rows = sensitivity_curves(run_url, sensitivity_config, plan["data"], plan["arch"])
     table = layer_change_table(rows, config, plan["arch"])
     create_table_artifact([dict(zip(table["headers"], row)) for row in table["rows"]],

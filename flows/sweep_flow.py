@@ -117,7 +117,7 @@ def sweep_compression(run_url: str, sweep_config: dict[str, Any], data_config: d
 
 @flow(name="sweep_checkpoint")
 def sweep_checkpoint(plan: dict[str, Any], sweep_config: dict[str, Any], ray_address: str | None = None,
-                     max_drop: float = 0.5, shared_mount: bool = False) -> dict[str, Any]:  # fmt: skip
+                     max_drop: float = 0.5, shared_mount: bool = False, num_cpus: int | None = None) -> dict[str, Any]:  # fmt: skip
     """`sqz sweep`: claim the checkpoint's run folder, evaluate its baseline once, run the
     grid's missing trials, and report the run (smallest model within ``max_drop`` points).
 
@@ -127,6 +127,7 @@ def sweep_checkpoint(plan: dict[str, Any], sweep_config: dict[str, Any], ray_add
         ray_address: a Ray cluster (host:port or ray://host:10001); empty starts a local Ray.
         max_drop: top-1 points the chosen variant may lose against the baseline.
         shared_mount: a local run folder is a mount every Ray node shares (else refused on a multi-node cluster).
+        num_cpus: CPUs of a local Ray started for this sweep; empty: all of the machine's.
     """
     sweep_cfg = config_from_dict(SweepConfig, sweep_config)  # bad input fails here, before any work
     data_cfg = config_from_dict(DataConfig, plan["data"])
@@ -138,7 +139,7 @@ def sweep_checkpoint(plan: dict[str, Any], sweep_config: dict[str, Any], ray_add
     progress = Progress(run_id, "sweep", f"sweep of sqz run {run_id}: trials finished")
     evaluate_run_baseline(run_url, plan["arch"], plan["data"])
     get_run_logger().info("sweep run %s -> %s", plan["run_id"], run_url)
-    with ray_session(ray_address):
+    with ray_session(ray_address, num_cpus=num_cpus):
         require_shared_storage(run_url, shared_mount=shared_mount, option="run_url")
         sweep_trials(run_url, sweep_config, plan["data"], plan["arch"], str(progress.id))
     summary = report_folder(run_url, max_drop)

@@ -39,7 +39,7 @@ from urllib.parse import urlparse
 import pyarrow.fs as pafs
 
 __all__ = [
-    "SUPPORTED_SCHEMES", "S3_REQUEST_ATTEMPTS", "RETRY_DEADLINE_S", "check_url", "absolute", "resolve", "join",
+    "SUPPORTED_SCHEMES", "S3_REQUEST_ATTEMPTS", "RETRY_DEADLINE_S", "check_url", "check_writable_folder", "absolute", "resolve", "join",
     "write_bytes", "read_bytes", "exists", "size_of", "is_local", "is_transient", "with_retries", "list_dir",
     "walk", "delete_tree", "local_path", "S3_SETTINGS_ENV", "s3_settings_env", "set_s3_endpoint", "s3_endpoint", "presigned_url",
     "PRESIGN_MAX_S",
@@ -93,6 +93,54 @@ def check_url(url: str, option: str = "--storage") -> None:
         raise ValueError(f"{option}: {url!r} names no bucket (expected s3://bucket/prefix)")
 
 
+def check_writable_folder(url: str, option: str = "--storage") -> None:
+    """One-line ValueError naming ``option`` if the local folder ``url`` (existing or to
+    be created) cannot be written: a file in its path, a read-only or virtual file
+    system, no permission. Probed by creating and removing a temporary folder in its
+    nearest existing ancestor, so nothing stays behind (root passes permission checks,
+    so asking is not enough). An s3:// location is not probed: that is a request, with
+    credentials, and its errors are clear where they happen; only whether its endpoint
+    answers at all is asked, once (else every write of the run retried for minutes)."""
+    check_url(url, option)
+    if not is_local(url):
+        _check_s3_answers(url, option)
+        return
+    import tempfile
+
+    path = local_path(url)
+    ancestor = path
+    while not os.path.exists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        raise ValueError(f"{option}: {ancestor} is a file, so {path} cannot be a folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".sqz-probe-", dir=ancestor))
+    except OSError as exc:
+        raise ValueError(f"{option}: cannot write under {ancestor} ({exc.strerror or exc})") from None
+
+
+# One quick attempt: enough to tell an endpoint that answers from one that does not.
+_PROBE_TIMEOUT_S = 5.0
+
+
+def _check_s3_answers(url: str, option: str) -> None:
+    """A one-line ValueError if the S3 endpoint of ``url`` does not answer (a wrong
+    --s3-endpoint, no network); whatever else S3 says is left to the work itself."""
+    endpoint = s3_endpoint()
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    probe = pafs.S3FileSystem(retry_strategy=pafs.AwsDefaultS3RetryStrategy(max_attempts=1), connect_timeout=_PROBE_TIMEOUT_S,
+                              request_timeout=_PROBE_TIMEOUT_S, **_s3_options(endpoint, region))  # fmt: skip
+    try:
+        probe.get_file_info(url.split("://", 1)[1].rstrip("/"))
+    except OSError as error:
+        if "NETWORK_CONNECTION" in str(error) or "REQUEST_TIMEOUT" in str(error):
+            where = f"the S3 endpoint {endpoint}" if endpoint else "AWS S3"
+            text = str(error)
+            reason = text[text.find("AWS Error"):].split(";")[0] if "AWS Error" in text else text.splitlines()[0]
+            raise ValueError(f"{option}: {where} does not answer ({reason}); check --s3-endpoint / AWS_ENDPOINT_URL "
+                             "and the network") from None  # fmt: skip
+
+
 def is_local(url: str) -> bool:
     return _scheme(url) in ("", "file")
 
@@ -141,8 +189,7 @@ def _rebuild_s3_filesystem(options: dict[str, Any], max_attempts: int) -> _Retry
     return _RetryingS3FileSystem(max_attempts=max_attempts, **options)
 
 
-@functools.lru_cache(maxsize=16)
-def _s3_filesystem(endpoint_url: str | None, region: str | None) -> pafs.S3FileSystem:
+def _s3_options(endpoint_url: str | None, region: str | None) -> dict[str, Any]:
     options: dict[str, Any] = {}
     if endpoint_url:
         parsed = urlparse(endpoint_url if "://" in endpoint_url else f"https://{endpoint_url}")
@@ -150,10 +197,15 @@ def _s3_filesystem(endpoint_url: str | None, region: str | None) -> pafs.S3FileS
         options["scheme"] = parsed.scheme or "https"
     if region:
         options["region"] = region
+    return options
+
+
+@functools.lru_cache(maxsize=16)
+def _s3_filesystem(endpoint_url: str | None, region: str | None) -> pafs.S3FileSystem:
     # A small object then goes up in one PutObject when the stream closes, instead of a
     # multipart upload opened up front (three requests, each one more chance to fail).
-    options["allow_delayed_open"] = True
-    return _RetryingS3FileSystem(max_attempts=S3_REQUEST_ATTEMPTS, **options)
+    return _RetryingS3FileSystem(max_attempts=S3_REQUEST_ATTEMPTS, allow_delayed_open=True,
+                                 **_s3_options(endpoint_url, region))  # fmt: skip
 
 
 def resolve(url: str, *, endpoint_url: str | None = None, region: str | None = None) -> tuple[pafs.FileSystem, str]:

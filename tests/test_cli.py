@@ -25,6 +25,7 @@ from sqz.cli import main
         (["--prune-ramp", "1.5"], "--prune-ramp"),
         (["--prune-schedule", "cubic"], "--prune-schedule"),
         (["--retrain-lr", "-1"], "--retrain-lr"),
+        (["--storage", "/proc/sqz-runs"], "--storage: cannot write under /proc"),  # was: refused after Ray started, 72 s
         (["--thresholds", "0.02"], "--thresholds: density 0.02"),  # below what the dense small layers hold
         (["--prune-mode", "density", "--thresholds", "0.5,0.05", "--model", "squeezenet1_1"], "--thresholds: density 0.05"),
     ],
@@ -127,3 +128,71 @@ def test_the_console_keeps_a_failed_trials_line_and_drops_prefects_copies_of_wha
     assert not keep(record("prefect.task_runs", logging.ERROR, f"Finished in state Failed('Task run encountered an exception {summary}')"))
     assert not keep(record("prefect.flow_runs", logging.INFO, f"Finished in state Failed('Flow run encountered an exception: {summary}')"))
     assert keep(record("prefect.flow_runs", logging.ERROR, "Finished in state Failed('OSError: disk full')"))  # not reported by the CLI
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    from safetensors.torch import save_file
+
+    from sqz.models import build_model
+
+    path = tmp_path / "m.safetensors"
+    save_file(build_model("squeezenet_small", num_classes=10).state_dict(), str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        # Each of these reached Prefect (and most Ray, or a Ray that waited forever) before.
+        (["train", "--storage", "{file}/runs"], "--storage: {file} is a file"),
+        (["train", "--gpus-per-worker", "1000", "--workers", "1"], "--gpus-per-worker: 1 worker(s) need(s) 1000 GPU(s)"),
+        (["sweep", "--checkpoint", "{checkpoint}", "--storage", "{file}/runs"], "--storage: {file} is a file"),
+        (["sweep", "--checkpoint", "{checkpoint}", "--gpus-per-trial", "1000"], "--gpus-per-trial: a trial need(s) 1000 GPU(s)"),
+        (["sensitivity", "--checkpoint", "{checkpoint}", "--storage", "{file}/runs"], "--storage: {file} is a file"),
+        (["eval", "{checkpoint}", "--data", "digits", "--run", "gs://bucket/run"], "--run: unsupported scheme 'gs'"),
+        (["import-dc", "{tmp}/missing.net", "{tmp}/out.sqz"], "FILE: no such file: {tmp}/missing.net"),
+        (["import-dc", "{checkpoint}", "gs://bucket/out.sqz"], "OUT: unsupported scheme 'gs'"),
+        (["import-dc", "{checkpoint}", "{file}/out.sqz"], "OUT: {file} is a file"),
+        # Was: every write retried for minutes, after Prefect and Ray had started.
+        (["run", "--storage", "s3://bucket/runs", "--s3-endpoint", "http://127.0.0.1:9"],
+         "--storage: the S3 endpoint http://127.0.0.1:9 does not answer (AWS Error NETWORK_CONNECTION"),
+    ],
+)
+def test_every_command_refuses_bad_locations_and_resources_before_prefect(argv, message, tmp_path, checkpoint, refused_in_process,
+                                                                          monkeypatch):  # fmt: skip
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)  # --s3-endpoint sets it: restored after the test
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    values = {"file": str(a_file), "checkpoint": checkpoint, "tmp": str(tmp_path)}
+    argv = [arg.format(**values) for arg in argv]
+    if "--storage" not in argv and argv[0] in ("train", "sweep", "sensitivity"):
+        argv += ["--storage", str(tmp_path / "runs")]
+    code, err = refused_in_process(argv)  # fails the test if the command reached its flow
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and message.format(**values) in lines[0] and "Traceback" not in err, err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_local_ray_gets_the_cpus_one_unit_of_work_reserves(monkeypatch):
+    # More training workers (or CPUs per trial) than the machine has: Ray waited forever.
+    # Now the local Ray is started with at least that many CPUs, as `sqz train` already did.
+    import os
+
+    import sqz.cli.run
+
+    class Reached(Exception):
+        pass
+
+    calls = []
+
+    def run_flow(flow_of, name, **parameters):
+        calls.append(parameters)
+        raise Reached
+
+    monkeypatch.setattr(sqz.cli.run, "run_flow", run_flow)
+    workers = (os.cpu_count() or 1) + 3
+    with pytest.raises(Reached):
+        main(["run", "--workers", str(workers)])
+    assert calls[0]["num_cpus"] == workers and calls[0]["ray_address"] is None

@@ -109,6 +109,19 @@ def test_pipeline_and_sweep_flows_refuse_an_unreachable_density_before_ray(monke
         state.result()
     assert not storage.exists(storage.join(baseline_run, "tune"))
 
+def test_pipeline_refuses_a_storage_it_cannot_write_before_ray(monkeypatch, tmp_path):
+    import flows.pipeline_flow
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray was started")
+
+    monkeypatch.setattr(flows.pipeline_flow, "ray_session", no_ray)
+    (tmp_path / "a-file").write_text("not a folder")
+    state = squeeze_pipeline(config=config_to_dict(PipelineConfig(storage_url=str(tmp_path / "a-file" / "runs"))),
+                             return_state=True)  # fmt: skip
+    with pytest.raises(ValueError, match="config.storage_url: .*a-file is a file"):
+        state.result()
+
 @pytest.mark.slow
 def test_compress_model_writes_the_file_its_row_and_artifacts_and_reruns_from_cache(baseline_run, monkeypatch):
     calls = _counting(monkeypatch, flows.compress_flow, "compress_and_evaluate")

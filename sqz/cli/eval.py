@@ -36,6 +36,10 @@ def command(args: argparse.Namespace) -> int:
     from sqz.evaluation import plan_evaluation
 
     use_s3_endpoint(args)
+    if args.run is not None:
+        from sqz.storage import check_writable_folder
+
+        check_writable_folder(args.run, option="--run")  # else found only when the row is written, after the evaluation
     # A wrong file, data, architecture or class count fails here, before Prefect starts.
     plan = plan_evaluation(args.model, args.data, split=args.split, arch=args.arch, image_size=args.image_size,
                            normalization=args.normalize, batch_size=args.batch_size)  # fmt: skip

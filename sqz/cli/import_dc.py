@@ -56,8 +56,19 @@ def add_parser(sub: Any) -> None:
 
 def command(args: argparse.Namespace) -> int:
     import dataclasses
+    import posixpath
 
+    from sqz import storage
     from sqz.config import ImportOptions
+
+    # What it reads and where it writes, checked before Prefect starts (else: a flow run and its retries).
+    storage.check_url(args.file, option="FILE")
+    if not storage.exists(args.file):
+        raise ValueError(f"FILE: no such file: {args.file}")
+    storage.check_url(args.out, option="OUT")
+    storage.check_writable_folder(posixpath.dirname(storage.absolute(args.out)), option="OUT")
+    if args.run is not None:
+        storage.check_writable_folder(args.run, option="--run")
 
     if args.calibrate is None and (args.weighting is not None or args.distill_steps is not None or args.assign is not None):
         raise ValueError("--weighting/--distill-steps/--assign: need --calibrate (the images they are computed on)")

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from typing import Any
 
 from sqz.cli.args import non_negative_int, positive_float, positive_int, share
 
 __all__ = ["DEFAULT_RETRAIN_STEPS", "DEFAULT_RETRAIN_LR", "add_retrain_options", "retrain_settings", "add_quant_options",
-           "quant_config", "add_location_options", "add_s3_endpoint", "use_s3_endpoint"]  # fmt: skip
+           "quant_config", "add_location_options", "add_s3_endpoint", "use_s3_endpoint", "local_ray_cpus",
+           "check_local_gpus"]  # fmt: skip
 
 # The retraining defaults of `sqz run` and `sqz sweep`: the best method measured on the
 # digits (bench/bench_digits.py; README "Pruning schedules"): gradual pruning over a step
@@ -45,6 +47,27 @@ def add_location_options(parser: argparse.ArgumentParser, *, run_id_help: str) -
     parser.add_argument("--shared-mount", action="store_true",
                         help="the local --storage path is a mount every Ray node shares (NFS, ...); without it a local "
                              "path is refused on a cluster of more than one node")  # fmt: skip
+
+
+def local_ray_cpus(needed: float) -> int:
+    """CPUs of the local Ray a command starts (without --ray-address): the machine's, or
+    more if one unit of its work reserves more (oversubscribed, as `sqz train` does) so
+    that Ray never waits forever for CPUs the machine does not have."""
+    return max(os.cpu_count() or 1, math.ceil(needed))
+
+
+def check_local_gpus(args: argparse.Namespace, needed: float, option: str, what: str) -> None:
+    """Refuse, before anything starts, GPUs that the local Ray started here would not
+    have: Ray would wait for them forever. A cluster (--ray-address) may add GPU nodes
+    as it scales, so it is not asked."""
+    if args.ray_address or needed <= 0:
+        return
+    import torch  # what the local Ray sees: CUDA_VISIBLE_DEVICES and the driver's devices
+
+    have = torch.cuda.device_count()
+    if needed > have:
+        raise ValueError(f"{option}: {what} need(s) {needed:g} GPU(s) and this machine has {have}: the local Ray would "
+                         "wait for them forever; give --ray-address of a cluster with GPUs, or 0 to run on CPUs")  # fmt: skip
 
 
 def add_retrain_options(parser: argparse.ArgumentParser) -> None:

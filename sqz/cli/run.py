@@ -8,7 +8,8 @@ from typing import Any
 
 from sqz.cli.args import bits_list, positive_int, thresholds_list
 from sqz.cli.flowrun import run_flow
-from sqz.cli.options import add_location_options, add_quant_options, add_retrain_options, quant_config, retrain_settings, use_s3_endpoint
+from sqz.cli.options import (add_location_options, add_quant_options, add_retrain_options, local_ray_cpus, quant_config,
+                             retrain_settings, use_s3_endpoint)  # fmt: skip
 from sqz.cli.tables import print_table
 
 __all__ = ["add_parser", "command", "pipeline_config", "DEMO_DENSITIES", "DEMO_BITS"]
@@ -57,14 +58,14 @@ def pipeline_config(args: argparse.Namespace):
     from sqz.architectures import check_model_name, check_sweep_densities
     from sqz.config import BUILTIN_CLASSES, BUILTIN_DATASETS, TRAIN_RECIPES, DataConfig, PipelineConfig, SweepConfig, TrainConfig
     from sqz.runs.manifest import check_run_id
-    from sqz.storage import check_url
+    from sqz.storage import check_writable_folder
 
     builtin = args.data in BUILTIN_DATASETS
     if not builtin:
         from sqz.data import check_data_url  # torch: a folder or prepared data set is read
 
         check_data_url(args.data)
-    check_url(args.storage, option="--storage")
+    check_writable_folder(args.storage, option="--storage")
     check_model_name(args.model, option="--model")
     check_run_id(args.run_id)
     # `sqz run` trains with the digits recipe (TRAIN_RECIPES) on any data; SGD without --lr
@@ -124,17 +125,20 @@ def command(args: argparse.Namespace) -> int:
     from sqz.config import config_to_dict
     from sqz.runs.manifest import pipeline_run_id
 
+    use_s3_endpoint(args)  # before the checks: --storage may be on that endpoint
     config = pipeline_config(args)  # every bad value fails here, before Ray or Prefect start
-    use_s3_endpoint(args)
 
     def flow():
         from flows.pipeline_flow import squeeze_pipeline
 
         return squeeze_pipeline
 
+    # A local Ray gets at least the CPUs one training worker group or trial reserves, so it never waits forever.
+    num_cpus = local_ray_cpus(max(config.train.workers * config.train.cpus_per_worker, config.sweep.cpus_per_trial))
     try:
         summary = run_flow(flow, f"{args.run_id or pipeline_run_id(config)}/pipeline", config=config_to_dict(config),
-                           run_id=args.run_id, ray_address=args.ray_address, workdir=".", shared_mount=args.shared_mount)  # fmt: skip
+                           run_id=args.run_id, ray_address=args.ray_address, workdir=".", shared_mount=args.shared_mount,
+                           num_cpus=num_cpus)  # fmt: skip
     except RuntimeError as exc:  # trials failed (each said so in one line) or the run was interrupted: rerunning resumes
         text = str(exc).strip()
         print(f"sqz run: error: {text.splitlines()[0] if text else type(exc).__name__}", file=sys.stderr)

@@ -9,6 +9,7 @@ from typing import Any
 
 from sqz.cli.args import bits_list, positive_float, positive_int, thresholds_list
 from sqz.cli.flowrun import run_flow
+from sqz.cli.options import local_ray_cpus
 from sqz.cli.sweep import add_checkpoint_options, plan_checkpoint_run
 from sqz.cli.tables import print_table
 
@@ -44,7 +45,7 @@ def command(args: argparse.Namespace) -> int:
 
     try:
         table = run_flow(flow, f"{plan['run_id']}/sensitivity", plan=plan, sensitivity_config=config_to_dict(config),
-                         ray_address=args.ray_address)  # fmt: skip
+                         ray_address=args.ray_address, num_cpus=local_ray_cpus(config.cpus_per_task))  # fmt: skip
     except RuntimeError as exc:
         text = str(exc).strip()
         print(f"sqz sensitivity: error: {text.splitlines()[0] if text else type(exc).__name__}", file=sys.stderr)

@@ -16,7 +16,8 @@ from typing import Any
 
 from sqz.cli.args import bits_list, list_of, non_negative_float, number, positive_float, positive_int, thresholds_list
 from sqz.cli.flowrun import run_flow
-from sqz.cli.options import add_location_options, add_quant_options, add_retrain_options, quant_config, retrain_settings, use_s3_endpoint
+from sqz.cli.options import (add_location_options, add_quant_options, add_retrain_options, check_local_gpus, local_ray_cpus,
+                             quant_config, retrain_settings, use_s3_endpoint)  # fmt: skip
 from sqz.cli.report import print_report
 
 __all__ = ["add_parser", "add_checkpoint_options", "command", "plan_checkpoint_run"]
@@ -62,8 +63,10 @@ def add_parser(sub: Any) -> None:
 
 def plan_checkpoint_run(args: argparse.Namespace) -> dict[str, Any]:
     from sqz.runs.claims import plan_sweep_run
+    from sqz.storage import check_writable_folder
 
-    use_s3_endpoint(args)  # the checkpoint may be on that endpoint
+    use_s3_endpoint(args)  # the checkpoint and --storage may be on that endpoint
+    check_writable_folder(args.storage, option="--storage")
     return plan_sweep_run(args.storage, args.checkpoint, run_id=args.run_id, data_url=args.data, model=args.model)
 
 
@@ -87,6 +90,7 @@ def command(args: argparse.Namespace) -> int:
         gpus_per_trial=args.gpus_per_trial, scheduler="asha" if args.asha else "fifo", per_layer=args.per_layer,
         max_drops=max_drops, size_budgets=args.size_budgets or (), sensitivity_images=args.sensitivity_images,
     )  # fmt: skip
+    check_local_gpus(args, sweep_cfg.gpus_per_trial, "--gpus-per-trial", "a trial")
     plan = plan_sweep_trials(plan_checkpoint_run(args), sweep_cfg)  # every conflict fails here, before any work
     # The checkpoint's model is known now: a density it cannot reach fails here, not in every trial.
     check_sweep_densities(sweep_cfg, plan["arch"], option="--thresholds", dense_option="--dense-below")
@@ -98,8 +102,8 @@ def command(args: argparse.Namespace) -> int:
 
     try:
         summary = run_flow(flow, f"{plan['run_id']}/sweep", plan=plan, sweep_config=config_to_dict(sweep_cfg),
-                           ray_address=args.ray_address, max_drop=args.max_drop,
-                           shared_mount=args.shared_mount)  # fmt: skip
+                           ray_address=args.ray_address, max_drop=args.max_drop, shared_mount=args.shared_mount,
+                           num_cpus=local_ray_cpus(sweep_cfg.cpus_per_trial))  # fmt: skip
     except RuntimeError as exc:  # trials failed or the sweep was interrupted: rerunning resumes it
         print(f"sqz sweep: error: {_one_line(exc)}", file=sys.stderr)
         return 1

@@ -9,14 +9,12 @@ so rerunning the same command resumes it from its latest checkpoint.
 from __future__ import annotations
 
 import argparse
-import math
-import os
 import sys
 from typing import Any
 
 from sqz.cli.args import non_negative_float, non_negative_int, number, positive_float, positive_int
 from sqz.cli.flowrun import run_flow
-from sqz.cli.options import add_location_options, use_s3_endpoint
+from sqz.cli.options import add_location_options, check_local_gpus, local_ray_cpus, use_s3_endpoint
 from sqz.cli.tables import print_table
 
 __all__ = ["add_parser", "command", "train_configs"]
@@ -79,10 +77,10 @@ def train_configs(args: argparse.Namespace):
     from sqz.data import BUILTIN_DATASETS, check_data_url, num_classes_of
     from sqz.models import MODEL_FACTS, list_models
     from sqz.runs.manifest import check_run_id
-    from sqz.storage import check_url
+    from sqz.storage import check_url, check_writable_folder
 
     check_data_url(args.data)
-    check_url(args.storage, option="--storage")
+    check_writable_folder(args.storage, option="--storage")
     for option, url in (("--init", args.init), ("--masks-from", args.masks_from)):
         if url is not None:
             check_url(url, option=option)
@@ -124,6 +122,7 @@ def train_configs(args: argparse.Namespace):
     )  # fmt: skip
     if data.batch_size // train.workers // train.accumulation_steps < 1:
         raise ValueError(f"--batch-size: {data.batch_size} is smaller than --workers x --accumulation-steps")
+    check_local_gpus(args, train.workers * train.gpus_per_worker, "--gpus-per-worker", f"{train.workers} worker(s)")
     return data, train
 
 
@@ -131,11 +130,11 @@ def command(args: argparse.Namespace) -> int:
     from sqz.config import config_to_dict
     from sqz.runs.claims import plan_train_run
 
+    use_s3_endpoint(args)  # before the checks: --storage, --init may be on that endpoint
     data, train = train_configs(args)
-    use_s3_endpoint(args)
     plan = plan_train_run(args.storage, args.run_id, data, train)  # a conflicting earlier run fails here
     # A local Ray gets at least the CPUs the workers reserve, so it never waits forever.
-    num_cpus = max(os.cpu_count() or 1, math.ceil(train.workers * train.cpus_per_worker))
+    num_cpus = local_ray_cpus(train.workers * train.cpus_per_worker)
 
     def flow():
         from flows.train_flow import train_model
