@@ -68,6 +68,8 @@ def load_model_file(url: str, *, arch: str | None = None) -> LoadedModel:
         arch = (read_manifest(run)["arch"] or {}).get("name")
         if arch is None:
             raise ValueError(f"--arch: the manifest of {run} names no architecture; give one of {', '.join(list_models())}")
+    if arch not in list_models():  # named by --arch or a manifest
+        raise ValueError(f"--arch: unknown model {arch!r}; choose one of {', '.join(list_models())}")
     if "classifier.1.weight" not in state:
         raise ValueError(f"MODEL: {url} has no classifier.1.weight, so it is not a SqueezeNet state dict")
     num_classes = int(state["classifier.1.weight"].shape[0])

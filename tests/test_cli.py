@@ -151,6 +151,7 @@ def checkpoint(tmp_path):
         (["sweep", "--checkpoint", "{checkpoint}", "--gpus-per-trial", "1000"], "--gpus-per-trial: a trial need(s) 1000 GPU(s)"),
         (["sensitivity", "--checkpoint", "{checkpoint}", "--storage", "{file}/runs"], "--storage: {file} is a file"),
         (["eval", "{checkpoint}", "--data", "digits", "--run", "gs://bucket/run"], "--run: unsupported scheme 'gs'"),
+        (["eval", "{checkpoint}", "--data", "digits", "--arch", "resnet50"], "--arch: unknown model 'resnet50'"),
         (["import-dc", "{tmp}/missing.net", "{tmp}/out.sqz"], "FILE: no such file: {tmp}/missing.net"),
         (["import-dc", "{checkpoint}", "gs://bucket/out.sqz"], "OUT: unsupported scheme 'gs'"),
         (["import-dc", "{checkpoint}", "{file}/out.sqz"], "OUT: {file} is a file"),
