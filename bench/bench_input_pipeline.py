@@ -9,7 +9,11 @@
   3. pipelines (Parquet shards + DataLoader): original size or pre-resized, full or
      reduced decode, uint8 batches (normalised on the GPU) or normalised on the CPU;
      the folder reader and torchvision's ImageFolder as they were;
-  4. the Ray Data path (read_parquet -> map_batches decode, as Ray Train uses it).
+  4. the Ray Data path (read_parquet -> map_batches decode, as Ray Train uses it);
+  5. with --gpu-train, on a CUDA machine: end-to-end training images/s of squeezenet1_0
+     (bf16, channels_last) fed by the GPU decode path and by the CPU decode path on all
+     the machine's cores, beside the same model on batches staged on the GPU (the
+     ceiling), each with its data-wait share.
 
 Per core: images per CPU-second spent by every process of the pipeline (the consumer and
 DataLoader workers via getrusage, Ray's tasks via Ray Data's own stats), which barely
@@ -18,6 +22,7 @@ decoding (pin the run to one core, `taskset -c 1`, to make that one honest too).
 pipeline runs a warm-up pass, then timed passes; the best is shown. Figures only.
 
     taskset -c 1 .venv/bin/python bench/bench_input_pipeline.py [--images 1024] [--cores 1]
+    python bench/bench_input_pipeline.py --gpu-train --no-ray --sweep-sides "" --images 2048   # on a GPU machine
 """
 
 from __future__ import annotations
@@ -169,6 +174,9 @@ def main() -> None:
     parser.add_argument("--sweep-sides", default="512,448,384,320,256", help="max sides of part 2 ('' skips it)")
     parser.add_argument("--passes", type=int, default=2, help="timed passes per pipeline (default 2)")
     parser.add_argument("--no-ray", action="store_true", help="skip the Ray Data path")
+    parser.add_argument("--gpu-train", action="store_true", help="part 5: training images/s on CUDA (skips 3)")
+    parser.add_argument("--gpu-batch", type=int, default=256, help="part 5: batch size (default 256)")
+    parser.add_argument("--gpu-epochs", type=int, default=3, help="part 5: passes per feed, the first is warm-up")
     args = parser.parse_args()
 
     import torch
@@ -190,8 +198,9 @@ def main() -> None:
         _write_photo_like_jpegs(src, synthetic_wnids(args.classes), per_class, args.grain)
         open(marker, "w").close()
         print(f"generated {args.classes * per_class} JPEGs in {time.perf_counter() - start:.1f} s")
-    original = os.path.join(args.workdir, "parquet-original")
-    resized = os.path.join(args.workdir, f"parquet-max{args.max_side}-q{args.jpeg_quality}")
+    shards = os.path.join(args.workdir, f"parquet-{args.classes}x{per_class}-grain{args.grain:g}")  # one per source
+    original = os.path.join(shards, "original")
+    resized = os.path.join(shards, f"max{args.max_side}-q{args.jpeg_quality}")
     prepare(src, original, shard_mb=32, workers=2, progress=False)
     prepare(src, resized, shard_mb=32, workers=2, progress=False, max_side=args.max_side, jpeg_quality=args.jpeg_quality)
     sizes = {url: read_manifest(url)["splits"]["train"] for url in (original, resized)}
@@ -244,6 +253,9 @@ def main() -> None:
             print(f"{pipeline.name:42} {images / cpu:10.0f} {images / wall / args.cores:11.0f} {1000 * cpu / images:10.2f}"
                   f"  {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
 
+    if args.gpu_train:
+        gpu_training(args, resized)
+        return
     print(f"\n3. pipelines: Parquet shards + DataLoader ({args.cores} worker(s)), then the readers as they were")
     print(f"{'pipeline':42} {'img/CPU-s':>10} {'img/s/core':>11} {'CPU ms/img':>10}  load")
     run(pipelines)
@@ -274,6 +286,47 @@ def main() -> None:
         print(f"{'pipeline':42} {'img/CPU-s':>10} {'img/s/core':>11} {'CPU ms/img':>10}  load")
         run([Pipeline("Ray Data, original, reduced decode", ray_batches(original), lambda: current["dataset"]),
              Pipeline(f"Ray Data, {side}, reduced decode", ray_batches(resized), lambda: current["dataset"])])  # fmt: skip
+
+
+def gpu_training(args: argparse.Namespace, url: str) -> None:
+    """Part 5: the same model and optimizer fed three ways; images/s of the passes after
+    the first (cuDNN autotuning, worker start-up), and the share of wall time spent
+    waiting for data."""
+    import torch
+
+    from sqz import engine
+    from sqz.config import DataConfig
+    from sqz.data import load_split, make_loader
+    from sqz.data.gpu import check_gpu_decode
+    from sqz.models import build_model
+
+    check_gpu_decode()
+    torch.backends.cudnn.benchmark = True
+    cores = os.cpu_count() or 1
+    config = DataConfig(url=url, image_size=args.size, batch_size=args.gpu_batch)
+    model = build_model("squeezenet1_0", num_classes=1000).cuda().to(memory_format=torch.channels_last)
+    optimizer = engine.make_optimizer(model.parameters(), "sgd", lr=0.01)
+    staged = [(torch.randn(args.gpu_batch, 3, args.size, args.size, device="cuda").to(memory_format=torch.channels_last),
+               torch.randint(0, 1000, (args.gpu_batch,), device="cuda")) for _ in range(8)]  # fmt: skip
+    steps = max(1, len(load_split(config, "train")) // args.gpu_batch)
+    feeds = {
+        "staged on the GPU (ceiling)": lambda: (staged[i % len(staged)] for i in range(steps)),
+        "GPU decode (nvJPEG), uint8 bytes in": lambda: make_loader(
+            load_split(config, "train", decode="gpu"), batch_size=args.gpu_batch, shuffle=True, num_workers=cores,
+            device="cuda", dtype=torch.bfloat16, channels_last=True),
+        f"CPU decode, {cores} workers, uint8 batches": lambda: make_loader(
+            load_split(config, "train"), batch_size=args.gpu_batch, shuffle=True, num_workers=cores,
+            device="cuda", dtype=torch.bfloat16, channels_last=True),
+    }  # fmt: skip
+    print(f"\n5. training squeezenet1_0 on {torch.cuda.get_device_name()} from {url} (bf16 autocast, channels_last, "
+          f"batch {args.gpu_batch}, {cores} CPUs; {time.strftime('%Y-%m-%d')})")  # fmt: skip
+    print(f"{'feed':42} {'img/s':>8} {'data wait':>10}")
+    for name, make in feeds.items():
+        stats = [engine.train_one_epoch(model, make(), optimizer, device="cuda", amp_dtype=torch.bfloat16,
+                                        channels_last=True) for _ in range(args.gpu_epochs)]  # fmt: skip
+        timed = stats[1:] or stats
+        images, wall, wait = (sum(getattr(s, a) for s in timed) for a in ("images", "wall_s", "data_wait_s"))
+        print(f"{name:42} {images / wall:8.0f} {100 * wait / wall:9.0f}%", flush=True)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 per Ray Train worker, so a cluster never needs the images on local disk.
 
     ray.data.read_parquet(shards)                  # files dealt to read tasks (shuffled per epoch)
-      .map_batches(DecodeCrop)                     # parallel CPU tasks: JPEG -> uint8 (3, S, S)
+      .map_batches(DecodeCrop, num_gpus=0)         # parallel CPU tasks, on any node (CPU-only ones
+                                                   # too): JPEG -> uint8 (3, S, S), reduced decode
     TorchTrainer(datasets={"train": ...})          # Ray Train splits it: one stream per worker
     ray.train.get_dataset_shard("train")           # inside the worker
       .iter_torch_batches(collate_fn=Normalize)    # background threads: uint8 -> float input
@@ -76,7 +77,10 @@ def image_dataset(data_cfg: DataConfig, split: str) -> ray.data.Dataset:
     # after ~300 JPEGs rather than ~1,100, and in-flight crops take a quarter of the memory.
     dataset.context.target_max_block_size = _BLOCK_BYTES
     transform = ImageTransform(train=train, image_size=data_cfg.image_size, normalization=data_cfg.normalization)
-    return dataset.map_batches(DecodeCrop(transform), batch_size=_DECODE_BATCH, batch_format="numpy")
+    # One CPU and no GPU per decode task: Ray places them on any node with a free CPU,
+    # CPU-only nodes included, and streams the crops to the GPU Train workers.
+    return dataset.map_batches(DecodeCrop(transform), batch_size=_DECODE_BATCH, batch_format="numpy",
+                               num_cpus=1, num_gpus=0)  # fmt: skip
 
 
 class _Normalize(NumpyBatchCollateFn):
