@@ -199,15 +199,23 @@ class ImageTransform:
 
     def __call__(self, data: bytes) -> torch.Tensor:
         header = _jpeg_header(data) if self.reduced_decode else None
+        if self.train:
+            # torchvision's RandomResizedCrop + RandomHorizontalFlip as two plain calls (the
+            # same random draws; v2's Compose cost ~0.3 ms more per image in the bench).
+            from torchvision.transforms import RandomResizedCrop
+            from torchvision.transforms.v2 import functional as F
+
+            if header is None:
+                image = decode_image_bytes(data)
+                top, left, height, width = RandomResizedCrop.get_params(image, list(_CROP_SCALE), list(_CROP_RATIO))
+                crop = F.resized_crop(image, top, left, height, width, [self.image_size] * 2, antialias=True)
+            else:
+                # The header's size is all get_params reads: the crop is chosen before decoding.
+                box = RandomResizedCrop.get_params(header, list(_CROP_SCALE), list(_CROP_RATIO))
+                crop = decode_resized_crop(data, box, self.image_size, header=header)
+            return crop.flip(-1) if torch.rand(1).item() < 0.5 else crop
         if header is None:
             return self.crop(decode_image_bytes(data))
-        if self.train:
-            from torchvision.transforms import RandomResizedCrop
-
-            # The header's size is all get_params reads: the crop is chosen before decoding.
-            box = RandomResizedCrop.get_params(header, list(_CROP_SCALE), list(_CROP_RATIO))
-            crop = decode_resized_crop(data, box, self.image_size, header=header)
-            return crop.flip(-1) if torch.rand(1).item() < 0.5 else crop
         width, height = header.size
         target = self._resize_to
         # Resize keeps the aspect (one target: the shorter side) or warps to (h, w).
