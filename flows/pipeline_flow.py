@@ -56,13 +56,13 @@ def squeeze_pipeline(config: dict[str, Any] | None = None, run_id: str | None = 
     pipeline = config_from_dict(PipelineConfig, config or {})  # bad input fails here, before any work
     check_sweep_densities(pipeline.sweep, {"name": pipeline.train.model, "kwargs": {"num_classes": pipeline.train.num_classes}},
                           option="config.sweep.thresholds", dense_option="config.sweep.dense_below")  # fmt: skip
+    storage.check_writable_folder(pipeline.storage_url, option="config.storage_url")
     values = config_to_dict(pipeline)
     logger = get_run_logger()
     labels = run_tags(model=pipeline.train.model, data_url=pipeline.data.url, bits=pipeline.sweep.bits,
                       prune_mode=pipeline.sweep.prune_mode)  # fmt: skip
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
-    storage.check_writable_folder(pipeline.storage_url, option="config.storage_url")
     with ray_session(ray_address, workdir=workdir, num_cpus=num_cpus), tags(*labels):
         seconds["ray_start"], clock = time.perf_counter() - clock, time.perf_counter()
         # Checked on the connected cluster, before the run folder is claimed or anything written.
