@@ -9,7 +9,7 @@ from prefect.artifacts import create_link_artifact
 
 from flows.common import NOT_CACHED, RETRYING, artifact_key
 from sqz import storage
-from sqz.data.prepare import prepare
+from sqz.data.prepare import check_prepare_inputs, prepare
 
 
 # Retried: prepare is resumable and idempotent (a retry skips the shards already written).
@@ -24,7 +24,8 @@ def prepare_dataset(src: str, dest_url: str, splits: list[str] | None = None, sh
                     jpeg_quality: int | None = None) -> dict[str, Any]:  # fmt: skip
     """Write ``src``'s splits as Parquet shards of JPEG bytes + label under ``dest_url``
     (dataset.json last); returns the dataset's manifest."""
-    storage.check_url(dest_url, option="DEST_URL")
+    # Bad input fails here, before the task (and its retries).
+    check_prepare_inputs(src, dest_url, splits, shard_mb=shard_mb, workers=workers, max_side=max_side, jpeg_quality=jpeg_quality)
     options = {"splits": splits, "shard_mb": shard_mb, "workers": workers, "progress": progress,
                "max_side": max_side, "jpeg_quality": jpeg_quality}  # fmt: skip
     manifest = write_shards(src, dest_url, options)

@@ -153,6 +153,9 @@ def checkpoint(tmp_path):
         (["eval", "{checkpoint}", "--data", "digits", "--run", "gs://bucket/run"], "--run: unsupported scheme 'gs'"),
         (["eval", "{checkpoint}", "--data", "digits", "--arch", "resnet50"], "--arch: unknown model 'resnet50'"),
         (["import-dc", "{tmp}/missing.net", "{tmp}/out.sqz"], "FILE: no such file: {tmp}/missing.net"),
+        (["data", "prepare", "{tmp}/missing", "{tmp}/shards"], "SRC: no such dataset folder: {tmp}/missing"),
+        (["data", "prepare", "{tmp}", "{tmp}/shards"], "SRC: {tmp} has neither train/ nor val/"),
+        (["data", "prepare", "{tmp}", "{file}/shards"], "DEST_URL: {file} is a file"),
         (["import-dc", "{checkpoint}", "gs://bucket/out.sqz"], "OUT: unsupported scheme 'gs'"),
         (["import-dc", "{checkpoint}", "{file}/out.sqz"], "OUT: {file} is a file"),
         # Was: every write retried for minutes, after Prefect and Ray had started.

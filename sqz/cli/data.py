@@ -56,12 +56,16 @@ def add_parser(sub: Any, parser_class: type) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
-    from sqz.storage import check_url
+    from sqz.data.prepare import check_prepare_inputs
+    from sqz.storage import check_writable_folder
 
-    check_url(args.dest_url, option="DEST_URL")
+    use_s3_endpoint(args)  # before the checks: DEST_URL may be on that endpoint
+    check_writable_folder(args.dest_url, option="DEST_URL")
     if args.jpeg_quality is not None and args.max_side is None:
         raise ValueError("--jpeg-quality: only re-encoded images have a quality, and --max-side none re-encodes none")
-    use_s3_endpoint(args)
+    # A missing or non-ImageNet SRC: one line here, not in a flow run after Prefect's start-up.
+    check_prepare_inputs(args.src, args.dest_url, args.splits, shard_mb=args.shard_mb, workers=args.workers,
+                         max_side=args.max_side, jpeg_quality=args.jpeg_quality)  # fmt: skip
 
     def flow():
         from flows.data_flow import prepare_dataset

@@ -49,7 +49,8 @@ from sqz.data.transforms import CorruptImageError, decode_image_bytes
 
 _log = logging.getLogger("sqz.data")
 
-__all__ = ["SHARD_SCHEMA", "DEFAULT_JPEG_QUALITY", "ShardPlan", "plan_shards", "prepare", "shrink_image_bytes"]
+__all__ = ["SHARD_SCHEMA", "DEFAULT_JPEG_QUALITY", "ShardPlan", "plan_shards", "prepare", "check_prepare_inputs",
+           "shrink_image_bytes"]
 
 SHARD_SCHEMA = pa.schema([("image", pa.binary()), ("label", pa.int32()), ("path", pa.string())])
 _CORRUPT_KEY = b"sqz.skipped_corrupt"
@@ -202,6 +203,14 @@ def _checked_source(src: str, dest_url: str, splits: Sequence[str] | None, shard
         if split not in SPLITS:
             raise ValueError(f"--splits: must be train and/or val, got {split!r}")
     return src, list(splits)
+
+
+def check_prepare_inputs(src: str, dest_url: str, splits: Sequence[str] | None = None, *, shard_mb: float = 256.0,
+                         workers: int = 4, max_side: int | None = None, jpeg_quality: int | None = None) -> None:  # fmt: skip
+    """What :func:`prepare` refuses before it reads an image (SRC missing or not the
+    ImageNet layout, DEST_URL, the options), for a caller to check before work starts."""
+    check_reencoding(max_side, jpeg_quality)
+    _checked_source(src, dest_url, splits, shard_mb, 1, workers)
 
 
 def _claim_destination(dest_url: str, digest: str, plan_record: dict[str, Any]) -> dict[str, Any] | None:
