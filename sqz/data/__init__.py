@@ -8,9 +8,11 @@ Parquet shards ``sqz data prepare`` makes of them (on local disk or S3).
 - a prepared dataset: a folder or ``s3://`` prefix holding ``dataset.json`` and
   ``<split>/part-*.parquet`` (:mod:`sqz.data.parquet`, written by :mod:`sqz.data.prepare`).
 
-Images are decoded and cropped one at a time to uint8 and normalised per batch
-(:mod:`sqz.data.transforms`). :mod:`sqz.data.loaders` checks a ``data_url``, loads a
-split of whichever kind it names, and batches it. Every public name is importable from
+Images are decoded (a JPEG at a reduced DCT scale where the crop allows) and cropped one
+at a time to uint8, and normalised per batch (:mod:`sqz.data.transforms`), in the
+workers or, for a GPU, on the GPU; with ``decode="gpu"`` the workers read bytes only and
+the GPU decodes and crops (:mod:`sqz.data.gpu`). :mod:`sqz.data.loaders` checks a
+``data_url``, loads a split of whichever kind it names, and batches it. Every public name is importable from
 ``sqz.data``; :mod:`sqz.data.prepare` (pyarrow writing, tqdm) is imported on its own.
 """
 
