@@ -186,7 +186,7 @@ def test_the_cluster_refuses_drivers_clients_and_jobs_without_its_token(ray_clus
     `sqz run` places work on both nodes: test_prefect_server)."""
     from ray.exceptions import AuthenticationError  # noqa: F401  (the refusal the raw drivers below print)
 
-    from sqz.distributed.cluster import _probe
+    from sqz.cluster_access import _probe
 
     token, wrong = os.environ["RAY_AUTH_TOKEN"], "0" * 64
     # What Ray's own drivers and clients call first (GetClusterId: "Failed to get cluster ID

@@ -66,6 +66,12 @@ def _console_handlers() -> list[logging.Handler]:
 def run_flow(flow_of: Callable[[], Any], name: str, **parameters: Any) -> Any:
     """Call the flow that ``flow_of()`` imports, its run named ``name`` (the sqz run id
     and stage, shown in the UI), with ``parameters``."""
+    if parameters.get("ray_address"):
+        # A cluster that does not answer or refuses this client's token: one line now,
+        # before Prefect and the flow's imports (seconds), not after.
+        from sqz.cluster_access import check_ray_access
+
+        check_ray_access(parameters["ray_address"])
     prefect_defaults()
     flow = flow_of()
     handlers = _console_handlers()

@@ -7,8 +7,9 @@ on it):
 - A cluster (``--ray-address``) is reached with Ray's token authentication: the token in
   ``RAY_AUTH_TOKEN``, the file ``RAY_AUTH_TOKEN_PATH`` names, or ``~/.ray/auth_token``,
   with ``RAY_AUTH_MODE=token``. Before ``ray.init``, one gRPC call checks that the cluster
-  accepts this client, so a missing or wrong token is one line naming RAY_AUTH_TOKEN
-  within a second, not 20-30 s of Ray retrying and pages of its warnings.
+  accepts this client (sqz.cluster_access; the CLI makes the same check before Prefect
+  starts), so a missing or wrong token is one line naming RAY_AUTH_TOKEN within a
+  second, not 20-30 s of Ray retrying and pages of its warnings.
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ import sys
 import tempfile
 from typing import Iterator
 
-import grpc
 import ray
 from ray._private import ray_constants
 from ray.exceptions import AuthenticationError
 
 from sqz import storage
+from sqz.cluster_access import RayAccessError, check_ray_access
 
 __all__ = ["ray_session", "RayAccessError", "check_ray_access", "is_embedded", "alive_nodes", "require_shared_storage",
            "quiet_exit_in_finalizers"]  # fmt: skip
@@ -34,7 +35,6 @@ __all__ = ["ray_session", "RayAccessError", "check_ray_access", "is_embedded", "
 # 127.0.0.1; on (Linux's default), they bind all interfaces and advertise the machine's
 # external address.
 _CLUSTER_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
-_PROBE_TIMEOUT_S = 5.0
 # Set while this process runs the embedded local Ray (ray_session without an address).
 _embedded = False
 
@@ -56,72 +56,6 @@ def _local_temp_dir(workdir: str) -> tuple[str, bool]:
         os.makedirs(preferred, exist_ok=True)
         return preferred, False
     return tempfile.mkdtemp(prefix="sqz-ray-", dir="/tmp"), True
-
-
-class RayAccessError(ValueError):
-    """The Ray cluster could not be reached, or refused this client (bad input: a wrong
-    address or credential; the CLI prints it as one line)."""
-
-
-def _auth_token() -> tuple[str | None, str]:
-    """The token this process would send, and where it came from (never the token itself
-    in any message). Ray's own order: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token."""
-    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
-        return os.environ["RAY_AUTH_TOKEN"].strip(), "RAY_AUTH_TOKEN"
-    path_setting = os.environ.get("RAY_AUTH_TOKEN_PATH")
-    path = os.path.expanduser(path_setting or "~/.ray/auth_token")
-    try:
-        with open(path) as f:
-            token = f.read().strip()
-    except OSError:
-        if path_setting:
-            raise RayAccessError(f"RAY_AUTH_TOKEN_PATH: cannot read the token file {path}") from None
-        return None, "RAY_AUTH_TOKEN"
-    return (token, "RAY_AUTH_TOKEN_PATH" if path_setting else "~/.ray/auth_token") if token else (None, "RAY_AUTH_TOKEN")
-
-
-def _probe(address: str, token: str | None) -> grpc.StatusCode | None:
-    """One cheap RPC to the cluster's entry point (the GCS for host:port, the Ray Client
-    server for ray://) with or without the token; None when it was accepted."""
-    from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc, ray_client_pb2, ray_client_pb2_grpc
-
-    metadata = [("authorization", f"Bearer {token}")] if token else []
-    target = address.removeprefix("ray://")
-    with grpc.insecure_channel(target) as channel:
-        try:
-            if address.startswith("ray://"):
-                request = ray_client_pb2.ClusterInfoRequest(type=ray_client_pb2.ClusterInfoType.PING)
-                ray_client_pb2_grpc.RayletDriverStub(channel).ClusterInfo(request, metadata=metadata, timeout=_PROBE_TIMEOUT_S)
-            else:
-                gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel).GetClusterId(
-                    gcs_service_pb2.GetClusterIdRequest(), metadata=metadata, timeout=_PROBE_TIMEOUT_S)  # fmt: skip
-        except grpc.RpcError as exc:
-            return exc.code()
-    return None
-
-
-def check_ray_access(address: str) -> None:
-    """Refuse, in one line, a cluster that does not answer or does not accept this
-    client's token; ``auto`` (a driver on a cluster node) is left to ``ray.init``."""
-    if address == "auto":
-        return
-    token, source = _auth_token()
-    refused = _probe(address, token)
-    if refused == grpc.StatusCode.UNAUTHENTICATED:
-        if token is None:
-            raise RayAccessError(f"--ray-address {address}: the Ray cluster requires token authentication and no token "
-                                 "was given: set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the cluster's token, with "
-                                 "RAY_AUTH_MODE=token")  # fmt: skip
-        raise RayAccessError(f"--ray-address {address}: the Ray cluster refused the token from {source}: set "
-                             "RAY_AUTH_TOKEN to this cluster's token")  # fmt: skip
-    if refused is not None:
-        raise RayAccessError(f"--ray-address {address}: no Ray cluster answered there ({refused.name.lower()} within "
-                             f"{_PROBE_TIMEOUT_S:.0f} s)")  # fmt: skip
-    if token is not None and os.environ.get("RAY_AUTH_MODE", "").lower() != "token" and _probe(address, None) is not None:
-        # The probe sent the token, but Ray itself only sends it in token mode.
-        raise RayAccessError(f"--ray-address {address}: the Ray cluster requires token authentication: set "
-                             f"RAY_AUTH_MODE=token (now {os.environ.get('RAY_AUTH_MODE', 'unset')!r}) so that Ray sends "
-                             "the token from RAY_AUTH_TOKEN")  # fmt: skip
 
 
 @contextlib.contextmanager
