@@ -2,7 +2,8 @@
 
 - The embedded default (a local Ray and Prefect's temporary API, started by a bare `sqz`
   command or by sqz's Python API) listens on loopback only: every listening socket of
-  every process it starts is inside 127.0.0.0/8 (or ::1).
+  every process it starts is inside 127.0.0.0/8 (or ::1). The bare `sqz run` is watched
+  in test_storage_metrics' S3 run (one full run fewer in the suite); sqz's Python API here.
 - The session's Prefect server (tests/conftest.py) runs with basic-auth: anonymous and
   wrong requests get 401; its health probe stays open, as Kubernetes probes need.
 
@@ -12,26 +13,18 @@ The Ray cluster's token authentication is in test_ray_cluster (it needs the two 
 from __future__ import annotations
 
 import base64
-import ipaddress
 import os
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 
-import psutil
 import pytest
 
+from processes import ListeningSockets, is_loopback
+
 SQZ = os.path.join(os.path.dirname(sys.executable), "sqz")
-
-
-def _is_loopback(host: str) -> bool:
-    address = ipaddress.ip_address(host.split("%")[0])
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback
 
 
 def _bare_environment(home: str) -> dict[str, str]:
@@ -44,65 +37,31 @@ def _bare_environment(home: str) -> dict[str, str]:
     return {**env, "HOME": home, "PREFECT_HOME": os.path.join(home, "prefect")}
 
 
-def _listeners_until_exit(process: subprocess.Popen, timeout_s: float) -> dict[tuple[str, int], str]:
-    """Every listening TCP/UDP socket held, at any poll, by ``process`` or a descendant of
-    it (Ray's GCS, raylet, agents and workers; Prefect's server), until it exits."""
-    root = psutil.Process(process.pid)
-    seen: dict[tuple[str, int], str] = {}
-    deadline = time.monotonic() + timeout_s
-    while process.poll() is None:
-        assert time.monotonic() < deadline, f"still running after {timeout_s:.0f} s"
-        try:
-            family = [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            break
-        for member in family:
-            try:
-                for conn in member.net_connections(kind="inet"):
-                    if conn.status == psutil.CONN_LISTEN or (conn.type == 2 and not conn.raddr):  # TCP listen, bound UDP
-                        seen[(conn.laddr.ip, conn.laddr.port)] = f"{member.name()}: {' '.join(member.cmdline())[:300]}"
-            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-                continue
-        time.sleep(0.3)
-    return seen
-
-
 @pytest.mark.slow
-@pytest.mark.integration
-def test_the_embedded_default_listens_on_loopback_only(tmp_path):
-    """The bare console script (outside make) runs the whole pipeline on its own local Ray
-    and Prefect's temporary API; then sqz's Python API starts its local Ray the way a
-    notebook would. Neither opens a socket outside loopback."""
+def test_ray_session_from_python_listens_on_loopback_only():
+    """sqz's Python API starts its local Ray the way a notebook would, in a bare
+    environment: no socket outside loopback. (The bare `sqz run`, with Prefect's temporary
+    API and Ray Train's workers, is checked the same way in test_storage_metrics' S3 run.)"""
     home = tempfile.mkdtemp(prefix="sqz-home-")
-    env = _bare_environment(home)
     workdir = tempfile.mkdtemp(prefix="s", dir="/tmp")  # short: Ray's temp dir goes inside
-    args = ["run", "--epochs", "1", "--thresholds", "0.33", "--bits", "6", "--workers", "2", "--retrain-steps", "2",
-            "--prune-frequency", "1", "--finetune-epochs", "0", "--distill-steps", "0", "--run-id", "loopback"]  # fmt: skip
-    with open(tmp_path / "run.log", "wb") as log:
-        run = subprocess.Popen([SQZ, *args], cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            pipeline = _listeners_until_exit(run, 900)
-        finally:
-            if run.poll() is None:
-                run.kill()
-    out = (tmp_path / "run.log").read_text(errors="replace")
-    assert run.returncode == 0, out[-3000:]
-
     notebook = ("import time; from sqz.distributed.cluster import ray_session\n"
                 "with ray_session(workdir='.', num_cpus=1):\n    import ray; ray.get(ray.remote(lambda: 1).remote()); time.sleep(3)\n")  # fmt: skip
-    python_api = subprocess.Popen([sys.executable, "-c", notebook], cwd=workdir, env=env, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.PIPE)  # fmt: skip
-    library = _listeners_until_exit(python_api, 300)
+    python_api = subprocess.Popen([sys.executable, "-c", notebook], cwd=workdir, env=_bare_environment(home),
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    listening = ListeningSockets(python_api)
+    try:
+        python_api.wait(timeout=300)
+    finally:
+        if python_api.poll() is None:
+            python_api.kill()
+    listeners = listening.stop()
     assert python_api.returncode == 0, python_api.stderr.read().decode(errors="replace")[-3000:]
-
-    for name, listeners in (("sqz run", pipeline), ("ray_session()", library)):
-        print(f"{name}: {len(listeners)} listening sockets, on {sorted({host for host, _ in listeners})}")
-        outside = {address: who for address, who in listeners.items() if not _is_loopback(address[0])}
-        assert not outside, f"{name} listens outside loopback: {outside}"
-        # Not vacuous: the GCS, the raylet and (for the pipeline) Prefect's server were seen.
-        assert any("gcs_server" in who for who in listeners.values()), listeners
-        assert any("raylet" in who for who in listeners.values()), listeners
-    assert any("uvicorn" in who for who in pipeline.values()), pipeline  # Prefect's temporary API server
+    print(f"ray_session(): {len(listeners)} listening sockets, on {sorted({host for host, _ in listeners})}")
+    outside = {address: who for address, who in listeners.items() if not is_loopback(address[0])}
+    assert not outside, f"ray_session() listens outside loopback: {outside}"
+    # Not vacuous: the GCS and the raylet were seen.
+    assert any("gcs_server" in who for who in listeners.values()), listeners
+    assert any("raylet" in who for who in listeners.values()), listeners
 
 
 def _api_status(url: str, auth: str | None, method: str = "POST") -> int:

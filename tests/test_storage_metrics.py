@@ -85,6 +85,7 @@ import pickle  # noqa: E402
 import socket  # noqa: E402
 import time  # noqa: E402
 
+from processes import ListeningSockets, is_loopback  # noqa: E402
 from s3_front import S3Front  # noqa: E402
 
 from sqz.cli import main  # noqa: E402
@@ -230,7 +231,8 @@ def test_s3_run_survives_a_server_restart_and_writes_no_secret(s3_endpoint, tmp_
     the endpoint process in front of it is what restarts, while the objects persist as
     on a real store's disks. The run must finish with every object present and
     readable, and nothing it wrote may contain the secret key, the Ray token or the
-    Prefect auth string."""
+    Prefect auth string. Run as the bare console script is (no single-machine switch
+    for Ray in its environment), every process it starts listens on loopback only."""
     import io
     import json
     import shutil
@@ -260,12 +262,16 @@ def test_s3_run_survives_a_server_restart_and_writes_no_secret(s3_endpoint, tmp_
            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": ray_token,
            "PREFECT_SERVER_API_AUTH_STRING": prefect_auth, "PREFECT_API_AUTH_STRING": prefect_auth}  # fmt: skip
     # Its own ephemeral API, not the session's server: Prefect's database (logs, artifacts,
-    # parameters) lands in the workdir, among the files checked for the secret below.
+    # parameters) lands in the workdir, among the files checked for the secret below. And
+    # no single-machine switch for Ray, as in a new user's shell: the run is the bare
+    # console script's, whose every listening socket is recorded (loopback only, below).
     env.pop("PREFECT_API_URL", None)
+    env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
     out, err = open(tmp_path / "stdout.txt", "wb"), open(tmp_path / "stderr.txt", "wb")
     args = ["--storage", f"s3://{bucket}/runs", "--epochs", "1", "--workers", "1", "--prune-mode", "std", "--thresholds", "0.3,0.9",
             "--bits", "4", "--retrain-epochs", "0", "--finetune-epochs", "0", "--distill-steps", "0", "--run-id", "restarted"]  # fmt: skip
     process = subprocess.Popen([sys.executable, "-m", "sqz.cli", "run", *args], cwd=workdir, env=env, stdout=out, stderr=err)
+    listening = ListeningSockets(process)
     prefix = "runs/restarted/"
     try:
         def first_epoch_written():
@@ -285,6 +291,12 @@ def test_s3_run_survives_a_server_restart_and_writes_no_secret(s3_endpoint, tmp_
         out.close(), err.close()
         front.stop()
 
+    # The embedded default (a local Ray, Prefect's temporary API) listened on loopback only.
+    listeners = listening.stop()
+    outside = {address: who for address, who in listeners.items() if not is_loopback(address[0])}
+    assert not outside, f"the run listened outside loopback: {outside}"
+    assert any("gcs_server" in who for who in listeners.values()) and any("uvicorn" in who for who in listeners.values())
+    print(f"{len(listeners)} listening sockets, on {sorted({host for host, _ in listeners})}")
     stdout, stderr = (tmp_path / "stdout.txt").read_text(), (tmp_path / "stderr.txt").read_text()
     assert "chosen:" in stdout, stdout[-3000:]
     retried = [line for line in stderr.splitlines() if "sqz storage:" in line]
