@@ -38,8 +38,10 @@ def _auth_token() -> tuple[str | None, str]:
     except OSError:
         if path_setting:
             raise RayAccessError(f"RAY_AUTH_TOKEN_PATH: cannot read the token file {path}") from None
+        token = ""
+    if not token:
         return None, "RAY_AUTH_TOKEN"
-    return (token, "RAY_AUTH_TOKEN_PATH" if path_setting else "~/.ray/auth_token") if token else (None, "RAY_AUTH_TOKEN")
+    return token, "RAY_AUTH_TOKEN_PATH" if path_setting else "~/.ray/auth_token"
 
 
 def _probe(address: str, token: str | None) -> grpc.StatusCode | None:

@@ -16,7 +16,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -155,10 +154,10 @@ def test_ray_client_sweep_survives_the_loss_of_a_node(ray_cluster, s3_bucket, s3
           f"{sorted((r['trial_id'], r['node_id'][:12]) for r in after)}")  # fmt: skip
 
 
-def _without_token(token: str | None) -> dict[str, str]:
+def _without_token(token: str | None, home: str) -> dict[str, str]:
     """This process's environment with no Ray token, or with ``token`` in its place."""
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
-    env["HOME"] = tempfile.mkdtemp(prefix="sqz-home-")  # no ~/.ray/auth_token to fall back on
+    env["HOME"] = home  # an empty home: no ~/.ray/auth_token to fall back on
     if token is not None:
         env["RAY_AUTH_TOKEN"] = token
     return env
@@ -184,8 +183,6 @@ def test_the_cluster_refuses_drivers_clients_and_jobs_without_its_token(ray_clus
     address), a Ray Client (ray://) and a job submission are refused, and `sqz` says so in
     one line naming RAY_AUTH_TOKEN before any work. With the token, all three get in (and
     `sqz run` places work on both nodes: test_prefect_server)."""
-    from ray.exceptions import AuthenticationError  # noqa: F401  (the refusal the raw drivers below print)
-
     from sqz.cluster_access import _probe
 
     token, wrong = os.environ["RAY_AUTH_TOKEN"], "0" * 64
@@ -199,7 +196,7 @@ def test_the_cluster_refuses_drivers_clients_and_jobs_without_its_token(ray_clus
     # A raw Ray driver and client in token mode with no token: refused at once.
     connect = "import sys, ray; ray.init(address=sys.argv[1])"
     for address in (ray_cluster.address, ray_cluster.client_address):
-        result = subprocess.run([sys.executable, "-c", connect, address], env=_without_token(None), capture_output=True,
+        result = subprocess.run([sys.executable, "-c", connect, address], env=_without_token(None, str(tmp_path)), capture_output=True,
                                 text=True, timeout=120)  # fmt: skip
         assert result.returncode != 0 and "AuthenticationError" in result.stderr, result.stderr[-2000:]
 
@@ -218,7 +215,7 @@ def test_the_cluster_refuses_drivers_clients_and_jobs_without_its_token(ray_clus
         started = time.monotonic()
         result = subprocess.run([SQZ, "sweep", "--checkpoint", str(trained_baseline), "--ray-address", address,
                                  "--storage", str(storage_dir), "--thresholds", "0.33", "--bits", "6"],
-                                env=_without_token(attempt), cwd=tmp_path, capture_output=True, text=True, timeout=300)  # fmt: skip
+                                env=_without_token(attempt, str(tmp_path)), cwd=tmp_path, capture_output=True, text=True, timeout=300)  # fmt: skip
         seconds = time.monotonic() - started
         errors = [line for line in result.stderr.splitlines() if line.startswith("sqz sweep: error:")]
         assert result.returncode == 2 and len(errors) == 1, result.stderr[-3000:]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -38,11 +39,11 @@ def _bare_environment(home: str) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_ray_session_from_python_listens_on_loopback_only():
+def test_ray_session_from_python_listens_on_loopback_only(tmp_path):
     """sqz's Python API starts its local Ray the way a notebook would, in a bare
     environment: no socket outside loopback. (The bare `sqz run`, with Prefect's temporary
     API and Ray Train's workers, is checked the same way in test_storage_metrics' S3 run.)"""
-    home = tempfile.mkdtemp(prefix="sqz-home-")
+    home = str(tmp_path)
     workdir = tempfile.mkdtemp(prefix="s", dir="/tmp")  # short: Ray's temp dir goes inside
     notebook = ("import time; from sqz.distributed.cluster import ray_session\n"
                 "with ray_session(workdir='.', num_cpus=1):\n    import ray; ray.get(ray.remote(lambda: 1).remote()); time.sleep(3)\n")  # fmt: skip
@@ -54,6 +55,7 @@ def test_ray_session_from_python_listens_on_loopback_only():
     finally:
         if python_api.poll() is None:
             python_api.kill()
+        shutil.rmtree(workdir, ignore_errors=True)
     listeners = listening.stop()
     assert python_api.returncode == 0, python_api.stderr.read().decode(errors="replace")[-3000:]
     print(f"ray_session(): {len(listeners)} listening sockets, on {sorted({host for host, _ in listeners})}")
