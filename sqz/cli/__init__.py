@@ -15,6 +15,7 @@ from typing import Sequence
 from sqz.cli import data, import_dc, inspect, models, report, run, runs, sensitivity, sweep, train
 from sqz.cli import eval as evaluate  # a module named after its command; `eval` would shadow the builtin
 from sqz.cli.args import Parser
+from sqz.cli.examples import attach_examples
 from sqz.cli.flowrun import prefect_defaults
 from sqz.logs import configure_console
 
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
             module.add_parser(sub, Parser)  # they have subcommands of their own
         else:
             module.add_parser(sub)
+    attach_examples(parser)
     return parser
 
 

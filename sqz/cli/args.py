@@ -12,7 +12,17 @@ __all__ = ["Parser", "number", "list_of", "positive_int", "non_negative_int", "p
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, but errors are one line naming the option (no usage block)."""
+    """argparse, but errors are one line naming the option (no usage block), and
+    ``--help`` ends with the command's example lines (sqz/cli/examples.py), kept as
+    written: argparse would re-wrap an epilog into one paragraph."""
+
+    examples: tuple[str, ...] = ()
+
+    def format_help(self) -> str:
+        text = super().format_help()
+        if self.examples:
+            text += "\nexamples:\n" + "".join(f"  {line}\n" for line in self.examples)
+        return text
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message}\n")
