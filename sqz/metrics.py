@@ -70,10 +70,14 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("top1", pa.float64()), ("top5", pa.float64()), ("images", pa.int64()),
     ]),
     # Agreement of a compressed model with its dense reference on held-out images (no
-    # labels needed): top-1 agreement and top-5 overlap in %, mean KL(reference || model).
+    # labels needed): top-1 agreement and top-5 overlap in %, mean KL(reference || model);
+    # the agreement on the images where the reference's softmax top-1 >= confident_threshold
+    # (with their count), and the flips among near-ties (null in rows written before them).
     "fidelity": pa.schema([
         ("run_id", pa.string()), ("model", pa.string()), ("reference", pa.string()), ("images", pa.int64()),
         ("top1_agreement", pa.float64()), ("top5_overlap", pa.float64()), ("kl", pa.float64()),
+        ("confident_threshold", pa.float64()), ("confident_images", pa.int64()), ("confident_agreement", pa.float64()),
+        ("flips", pa.int64()), ("near_tie_images", pa.int64()), ("near_tie_flips", pa.int64()),
     ]),
 }  # fmt: skip
 
