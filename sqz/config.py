@@ -356,6 +356,16 @@ class ImportOptions:
     # the held-out KL at both budgets and raised top-5 overlap, but left top-1 agreement
     # equal at 430,000 B and lost 2.9 points of it at 372,000 B, for ~4 more minutes.
     budget_kl_images: int = 0
+    # With calibrate and size_budget: "measured" chooses the widths by greedy removal of
+    # bits where the KL measured on calibration crops rises least per byte saved, and never
+    # returns worse than the best uniform width at no more bytes (sqz.allocate); "fisher":
+    # the knapsack over Fisher-predicted costs (above). Without calibrate: always "fisher".
+    allocator: str = "measured"
+    allocator_images: int = 64  # calibration crops the greedy measures its KLs on
+    check_images: int = 128  # other calibration crops, the check against uniform widths
+    # Fidelity is also reported on the held-out crops whose dense top-1 probability is at
+    # least this (there a flip is a changed answer, not a near-tie's coin toss).
+    confident: float = 0.5
     seed: int = 0
     quant: QuantConfig = field(init=False)
 
@@ -386,6 +396,15 @@ class ImportOptions:
                              "costs by a KL measured on calibration images)")  # fmt: skip
         if self.gptq_rounds < 1:
             raise ValueError(f"--gptq-rounds: must be at least 1, got {self.gptq_rounds}")
+        if self.allocator not in ("measured", "fisher"):
+            raise ValueError(f"--allocator: must be measured or fisher, got {self.allocator!r}")
+        if self.allocator_images < 1 or self.check_images < 1:
+            raise ValueError("--allocator-images/check images: must be at least 1")
+        if not (isinstance(self.confident, (int, float)) and 0 < self.confident < 1):
+            raise ValueError(f"--confident: the dense top-1 probability threshold must lie in (0, 1), got {self.confident}")
+        if self.uses_measured_allocator and (self.distill_steps > 0 or (self.assign == "gptq" and self.gptq_inputs != "dense")):
+            raise ValueError("--allocator measured: the file is assembled from the widths it measured, which needs "
+                             "--distill-steps 0 and GPTQ from dense inputs (or --assign nearest); use --allocator fisher")  # fmt: skip
         if not 0 < self.gptq_damp < 1:
             raise ValueError(f"--gptq-damp: must be in (0, 1), got {self.gptq_damp}")
         if self.calibrate is not None:
@@ -407,6 +426,10 @@ class ImportOptions:
     @property
     def uses_gptq(self) -> bool:
         return self.calibrate is not None and self.assign == "gptq"
+
+    @property
+    def uses_measured_allocator(self) -> bool:
+        return self.calibrate is not None and self.size_budget is not None and self.allocator == "measured"
 
 
 def _check_thresholds(mode: PruneMode, thresholds: tuple[float, ...], dense_below: int) -> None:
