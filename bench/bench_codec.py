@@ -23,6 +23,7 @@ for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "
     os.environ.setdefault(variable, "1")
 
 import argparse  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
 
 import torch  # noqa: E402
@@ -73,7 +74,11 @@ def _layer_times(data: bytes, repeat: int) -> dict[str, tuple[float, float]]:
     return times
 
 
-def _table(label: str, model: torch.nn.Module, repeat: int) -> None:
+COLUMNS = ["layer", "v1 (ver 2) B", "v2 (ver 3) B", "v2/v1", "order-0 bound B", "v2 models (codes / positions)", "encode s", "decode s"]
+
+
+def _table(label: str, model: torch.nn.Module, repeat: int) -> dict:
+    """Prints the per-layer table and returns it (for bench/results.py) with the totals."""
     from sqz.compress import codec
 
     v2 = codec.encode(model, version=2)
@@ -86,6 +91,7 @@ def _table(label: str, model: torch.nn.Module, repeat: int) -> None:
     print(f"\n{label}")
     print("| layer | v1 (ver 2) B | v2 (ver 3) B | v2/v1 | order-0 bound B | v2 models (codes / positions) | encode s | decode s |")
     print("| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: |")
+    rows = []
     total2 = total3 = bound = enc = dec = 0.0
     for r in rows3:
         old = rows2[r["layer"]]
@@ -102,10 +108,15 @@ def _table(label: str, model: torch.nn.Module, repeat: int) -> None:
         bound += layer_bound or 0
         bound_text = f"{layer_bound:,.0f}" if shared else "-"
         print(f"| {r['layer']} | {b2:,} | {b3:,} | {b3 / b2:.3f} | {bound_text} | {models} | {e:.4f} | {d:.4f} |")
+        rows.append([r["layer"], b2, b3, round(b3 / b2, 3), round(layer_bound) if shared else None, models, round(e, 4), round(d, 4)])
     h2, h3 = codec.header_bytes(v2), codec.header_bytes(v3)
     print(f"| header | {h2:,} | {h3:,} | {h3 / h2:.3f} | - | - | - | - |")
     print(f"| **total** | **{len(v2):,}** | **{len(v3):,}** | {len(v3) / len(v2):.3f} | {bound:,.0f} (codes+gaps only) | - | {enc:.3f} | {dec:.3f} |")
     print(f"whole file, one core: encode() {encode_s:.3f} s, decode() {decode_s:.3f} s (model built and loaded included); bit-exact: {exact}")
+    rows.append(["header", h2, h3, round(h3 / h2, 3), None, None, None, None])
+    rows.append(["total", len(v2), len(v3), round(len(v3) / len(v2), 3), round(bound), "(bound: codes+gaps only)", round(enc, 3), round(dec, 3)])
+    return {"label": label, "rows": rows, "v2_bytes": len(v2), "v3_bytes": len(v3), "bound_bytes": round(bound),
+            "encode_s": round(encode_s, 3), "decode_s": round(decode_s, 3), "bit_exact": exact}  # fmt: skip
 
 
 def _adaptive_bytes(symbols, alphabet: int) -> float:
@@ -147,6 +158,10 @@ def _channel_context_check(model: torch.nn.Module) -> None:
         sizes["shuffled"] += sum(_entropy_bytes(shuffled[run]) for run in runs)
         sizes["adaptive0"] += _adaptive_bytes(codes, len(distinct))
         sizes["adaptive_channel"] += sum(_adaptive_bytes(codes[run], len(distinct)) for run in runs)
+    return sizes
+
+
+def _print_channel_check(sizes: dict) -> None:
     print("\nissue 13's premise, codes given their output channel (released 8-bit codes, all 26 layers):")
     print(f"- plug-in entropy: order-0 {sizes['order0']:,.0f} B; given the channel {sizes['channel']:,.0f} B "
           f"({sizes['channel'] / sizes['order0'] - 1:+.1%})")
@@ -160,6 +175,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--net", default=RELEASED, help="compressed_SqueezeNet.net")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--record", action="store_true", help="write bench/results/codec.json (bench/results.py)")
     args = parser.parse_args()
     if not os.path.exists(args.net):
         raise SystemExit(f"--net: {args.net} does not exist")
@@ -173,10 +189,43 @@ def main() -> None:
     with open(args.net, "rb") as f:
         released = load_dcnet(f.read())
     codec.decode(codec.encode(released))  # numba compiles (cached on disk after the first run)
-    _table("released model, 8-bit codes, lossless", released, args.repeat)
-    _channel_context_check(released)
+    lossless = _table("released model, 8-bit codes, lossless", released, args.repeat)
+    channel = _channel_context_check(released)
+    _print_channel_check(channel)
     quantize_(released, QuantConfig(bits=6, method="exact"))  # as `sqz import-dc --bits 6`
-    _table("released model re-clustered at 6 bits (exact k-means, same sparsity)", released, args.repeat)
+    six_bits = _table("released model re-clustered at 6 bits (exact k-means, same sparsity)", released, args.repeat)
+    if args.record:
+        _record(lossless, six_bits, channel, args)
+
+
+def _record(lossless: dict, six_bits: dict, channel: dict, args: argparse.Namespace) -> None:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from results import record
+
+    summary = [[t["label"], t["v2_bytes"], t["v3_bytes"], t["bound_bytes"], t["encode_s"], t["decode_s"], t["bit_exact"]]
+               for t in (lossless, six_bits)]  # fmt: skip
+    figures = {
+        "title": ".sqz format on the released Deep Compression SqueezeNet",
+        "headline": {
+            "released SqueezeNet (675,763 B .net) as .sqz, lossless": f"{lossless['v3_bytes']:,} B",
+            "re-clustered at 6 bits, same sparsity": f"{six_bits['v3_bytes']:,} B",
+        },
+        "tables": [
+            {"title": "whole file: bytes per format version, and seconds on one core (model construction included)",
+             "columns": ["file", "version 2 B", "version 3 B", "order-0 bound of codes + gaps B", "encode s", "decode s",
+                         "bit-exact"], "rows": summary},
+            {"title": lossless["label"], "columns": COLUMNS, "rows": lossless["rows"]},
+            {"title": six_bits["label"], "columns": COLUMNS, "rows": six_bits["rows"]},
+            {"title": "issue 13's premise: plug-in entropy of the 8-bit codes given their output channel, and a control",
+             "columns": ["estimate", "bytes"],
+             "rows": [["plug-in, order 0", round(channel["order0"])], ["plug-in, given the channel", round(channel["channel"])],
+                      ["plug-in, given the channel, codes shuffled across each layer (control)", round(channel["shuffled"])],
+                      ["adaptive add-1/2, one model per layer", round(channel["adaptive0"])],
+                      ["adaptive add-1/2, one model per channel", round(channel["adaptive_channel"])]]},
+        ],
+        "load_average_1m": round(os.getloadavg()[0], 2),
+    }  # fmt: skip
+    print(f"recorded {record('codec', figures, command='python bench/bench_codec.py --record')}")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "
     os.environ.setdefault(variable, "1")
 
 import argparse  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -36,6 +37,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-baselines", action="store_true", help="time only sqz (ckwrap at k=256 takes ~10 s)")
     parser.add_argument("--density", type=float, default=0.334)
+    parser.add_argument("--record", action="store_true", help="write bench/results/compress.json (bench/results.py)")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -57,6 +59,7 @@ def main() -> None:
     print(f"squeezenet1_0: {sum(w.size for w in layers.values()):,} weights, {total:,} non-zero after pruning ({prune_s:.2f} s)")
 
     print(f"\n{'k-means, whole model, one core':44} {'k=256':>8} {'k=64':>8}")
+    kmeans_rows = []
     for label, cluster in _methods(args.skip_baselines):
         seconds = []
         for k in (256, 64):
@@ -65,6 +68,7 @@ def main() -> None:
                 cluster(values, k)
             seconds.append(time.perf_counter() - start)
         print(f"{label:44} {seconds[0]:>7.2f}s {seconds[1]:>7.2f}s")
+        kmeans_rows.append([label, round(seconds[0], 2), round(seconds[1], 2)])
 
     # Weighted exact k-means (sensitivity weights: a diagonal Fisher). The gradient pass
     # is timed apart: it depends on the calibration set, not on the clustering.
@@ -82,6 +86,7 @@ def main() -> None:
         seconds.append(time.perf_counter() - start)
     print(f"{'sqz exact, Fisher-weighted':44} {seconds[0]:>7.2f}s {seconds[1]:>7.2f}s"
           f"   (gradient pass, 8 images: {fisher_s:.2f} s, not included)")  # fmt: skip
+    kmeans_rows.append(["sqz exact, Fisher-weighted (gradient pass not included)", round(seconds[0], 2), round(seconds[1], 2)])
 
     quantized = build_model("squeezenet1_0", num_classes=1000)
     quantized.load_state_dict(model.state_dict())
@@ -101,7 +106,30 @@ def main() -> None:
     indexed = to_indexed(decoded).eval()
     print(f"\n{'model in memory':28} {'weight bytes':>14} {'images/s (224px, batch 8, 1 thread)':>38}")
     print(f"{'dense float32':28} {dense_bytes:>14,} {dense_ips:>38.1f}")
-    print(f"{'indexed (uint8 + codebook)':28} {weight_bytes(indexed):>14,} {_images_per_second(indexed, x):>38.1f}")
+    indexed_ips = _images_per_second(indexed, x)
+    print(f"{'indexed (uint8 + codebook)':28} {weight_bytes(indexed):>14,} {indexed_ips:>38.1f}")
+    if not args.record:
+        return
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from results import record
+
+    figures = {
+        "title": "Deep Compression speed on SqueezeNet v1.0, one core",
+        "headline": {"prune + exact k-means + encode, SqueezeNet v1.0 at 8 bits, one core": f"{prune_s + quantize_s + encode_s:.2f} s"},
+        "tables": [
+            {"title": f"k-means of the {total:,} non-zero weights (density {args.density}), whole model, seconds",
+             "columns": ["method", "k=256", "k=64"], "rows": kmeans_rows},
+            {"title": "full compress at 8 bits, seconds", "columns": ["prune", "exact quantize", "encode", "total", "file bytes", "decode"],
+             "rows": [[round(prune_s, 2), round(quantize_s, 2), round(encode_s, 2), round(prune_s + quantize_s + encode_s, 2),
+                       len(data), round(decode_s, 3)]]},
+            {"title": "model in memory: weight bytes and forward images/s (224 px, batch 8, 1 thread)",
+             "columns": ["model", "weight bytes", "images/s"],
+             "rows": [["dense float32", dense_bytes, round(dense_ips, 1)],
+                      ["indexed (uint8 + codebook)", weight_bytes(indexed), round(indexed_ips, 1)]]},
+        ],
+        "load_average_1m": round(os.getloadavg()[0], 2),
+    }  # fmt: skip
+    print(f"recorded {record('compress', figures, command='python bench/bench_compress.py --record')}")
 
 
 def _methods(skip_baselines: bool):

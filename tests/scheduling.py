@@ -28,7 +28,7 @@ MEASURED_SECONDS = {
     "tests/test_eval_cli.py": 14, "tests/test_data_engine.py": 13, "tests/test_compress.py": 7,
     "tests/test_dcnet.py": 7, "tests/test_cli.py": 7, "tests/test_models.py": 6, "tests/test_infra.py": 3,
     "tests/test_runs.py": 2, "tests/test_links.py": 1, "tests/test_prefect_yaml.py": 1, "tests/test_gptq.py": 1,
-    "tests/test_progress.py": 1, "tests/test_cluster.py": 1, "tests/test_config.py": 1,
+    "tests/test_progress.py": 1, "tests/test_cluster.py": 1, "tests/test_config.py": 1, "tests/test_docs.py": 6,
 }  # fmt: skip
 
 
