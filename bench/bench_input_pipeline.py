@@ -33,11 +33,15 @@ import io
 import logging
 import math
 import os
+import re
 import resource
 import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
+
+# Every table the parts print, as bench/results.py records it (--record).
+TABLES: list[dict] = []
 
 # The generated JPEGs are the tests' (tests/imagegen.py): test data, not part of sqz.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
@@ -132,6 +136,9 @@ def decoders_per_scale(jpegs: list[bytes]) -> None:
         print(f"{name:30} " + " ".join(f"{row[s]:8.2f}" if s in row else f"{'n/a':>8}" for s in (1, 2, 4, 8)))
     winners = {s: min((row[s], name) for name, row in table.items() if s in row)[1] for s in (1, 2, 4, 8)}
     print("winner per scale: " + ", ".join(f"1/{s} {name}" for s, name in winners.items()))
+    TABLES.append({"title": "part 1, decoders: CPU ms per image to a uint8 (3, H, W) tensor, at each DCT scale",
+                   "columns": ["decoder", "1/1", "1/2", "1/4", "1/8"],
+                   "rows": [[name] + [round(row[s], 2) if s in row else "n/a" for s in (1, 2, 4, 8)] for name, row in table.items()]})  # fmt: skip
 
 
 def max_side_sweep(jpegs: list[bytes], sides: list[int], size: int, quality: int) -> None:
@@ -147,6 +154,10 @@ def max_side_sweep(jpegs: list[bytes], sides: list[int], size: int, quality: int
     print(f"{'N':>8} {'kB/img':>7} {'ms/img':>7} {'img/CPU-s':>9} {'upsampled':>9}")
     transform = ImageTransform(train=True, image_size=size)
     torch.manual_seed(0)
+    rows = []
+    TABLES.append({"title": f"part 2, --max-side N (quality {quality}): stored bytes, CPU ms per {size}-px training crop "
+                            f"(reduced decode), share of crops upsampled",
+                   "columns": ["N", "kB/img", "ms/img", "img/CPU-s", "upsampled"], "rows": rows})  # fmt: skip
     for side in [0, *sides]:
         stored = [shrink_image_bytes(data, side, quality) or data if side else data for data in jpegs]
         upsampled = total = 0
@@ -158,6 +169,8 @@ def max_side_sweep(jpegs: list[bytes], sides: list[int], size: int, quality: int
         ms = _cpu_ms_per_item(transform, stored)
         print(f"{side or 'original':>8} {sum(map(len, stored)) / len(stored) / 1e3:7.0f} {ms:7.2f} {1000 / ms:9.0f} "
               f"{100 * upsampled / total:8.0f}%", flush=True)  # fmt: skip
+        rows.append([side or "original", round(sum(map(len, stored)) / len(stored) / 1e3), round(ms, 2), round(1000 / ms),
+                     f"{100 * upsampled / total:.0f}%"])  # fmt: skip
 
 
 def main() -> None:
@@ -177,7 +190,39 @@ def main() -> None:
     parser.add_argument("--gpu-train", action="store_true", help="part 5: training images/s on CUDA (skips 3)")
     parser.add_argument("--gpu-batch", type=int, default=256, help="part 5: batch size (default 256)")
     parser.add_argument("--gpu-epochs", type=int, default=3, help="part 5: passes per feed, the first is warm-up")
+    parser.add_argument("--record", action="store_true",
+                        help="write bench/results/input-pipeline.json (input-pipeline-gpu-<device>.json with --gpu-train)")  # fmt: skip
     args = parser.parse_args()
+    measure(args)
+    if args.record:
+        _record(args)
+
+
+def _record(args: argparse.Namespace) -> None:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from results import record
+
+    headline = {}
+    for table in TABLES:
+        if table["title"].startswith("part 3"):
+            best = max(table["rows"], key=lambda row: row[1])
+            headline[f"CPU input pipeline, best path ({best[0]}), per core"] = f"{best[1]:,} img/CPU-s"
+        if table["title"].startswith("part 5"):
+            for row in table["rows"]:
+                if row[0].startswith("GPU decode"):
+                    headline["training squeezenet1_0 fed by the GPU decode path"] = f"{row[1]:,} img/s"
+    name = "input-pipeline"
+    if args.gpu_train:
+        import torch
+
+        name += "-gpu-" + re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name().lower()).strip("-")
+    figures = {"title": "Input pipeline: images per second per core" + (" and GPU training feed" if args.gpu_train else ""),
+               "headline": headline, "tables": TABLES, "load_average_1m": round(os.getloadavg()[0], 2)}  # fmt: skip
+    command = "python bench/bench_input_pipeline.py " + " ".join(sys.argv[1:])
+    print(f"recorded {record(name, figures, command=command)}")
+
+
+def measure(args: argparse.Namespace) -> None:
 
     import torch
     from torch.utils.data import DataLoader
@@ -245,20 +290,26 @@ def main() -> None:
             classic, batch_size=args.batch_size, shuffle=True, num_workers=args.cores)),
     ]  # fmt: skip
 
-    def run(pipelines: list[Pipeline]) -> None:
+    def run(pipelines: list[Pipeline], title: str) -> None:
+        rows = []
+        TABLES.append({"title": title, "columns": ["pipeline", "img/CPU-s", "img/s/core", "CPU ms/img", "load 1m"], "rows": rows})
         for pipeline in pipelines:
             _timed_pass(pipeline)  # warm-up: worker start, page cache, Ray operators
             best = max((_timed_pass(pipeline) for _ in range(args.passes)), key=lambda r: r[0] / r[1])
             images, wall, cpu = best
             print(f"{pipeline.name:42} {images / cpu:10.0f} {images / wall / args.cores:11.0f} {1000 * cpu / images:10.2f}"
                   f"  {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
+            rows.append([pipeline.name, round(images / cpu), round(images / wall / args.cores), round(1000 * cpu / images, 2),
+                         round(os.getloadavg()[0], 1)])  # fmt: skip
 
     if args.gpu_train:
         gpu_training(args, resized)
         return
     print(f"\n3. pipelines: Parquet shards + DataLoader ({args.cores} worker(s)), then the readers as they were")
     print(f"{'pipeline':42} {'img/CPU-s':>10} {'img/s/core':>11} {'CPU ms/img':>10}  load")
-    run(pipelines)
+    run(pipelines, f"part 3, pipelines: Parquet shards + DataLoader ({args.cores} worker(s)), then the readers as they were; "
+                   f"{n} JPEGs of about 500x375 ({kb[original]:.0f} kB; {kb[resized]:.0f} kB at max side {args.max_side}), "
+                   f"batch {args.batch_size}, crop {args.size}")  # fmt: skip
     if args.no_ray:
         return
 
@@ -285,7 +336,8 @@ def main() -> None:
         print(f"\n4. Ray Data: read_parquet -> map_batches decode on {args.cores} Ray CPU(s), CPU-normalised batches")
         print(f"{'pipeline':42} {'img/CPU-s':>10} {'img/s/core':>11} {'CPU ms/img':>10}  load")
         run([Pipeline("Ray Data, original, reduced decode", ray_batches(original), lambda: current["dataset"]),
-             Pipeline(f"Ray Data, {side}, reduced decode", ray_batches(resized), lambda: current["dataset"])])  # fmt: skip
+             Pipeline(f"Ray Data, {side}, reduced decode", ray_batches(resized), lambda: current["dataset"])],
+            f"part 4, Ray Data: read_parquet -> map_batches decode on {args.cores} Ray CPU(s), CPU-normalised batches")  # fmt: skip
 
 
 def gpu_training(args: argparse.Namespace, url: str) -> None:
@@ -321,12 +373,16 @@ def gpu_training(args: argparse.Namespace, url: str) -> None:
     print(f"\n5. training squeezenet1_0 on {torch.cuda.get_device_name()} from {url} (bf16 autocast, channels_last, "
           f"batch {args.gpu_batch}, {cores} CPUs; {time.strftime('%Y-%m-%d')})")  # fmt: skip
     print(f"{'feed':42} {'img/s':>8} {'data wait':>10}")
+    rows = []
+    TABLES.append({"title": f"part 5, training squeezenet1_0 on {torch.cuda.get_device_name()} (bf16 autocast, channels_last, "
+                            f"batch {args.gpu_batch}, {cores} CPUs)", "columns": ["feed", "img/s", "data wait"], "rows": rows})  # fmt: skip
     for name, make in feeds.items():
         stats = [engine.train_one_epoch(model, make(), optimizer, device="cuda", amp_dtype=torch.bfloat16,
                                         channels_last=True) for _ in range(args.gpu_epochs)]  # fmt: skip
         timed = stats[1:] or stats
         images, wall, wait = (sum(getattr(s, a) for s in timed) for a in ("images", "wall_s", "data_wait_s"))
         print(f"{name:42} {images / wall:8.0f} {100 * wait / wall:9.0f}%", flush=True)
+        rows.append([name, round(images / wall), f"{100 * wait / wall:.0f}%"])
 
 
 if __name__ == "__main__":

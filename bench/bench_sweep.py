@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
 
 
@@ -43,6 +44,7 @@ def main() -> None:
     parser.add_argument("--retrain-epochs", type=int, default=1)
     parser.add_argument("--finetune-epochs", type=int, default=1)
     parser.add_argument("--concurrency", default="1,2", help="concurrent trials to compare")
+    parser.add_argument("--record", action="store_true", help="write bench/results/sweep.json (bench/results.py)")
     args = parser.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
@@ -80,6 +82,19 @@ def main() -> None:
         base = results[0][1] / results[0][2]
         for concurrent, trials, wall, *_ in results[1:]:
             print(f"speed-up {concurrent} vs {results[0][0]} concurrent: {trials / wall / base:.2f}x trials per minute")
+    if args.record:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from results import record
+
+        figures = {
+            "title": "Sweep throughput: concurrent Ray Tune trials on one machine",
+            "tables": [{"title": f"{len(thresholds)} x {len(bits)} grid, digits squeezenet_small, retrain {args.retrain_epochs} + "
+                                 f"fine-tune {args.finetune_epochs} epoch(s), 1 CPU per trial, {os.cpu_count()} CPU(s)",
+                        "columns": ["concurrent", "trials", "wall s", "trials/min", "mean trial s", "load 1m before", "load 1m after"],
+                        "rows": [[c, n, round(w, 1), round(60 * n / w, 2), round(m, 1), round(b, 2), round(a, 2)]
+                                 for c, n, w, m, b, a in results]}],
+        }  # fmt: skip
+        print(f"recorded {record('sweep', figures, command='python bench/bench_sweep.py ' + ' '.join(sys.argv[1:]))}")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -103,6 +104,8 @@ def main() -> None:
     parser.add_argument("--gpu-batch", type=int, default=256, help="batch per GPU (default: 256)")
     parser.add_argument("--gpu-steps", type=int, default=40, help="timed steps on the GPU (default: 40)")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile on the GPU")
+    parser.add_argument("--record", action="store_true",
+                        help="write bench/results/train-cpu.json and train-gpu-<device>.json (bench/results.py)")  # fmt: skip
     args = parser.parse_args()
 
     if args.only in (None, "cpu"):
@@ -129,11 +132,22 @@ def main() -> None:
               f"torch {torch.__version__}; {args.rounds} rounds x {args.epochs} timed epochs each")  # fmt: skip
         print(f"{'setup':36} {'best img/s':>10} {'vs plain':>9} {'median':>7} {'vs plain':>9} {'fit wall s':>10}")
         median_base = statistics.median(speeds[setups[0]])
+        rows = []
         for name in setups:
             best, median = max(speeds[name]), statistics.median(speeds[name])
             wall = f"{statistics.median(walls[name]):10.1f}" if walls[name] else ""
             print(f"{name:36} {best:10.1f} {100 * (best / base - 1):+8.1f}% {median:7.1f} "
                   f"{100 * (median / median_base - 1):+8.1f}% {wall}")  # fmt: skip
+            rows.append([name, round(best, 1), f"{100 * (best / base - 1):+.1f}%", round(median, 1),
+                         f"{100 * (median / median_base - 1):+.1f}%", round(statistics.median(walls[name]), 1) if walls[name] else None])  # fmt: skip
+        if args.record:
+            _record("train-cpu", {
+                "title": f"Training throughput on CPU: plain torch loop vs Ray Train ({args.model})",
+                "tables": [{"title": f"{args.model}, synthetic 224x224, global batch {args.batch}, {os.cpu_count()} cores, "
+                                     f"{args.rounds} rounds x {args.epochs} timed epochs each",
+                            "columns": ["setup", "best img/s", "vs plain", "median", "vs plain", "fit wall s"], "rows": rows}],
+                "load_average_1m": round(os.getloadavg()[0], 2),
+            })  # fmt: skip
 
     if args.only == "gpu" or (args.only is None and torch.cuda.is_available()):
         if not torch.cuda.is_available():
@@ -146,6 +160,23 @@ def main() -> None:
         print(f"{'setting':44} {'images/s':>9} {'vs fp32':>8} {'data wait':>10}")
         for name, speed, waiting in results:
             print(f"{name:44} {speed:9.0f} {speed / results[0][1]:7.2f}x {100 * waiting:9.1f}%")
+        if args.record:
+            device = torch.cuda.get_device_name()
+            best_name, best_speed, _ = max(results, key=lambda r: r[1])
+            _record(f"train-gpu-{re.sub(r'[^a-z0-9]+', '-', device.lower()).strip('-')}", {
+                "title": f"Training throughput on one {device} ({args.model}, synthetic images staged on the GPU)",
+                "headline": {f"training {args.model}, {best_name}, one GPU": f"{best_speed:,.0f} img/s"},
+                "tables": [{"title": f"{args.model}, 224x224, batch {args.gpu_batch} (no input pipeline in the figure)",
+                            "columns": ["setting", "images/s", "vs fp32", "data wait"],
+                            "rows": [[n, round(v), f"{v / results[0][1]:.2f}x", f"{100 * w:.1f}%"] for n, v, w in results]}],
+            })  # fmt: skip
+
+
+def _record(name: str, figures: dict) -> None:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from results import record
+
+    print(f"recorded {record(name, figures, command='python bench/bench_train.py ' + ' '.join(sys.argv[1:]))}")
 
 
 if __name__ == "__main__":
