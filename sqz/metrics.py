@@ -40,6 +40,9 @@ SCHEMAS: dict[str, pa.Schema] = {
         # their {layer: {"threshold", "bits"}} settings as JSON.
         ("target", pa.string()), ("layer_settings", pa.string()),
         ("node_id", pa.string()),  # the Ray node the trial ran on (null outside Ray)
+        # Where the trial's time went: JSON {"started_at": Unix time, phase: seconds, ...}
+        # (sqz.trial.PhaseClock; null in tables written before it was recorded).
+        ("phase_s", pa.string()),
     ]),
     # Trials a scheduler (ASHA) stopped during retraining: finished decisions, not rerun.
     "sweep_stopped": pa.schema([

@@ -41,7 +41,7 @@ from sqz.report import ALEXNET_FLOAT32_BYTES
 # third of the time).
 GPTQ_TRIAL_INPUTS = "dense"
 
-__all__ = ["TrialSpec", "trial_id", "compress_and_evaluate", "layer_module", "prune_per_layer_", "quantize_per_layer_",
+__all__ = ["TrialSpec", "PhaseClock", "trial_id", "compress_and_evaluate", "layer_module", "prune_per_layer_", "quantize_per_layer_",
            "retrain_rounds", "target_masks", "RETRAIN_ROUNDS"]
 
 # A step budget is retrained (and, under ASHA, reported) in this many equal rounds.
@@ -286,10 +286,11 @@ def _loaders(data: DataConfig) -> tuple[Iterable, Iterable]:
 
 
 def _compress_weights_(model: nn.Module, spec: TrialSpec, train_loader: Iterable, data: DataConfig,
-                       device: torch.device | str) -> None:  # fmt: skip
+                       device: torch.device | str, phases: PhaseClock | None = None) -> None:  # fmt: skip
     """Clusters the retrained ``model`` per ``spec.quant`` in place: Fisher-weighted k-means
     (per layer with per-layer bits), then GPTQ assignment, codebook distillation and codebook
     fine-tuning, each where the spec asks for it."""
+    phases = phases or PhaseClock()
     # The retrained dense model is the teacher: the Fisher weighting and the distillation
     # both look at it on a few training batches (their images only: no labels needed).
     calibration, teacher_logits, importance = _calibration(model, train_loader, spec.quant, device)
@@ -300,6 +301,7 @@ def _compress_weights_(model: nn.Module, spec: TrialSpec, train_loader: Iterable
         shared = quantize_(model, spec.quant, importance=importance)
     if spec.quant.assign == "gptq":
         gptq_(model, shared, original, calibration, batch_size=data.batch_size, inputs_from=GPTQ_TRIAL_INPUTS)
+    phases.lap("kmeans")
     if spec.quant.distill_steps:
         distill_codebooks_(model, shared, calibration, teacher_logits, steps=spec.quant.distill_steps,
                            lr=spec.quant.distill_lr, batch_size=data.batch_size, seed=data.seed)  # fmt: skip
@@ -307,6 +309,26 @@ def _compress_weights_(model: nn.Module, spec: TrialSpec, train_loader: Iterable
         optimizer = CodebookSGD(model, shared, lr=spec.quant.finetune_lr)
         for _ in range(spec.quant.finetune_epochs):
             engine.train_one_epoch(model, train_loader, optimizer, device=device)
+    phases.lap("finetune")
+
+
+class PhaseClock:
+    """Seconds per phase of a trial, lap by lap (``lap(name)`` books the time since the
+    previous lap under ``name``), and when the trial started (Unix time): what a trial's
+    fixed cost is made of, and when a resumed sweep's first new trial began."""
+
+    def __init__(self) -> None:
+        self.started_at = time.time()
+        self._last = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = self.seconds.get(name, 0.0) + now - self._last
+        self._last = now
+
+    def as_json(self) -> str:
+        return json.dumps({"started_at": round(self.started_at, 3), **{k: round(v, 4) for k, v in self.seconds.items()}})
 
 
 def _trial_row(model: nn.Module, spec: TrialSpec, *, run_id: str, name: str, model_url: str, encoded: bytes,
@@ -328,6 +350,7 @@ def _trial_row(model: nn.Module, spec: TrialSpec, *, run_id: str, name: str, mod
         "target": None,
         "layer_settings": None,
         "node_id": None,  # set by the Ray layer, which knows the node
+        "phase_s": None,  # set last, when every phase is timed
     }
     if spec.per_layer:
         settings = {
@@ -364,20 +387,29 @@ def compress_and_evaluate(
     is spent.
     """
     start = time.perf_counter()
+    phases = PhaseClock()
     torch.manual_seed(data.seed)
     model = build_model(arch["name"], **arch.get("kwargs", {}))
     model.load_state_dict(load_safetensors(baseline))
     model.to(device)
+    phases.lap("load_checkpoint")
     train_loader, val_loader = _loaders(data)
+    phases.lap("load_data")
 
     spec.check_budget(len(train_loader))
     _retrain(model, spec, target_masks(model, spec), train_loader, val_loader, device, on_retrain_epoch)
+    phases.lap("prune_retrain")
 
-    _compress_weights_(model, spec, train_loader, data, device)
+    _compress_weights_(model, spec, train_loader, data, device, phases)
 
     name = name or trial_id(spec.prune, spec.quant.bits)
     encoded = codec.encode(model, meta={"run_id": run_id, "trial_id": name})
+    phases.lap("encode")
     storage.write_bytes(model_url, encoded)
+    phases.lap("write_model")
     result = engine.evaluate(codec.decode(encoded).to(device), val_loader, device=device)
-    return _trial_row(model, spec, run_id=run_id, name=name, model_url=model_url, encoded=encoded, result=result,
-                      wall_s=time.perf_counter() - start, target=target)  # fmt: skip
+    phases.lap("evaluate")
+    row = _trial_row(model, spec, run_id=run_id, name=name, model_url=model_url, encoded=encoded, result=result,
+                     wall_s=time.perf_counter() - start, target=target)  # fmt: skip
+    row["phase_s"] = phases.as_json()
+    return row

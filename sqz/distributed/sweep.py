@@ -213,7 +213,9 @@ def _run_trial(config: dict[str, Any], *, baseline: bytes, points: dict[str, dic
     # Tune restarts a trial whose node died, also one that wrote its row just before the
     # node went and so had no time to report it: its row says it is done, so it reports that
     # row instead of retraining and writing its file again.
+    check_started = time.perf_counter()
     written = metrics.read_writer_rows(layout.run_url, "sweep_trials", writer_id=name)
+    check_s = time.perf_counter() - check_started
     if written:
         _log.info("trial %s: already done (its sweep_trials row exists); not run again", name)
         _report_final(written[0], spec)
@@ -226,9 +228,15 @@ def _run_trial(config: dict[str, Any], *, baseline: bytes, points: dict[str, dic
     )  # fmt: skip
     row["node_id"] = ray.get_runtime_context().get_node_id()
     # The file's per-layer byte account first: the sweep_trials row marks the trial done.
+    account_started = time.perf_counter()
     account = codec.layer_sizes(storage.read_bytes(row["model_url"]))
     metrics.write_rows(layout.run_url, "compressed_layers", [{"run_id": layout.run_id, "model": name, **r} for r in account],
                        writer_id=name)  # fmt: skip
+    # The done-check and the byte account are this trial's too (the row's own write is not:
+    # the row cannot time itself).
+    phases = json.loads(row["phase_s"])
+    phases.update(check_done=round(check_s, 4), write_layers=round(time.perf_counter() - account_started, 4))
+    row["phase_s"] = json.dumps(phases)
     metrics.write_rows(layout.run_url, "sweep_trials", [row], writer_id=name)
     _report_final(row, spec)
 
