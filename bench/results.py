@@ -53,6 +53,16 @@ def commit() -> str:
         return "unknown"
 
 
+def dirty_files() -> list[str]:
+    """Tracked files with uncommitted changes when the figures were taken: in a tree shared
+    with other work, "+dirty" alone cannot say whether the measured code was among them."""
+    try:
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout
+    except OSError:
+        return []
+    return sorted(line[3:] for line in status.splitlines() if line[3:])
+
+
 def record(name: str, figures: dict, *, command: str, notes: str = "") -> Path:
     """Writes ``bench/results/<name>.json``: ``figures`` (any JSON-able mapping) with the
     date, machine, commit and the command that made them. Returns the path."""
@@ -64,6 +74,7 @@ def record(name: str, figures: dict, *, command: str, notes: str = "") -> Path:
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
         "machine": machine(),
         "commit": commit(),
+        "dirty_files": dirty_files(),
         "command": command,
         "notes": notes,
         "figures": figures,
