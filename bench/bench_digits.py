@@ -2,8 +2,14 @@
 each pruning method costs. Prints (never asserts) the targets of issue 12:
 
 - the baseline (the digits recipe) reaches >= 97.5% top-1, and leaves chance in epoch 1;
-- at <= 0.5 pt below the baseline the .sqz file is >= 10.2x smaller than float32 (15x moonshot);
+- at <= 0.5 pt below the baseline the .sqz file is >= 10.2x smaller than float32 (15x:
+  issue 36's target);
 - 33% density + 8-bit stays within 0.5 pt of the baseline.
+
+The validation split is 360 images: one image moves a trial 0.28 pt. So every trial runs
+once per baseline seed (``--seeds``, default 0,1,2: three baselines trained with the
+recipe, each trial compressing each of them), and the targets read the mean drop over
+the seeds, with its spread (lowest and highest); the per-seed rows stay in the table.
 
 One table row per trial: schedule (oneshot / gradual), lr (constant / rewind), retrain
 steps, assignment (nearest shared value or GPTQ's), kept density, bits, the .sqz bytes,
@@ -13,7 +19,7 @@ thread each.
 
     python bench/bench_digits.py                 # the full table (~15-20 min on 2 cores)
     python bench/bench_digits.py --quick         # 3 trials
-    python bench/bench_digits.py --seeds 0,1     # baseline twice: reproducibility
+    python bench/bench_digits.py --seeds 0       # one seed (a third of the time)
     python bench/bench_digits.py --only gptq     # the trials whose name contains "gptq"
 """
 
@@ -132,7 +138,9 @@ def _jobs(quick: bool, train_cfg: TrainConfig) -> list[tuple[str, dict, dict]]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="3 trials instead of the full table")
-    parser.add_argument("--seeds", default="0", help="baseline seeds, comma-separated; trials use the first (default: 0)")
+    parser.add_argument("--seeds", default="0,1,2",
+                        help="baseline seeds, comma-separated; every trial compresses each seed's baseline and the "
+                        "targets read the mean over the seeds (default: 0,1,2)")  # fmt: skip
     parser.add_argument("--processes", type=int, default=2, help="trials at once (default: 2)")
     parser.add_argument("--only", default="", metavar="TEXT",
                         help="run only the trials whose name contains TEXT, or one of several comma-separated "
@@ -166,39 +174,91 @@ def main() -> int:
         values = [t for _, t in baselines.values()]
         print(f"baseline spread over seeds {seeds}: {max(values) - min(values):.2f} pt")
     _, train_cfg = recipe_configs(seeds[0])
-    baseline, base_top1 = baselines[seeds[0]]
     float32 = 4 * count_parameters(build_model(train_cfg.model, num_classes=10))
     arch = {"name": train_cfg.model, "kwargs": {"num_classes": 10}}
-    jobs = [{"name": n, "spec": s, "label": lab, "baseline": baseline, "arch": arch, "data": data_cfg}
-            for n, s, lab in _jobs(args.quick, train_cfg) if any(text in n for text in wanted)]  # fmt: skip
+    chosen = [(n, s, lab) for n, s, lab in _jobs(args.quick, train_cfg) if any(text in n for text in wanted)]
+    jobs = [{"name": f"{n}-seed{seed}" if len(seeds) > 1 else n, "spec": s, "label": {**lab, "trial": n, "seed": seed},
+             "baseline": baselines[seed][0], "arch": arch, "data": data_cfg}
+            for n, s, lab in chosen for seed in seeds]  # fmt: skip
     start = time.perf_counter()
     with futures.ProcessPoolExecutor(args.processes) as pool:
         rows = list(pool.map(_trial, jobs))
-    print(f"\nbaseline top-1 {base_top1:.2f}, float32 {float32:,} bytes; {len(rows)} trials in "
-          f"{time.perf_counter() - start:.0f} s; load average {', '.join(f'{x:.2f}' for x in os.getloadavg())}")  # fmt: skip
-    header = f"| {'trial':<66} | {'schedule':<8} | {'loss':<7} | {'dense<=':>7} | {'lr':<8} | {'steps':>5} | {'assign':<7} | {'density':>7} | {'bits':>4} | {'bytes':>8} | {'ratio':>6} | {'top-1':>6} | {'drop':>6} | {'wall s':>6} |"
+    for r in rows:
+        r["drop"] = r["top1"] - baselines[r["seed"]][1]
+    base_mean = sum(t for _, t in baselines.values()) / len(baselines)
+    print(f"\nbaseline top-1 {', '.join(f'seed {s} {baselines[s][1]:.2f}' for s in seeds)}, float32 {float32:,} bytes; "
+          f"{len(rows)} trials in {time.perf_counter() - start:.0f} s; load average "
+          f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}")  # fmt: skip
+    header = f"| {'trial':<66} | {'seed':>4} | {'schedule':<8} | {'loss':<7} | {'dense<=':>7} | {'lr':<8} | {'steps':>5} | {'assign':<7} | {'density':>7} | {'bits':>4} | {'bytes':>8} | {'ratio':>6} | {'top-1':>6} | {'drop':>6} | {'wall s':>6} |"
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
     for r in rows:
-        print(f"| {r['name']:<66} | {r['schedule']:<8} | {r['loss']:<7} | {r['dense_below']:>7,} | {r['lr']:<8} | {r['steps']:>5} | {r['assign']:<7} | {r['density']:>7.3f} | "
+        print(f"| {r['trial']:<66} | {r['seed']:>4} | {r['schedule']:<8} | {r['loss']:<7} | {r['dense_below']:>7,} | {r['lr']:<8} | {r['steps']:>5} | {r['assign']:<7} | {r['density']:>7.3f} | "
               f"{r['bits']:>4} | {r['bytes']:>8,} | {float32 / r['bytes']:>5.1f}x | {r['top1']:>6.2f} | "
-              f"{r['top1'] - base_top1:>+6.2f} | {r['wall_s']:>6.0f} |")  # fmt: skip
+              f"{r['drop']:>+6.2f} | {r['wall_s']:>6.0f} |")  # fmt: skip
+    # One line per trial over the seeds: what the targets read.
+    trials = []
+    for name, _, _ in chosen:
+        runs = [r for r in rows if r["trial"] == name]
+        drops = [r["drop"] for r in runs]
+        ratios = [float32 / r["bytes"] for r in runs]
+        mean_drop = sum(drops) / len(drops)
+        spread = (sum((d - mean_drop) ** 2 for d in drops) / (len(drops) - 1)) ** 0.5 if len(drops) > 1 else 0.0
+        trials.append({"trial": name, "seeds": len(runs), "ratio": sum(ratios) / len(ratios), "drop_mean": mean_drop,
+                       "drop_std": spread, "drop_min": min(drops), "drop_max": max(drops),
+                       "bytes_mean": sum(r["bytes"] for r in runs) / len(runs)})  # fmt: skip
+    print(f"\nover seeds {seeds} (drop: mean, sample std, lowest..highest of the per-seed drops):")
+    summary_header = f"| {'trial':<66} | {'ratio':>6} | {'drop mean':>9} | {'std':>5} | {'range':>15} |"
+    print(summary_header)
+    print("|" + "|".join("-" * (len(c)) for c in summary_header.split("|")[1:-1]) + "|")
+    for t in trials:
+        print(f"| {t['trial']:<66} | {t['ratio']:>5.1f}x | {t['drop_mean']:>+9.2f} | {t['drop_std']:>5.2f} | "
+              f"{t['drop_min']:>+6.2f}..{t['drop_max']:>+6.2f} |")  # fmt: skip
     if args.only:
-        print(f"\n(the targets below read only the {len(rows)} trial(s) run with --only {args.only!r})", end="")
-    within = [r for r in rows if r["top1"] >= base_top1 - 0.5]
-    best = min(within, key=lambda r: r["bytes"]) if within else None
-    print(f"\ntarget baseline >= 97.5% top-1: {base_top1:.2f} -> {'met' if base_top1 >= 97.5 else 'MISSED'}")
+        print(f"\n(the targets below read only the {len(chosen)} trial(s) run with --only {args.only!r})", end="")
+    within = [t for t in trials if t["drop_mean"] >= -0.5]
+    best = max(within, key=lambda t: t["ratio"]) if within else None
+    verdicts = {}
+    low = min(t for _, t in baselines.values())
+    print(f"\ntarget baseline >= 97.5% top-1: mean {base_mean:.2f}, lowest {low:.2f} -> {'met' if low >= 97.5 else 'MISSED'}")
     if best:
-        ratio = float32 / best["bytes"]
-        print(f"target >= 10.2x at <= 0.5 pt drop (moonshot 15x): {best['name']} {ratio:.1f}x, "
-              f"{best['top1'] - base_top1:+.2f} pt -> {'met' if ratio >= 10.2 else 'MISSED'}"
-              f"{' (moonshot met)' if ratio >= 15 else ''}")  # fmt: skip
+        verdicts["ratio_10x"] = best["ratio"] >= 10.2
+        verdicts["ratio_15x"] = best["ratio"] >= 15
+        print(f"target >= 10.2x at <= 0.5 pt mean drop: {best['trial']} {best['ratio']:.1f}x, {best['drop_mean']:+.2f} pt "
+              f"(std {best['drop_std']:.2f}, {best['drop_min']:+.2f}..{best['drop_max']:+.2f}) -> "
+              f"{'met' if verdicts['ratio_10x'] else 'MISSED'}")  # fmt: skip
+        print(f"target >= 15x at <= 0.5 pt mean drop: best within 0.5 pt is {best['ratio']:.1f}x -> "
+              f"{'met' if verdicts['ratio_15x'] else 'MISSED'}")  # fmt: skip
     else:
-        print("target >= 10.2x at <= 0.5 pt drop: no trial within 0.5 pt -> MISSED")
-    paper = [r for r in rows if math.isclose(r["density"], 0.33, abs_tol=0.01) and r["bits"] == 8]
-    for r in paper:
-        print(f"target 33% density + 8-bit within 0.5 pt ({r['name']}): {r['top1'] - base_top1:+.2f} pt -> "
-              f"{'met' if r['top1'] >= base_top1 - 0.5 else 'MISSED'}")  # fmt: skip
+        print("target >= 10.2x at <= 0.5 pt mean drop: no trial within 0.5 pt -> MISSED")
+    at15 = [t for t in trials if t["ratio"] >= 15]
+    if at15:
+        closest = max(at15, key=lambda t: t["drop_mean"])
+        print(f"  closest at >= 15x: {closest['trial']} {closest['ratio']:.1f}x, {closest['drop_mean']:+.2f} pt mean "
+              f"(std {closest['drop_std']:.2f}, {closest['drop_min']:+.2f}..{closest['drop_max']:+.2f})")  # fmt: skip
+    paper = [t for t in trials if "-d0.33-b8-" in t["trial"]]
+    for t in paper:
+        print(f"target 33% density + 8-bit within 0.5 pt ({t['trial']}): {t['drop_mean']:+.2f} pt mean -> "
+              f"{'met' if t['drop_mean'] >= -0.5 else 'MISSED'}")  # fmt: skip
+    from results import record
+
+    columns = ["trial", "ratio", "drop mean (pt)", "drop std (pt)", "lowest drop", "highest drop", "seeds"]
+    figures = {
+        "seeds": seeds, "baseline_top1": {str(s): baselines[s][1] for s in seeds}, "float32_bytes": float32,
+        "trials": trials, "rows": rows,
+        "tables": [{"title": f"Digits trials, mean over baseline seeds {seeds}", "columns": columns,
+                    "rows": [[t["trial"], round(t["ratio"], 2), round(t["drop_mean"], 2), round(t["drop_std"], 2),
+                              round(t["drop_min"], 2), round(t["drop_max"], 2), t["seeds"]] for t in trials]}],
+        "headline": {"baseline top-1 (mean)": round(base_mean, 2),
+                     "best ratio within 0.5 pt (mean drop)": f"{best['ratio']:.1f}x" if best else "none",
+                     "its mean drop (pt)": round(best["drop_mean"], 2) if best else None,
+                     "15x target": "met" if best and best["ratio"] >= 15 else "MISSED"},
+        "load_average": list(os.getloadavg()),
+    }  # fmt: skip
+    if args.only or args.quick:
+        figures["only"] = args.only or "--quick"
+    command = "python bench/bench_digits.py " + " ".join(sys.argv[1:])
+    print(f"recorded {record('digits', figures, command=command.strip())}")
     return 0
 
 

@@ -93,6 +93,7 @@ def import_released(file_url: str, out_url: str, bits: int | None = None, method
                     calibrate: str | None = None, size_budget: int | None = None, weighting: str = "fisher",
                     distill_steps: int = 0, distill_lr: float = 1e-4, calibration_images: int = 384,
                     assign: str = "gptq", gptq_inputs: str = "dense", budget_kl_images: int = 0,
+                    allocator: str = "measured", allocator_images: int = 64, confident: float = 0.5,
                     run_url: str | None = None) -> dict[str, Any]:  # fmt: skip
     """`sqz import-dc` as a flow: the released Deep Compression SqueezeNet -> .sqz,
     re-clustered at ``bits`` or per layer under ``size_budget`` bytes, calibrated on
@@ -114,13 +115,17 @@ def import_released(file_url: str, out_url: str, bits: int | None = None, method
         assign: nearest (each weight to its closest shared value) or gptq (error-compensated, from the layer inputs).
         gptq_inputs: with gptq, the layer inputs come from the re-assigned earlier layers (sequential) or the dense model.
         budget_kl_images: with calibrate and size_budget, scale each layer's costs by its KL measured on this many calibration images (0: unscaled).
+        allocator: with calibrate and size_budget, measured (greedy on measured KL per byte, never worse than the best uniform width at no more bytes) or fisher (knapsack over predicted costs).
+        allocator_images: calibration crops the measured allocator measures its KLs on.
+        confident: fidelity is also reported on held-out crops whose dense top-1 probability is at least this, in (0, 1).
         run_url: a run folder whose fidelity table gets the result's row; empty: none.
     """
     from sqz.config import ImportOptions
 
     options = {"bits": bits, "method": method, "calibrate": calibrate, "size_budget": size_budget, "weighting": weighting,
                "distill_steps": distill_steps, "distill_lr": distill_lr, "calibration_images": calibration_images,
-               "assign": assign, "gptq_inputs": gptq_inputs, "budget_kl_images": budget_kl_images}  # fmt: skip
+               "assign": assign, "gptq_inputs": gptq_inputs, "budget_kl_images": budget_kl_images, "allocator": allocator,
+               "allocator_images": allocator_images, "confident": confident}  # fmt: skip
     if ImportOptions(**options).calibrate is not None:  # bad input fails here, before the task (and its retries)
         from sqz.fidelity import check_calibration_source
 

@@ -8,7 +8,9 @@ accuracy cannot be measured, but agreement with the dense model can, on any imag
   ship inside pip packages (scikit-image, scikit-learn, matplotlib), cropped at several
   scales. The held-out split is by source photo (or file), never by crop: a crop of a
   calibration photo never scores the result.
-- ``fidelity``: top-1 agreement, top-5 overlap and mean KL(dense || compressed).
+- ``fidelity``: top-1 agreement, top-5 overlap and mean KL(dense || compressed), and the
+  top-1 agreement on the crops the dense model is sure of (softmax top-1 >= 0.5) with
+  their count, and the flips among near-ties (dense top-1 and top-2 within 0.02).
 - ``fisher_importance``: a per-weight importance for weighted k-means, the diagonal
   Fisher information with labels drawn from the model's own predictions. At the dense
   model that is the diagonal of the Hessian of KL(dense || perturbed), so the weighted
@@ -53,6 +55,10 @@ __all__ = [
     "check_calibration_source",
     "logits_of",
     "fidelity",
+    "fidelity_line",
+    "check_confident",
+    "CONFIDENT_PROB",
+    "NEAR_TIE_GAP",
     "fisher_importance",
     "LayerBits",
     "layer_bit_options",
@@ -64,6 +70,13 @@ __all__ = [
     "budget_options",
     "KL_REFERENCE_BITS",
 ]
+
+# A crop counts as confident where the dense model's softmax top-1 is at least this: there
+# a flip is a real change of answer, not a coin toss between two near-equal classes.
+CONFIDENT_PROB = 0.5
+# Teacher top-1 and top-2 probabilities closer than this make a near-tie: such a crop flips
+# under almost any change to the weights (issue 12: most of the held-out photos' flips).
+NEAR_TIE_GAP = 0.02
 
 # The width at which a layer's measured KL scales its budget costs: low enough that the
 # KL stands clear of the calibration crops' noise, and always among the budget's widths.
@@ -256,16 +269,44 @@ def logits_of(model: nn.Module, images: torch.Tensor, *, normalization: str = "c
     return torch.cat(out)
 
 
-def fidelity(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> dict[str, float]:
-    """Top-1 agreement and top-5 overlap (%, vs the teacher's), mean KL(teacher || student)."""
+def check_confident(confident: float) -> None:
+    """One-line error for a confidence threshold outside (0, 1)."""
+    if not (isinstance(confident, (int, float)) and 0 < confident < 1):
+        raise ValueError(f"--confident: the dense top-1 probability threshold must lie in (0, 1), got {confident}")
+
+
+def fidelity(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, confident: float = CONFIDENT_PROB,
+             near_tie: float = NEAR_TIE_GAP) -> dict[str, float | int | None]:  # fmt: skip
+    """Top-1 agreement and top-5 overlap (%, vs the teacher's), mean KL(teacher || student);
+    and, because a crop whose teacher is unsure flips under almost any change to the
+    weights: the top-1 agreement on the crops where the teacher's softmax top-1 is at least
+    ``confident`` (None when there are none), their count, and how many of the flipped
+    crops are near-ties (teacher top-1 and top-2 probabilities less than ``near_tie`` apart)."""
+    check_confident(confident)
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(f"fidelity: logits of shape {tuple(student_logits.shape)} vs {tuple(teacher_logits.shape)}")
     k = min(5, teacher_logits.shape[1])
-    agree = (student_logits.argmax(1) == teacher_logits.argmax(1)).float().mean()
+    agrees = student_logits.argmax(1) == teacher_logits.argmax(1)
     top_s, top_t = student_logits.topk(k, 1).indices, teacher_logits.topk(k, 1).indices
     overlap = (top_s.unsqueeze(2) == top_t.unsqueeze(1)).any(2).float().sum(1).mean() / k
-    return {"images": int(len(teacher_logits)), "top1_agreement": 100.0 * float(agree),
-            "top5_overlap": 100.0 * float(overlap), "kl": float(kl_divergence(teacher_logits, student_logits).mean())}  # fmt: skip
+    probs = teacher_logits.float().softmax(1).topk(min(2, teacher_logits.shape[1]), 1).values  # (N, 2)
+    sure = probs[:, 0] >= confident
+    tied = (probs[:, 0] - probs[:, -1]) < near_tie if probs.shape[1] > 1 else torch.zeros_like(sure)
+    return {"images": int(len(teacher_logits)), "top1_agreement": 100.0 * float(agrees.float().mean()),
+            "top5_overlap": 100.0 * float(overlap), "kl": float(kl_divergence(teacher_logits, student_logits).mean()),
+            "confident_threshold": float(confident), "confident_images": int(sure.sum()),
+            "confident_agreement": 100.0 * float(agrees[sure].float().mean()) if bool(sure.any()) else None,
+            "flips": int((~agrees).sum()), "near_tie_images": int(tied.sum()),
+            "near_tie_flips": int((~agrees & tied).sum())}  # fmt: skip
+
+
+def fidelity_line(fid: Mapping[str, float | int | None]) -> str:
+    """The figures of ``fidelity`` as one line of text (import-dc's output, the bench)."""
+    confident = ("n/a" if fid["confident_agreement"] is None else f"{fid['confident_agreement']:.1f}%")
+    return (f"top-1 agreement {fid['top1_agreement']:.1f}%, on confident crops (dense top-1 >= "
+            f"{fid['confident_threshold']:g}: {fid['confident_images']} of {fid['images']}) {confident}, "
+            f"flips {fid['flips']} ({fid['near_tie_flips']} of them among the {fid['near_tie_images']} near-ties), "
+            f"top-5 overlap {fid['top5_overlap']:.1f}%, mean KL {fid['kl']:.4f}")
 
 
 # ---------------------------------------------------------------- importance

@@ -146,15 +146,39 @@ def test_distillation_lowers_kl_and_keeps_assignments_and_zeros():
 def test_fidelity_figures():
     teacher = torch.tensor([[5.0, 4, 3, 2, 1, 0], [0.0, 1, 2, 3, 4, 5]])
     same = fidelity(teacher.clone(), teacher)
-    assert same == {"images": 2, "top1_agreement": 100.0, "top5_overlap": 100.0, "kl": pytest.approx(0.0, abs=1e-6)}
+    assert {k: same[k] for k in ("images", "top1_agreement", "top5_overlap", "kl")} == {
+        "images": 2, "top1_agreement": 100.0, "top5_overlap": 100.0, "kl": pytest.approx(0.0, abs=1e-6)}
     student = torch.tensor([[4.0, 5, 3, 2, 1, 0], [0.0, 1, 2, 3, 4, 5]])  # first image's top-1 swapped
     result = fidelity(student, teacher)
     assert result["top1_agreement"] == 50.0 and result["top5_overlap"] == 100.0 and result["kl"] > 0
 
 
+def test_fidelity_on_confident_crops_and_near_ties():
+    # Teacher probabilities per row (top-1, top-2, rest): confident 0.9 / 0.6, unsure 0.4,
+    # and a near-tie (0.35 vs 0.34, < 0.02 apart).
+    probs = torch.tensor([[0.90, 0.05, 0.03, 0.02], [0.60, 0.30, 0.05, 0.05], [0.40, 0.30, 0.20, 0.10],
+                          [0.35, 0.34, 0.21, 0.10]])  # fmt: skip
+    teacher = probs.log()
+    student = teacher.clone()
+    student[1] = teacher[1, [1, 0, 2, 3]]  # a confident crop flips
+    student[3] = teacher[3, [1, 0, 2, 3]]  # the near-tie flips
+    result = fidelity(student, teacher)
+    assert result["top1_agreement"] == 50.0 and result["flips"] == 2
+    assert result["confident_threshold"] == 0.5 and result["confident_images"] == 2
+    assert result["confident_agreement"] == 50.0
+    assert result["near_tie_images"] == 1 and result["near_tie_flips"] == 1
+    strict = fidelity(student, teacher, confident=0.8)  # only the 0.9 crop, which agrees
+    assert strict["confident_images"] == 1 and strict["confident_agreement"] == 100.0
+    assert fidelity(student, teacher, confident=0.95)["confident_agreement"] is None  # none that sure
+    for bad in (0, 1, 1.5, -0.1):
+        with pytest.raises(ValueError, match=r"--confident: .* must lie in \(0, 1\)"):
+            fidelity(student, teacher, confident=bad)
+
+
 def test_fidelity_table_round_trip(tmp_path):
     row = {"run_id": "r", "model": "a.sqz", "reference": "a.net", "images": 210, "top1_agreement": 91.5,
-           "top5_overlap": 95.25, "kl": 0.0312}  # fmt: skip
+           "top5_overlap": 95.25, "kl": 0.0312, "confident_threshold": 0.5, "confident_images": 94,
+           "confident_agreement": 98.9, "flips": 18, "near_tie_images": 20, "near_tie_flips": 7}  # fmt: skip
     metrics.write_rows(str(tmp_path), "fidelity", [row], writer_id="one")
     assert metrics.read_table(str(tmp_path), "fidelity").to_pylist() == [row]
 
@@ -276,6 +300,10 @@ def test_quant_config_refuses_bad_options():
     (["--bits", "6", "--distill-steps", "3"], "need --calibrate"),
     (["--bits", "6", "--assign", "gptq"], "need --calibrate"),
     (["--bits", "6", "--calibrate", "photos", "--distill-steps", "-2"], "--distill-steps"),
+    (["--bits", "6", "--calibrate", "photos", "--confident", "1.5"], "--confident: the dense top-1 probability threshold must lie in (0, 1)"),
+    (["--bits", "6", "--calibrate", "photos", "--confident", "0"], "--confident: the dense top-1 probability threshold must lie in (0, 1)"),
+    (["--size-budget", "430000", "--calibrate", "photos", "--distill-steps", "4"], "--allocator measured: the file is assembled"),
+    (["--size-budget", "430000", "--calibrate", "photos", "--allocator", "ilp"], "--allocator: invalid choice"),
 ])  # fmt: skip
 def test_import_dc_refuses_bad_options_in_one_line(tmp_path, capsys, extra, message):
     out = tmp_path / "out.sqz"
@@ -330,3 +358,108 @@ def test_trial_with_fisher_weighting_and_distillation(tmp_path, assign):
             kept = original[name].abs() > 0.8 * original[name].std()  # pruned at q x std, zeros kept through distillation
             assert torch.equal(weight != 0, kept), name
             assert torch.unique(weight[weight != 0]).numel() <= 8, name
+
+
+# ---------------------------------------------------------------- the measured allocator
+
+
+class KnownCosts:
+    """A stand-in for ``KLProbe`` whose KL is a known function of the widths in place:
+    the sum of ``cost[layer][width]`` (each copy's weights hold its width as their value)."""
+
+    def __init__(self, cost: dict[str, dict[int, float]]) -> None:
+        self.cost, self.width = cost, {name: max(c) for name, c in cost.items()}
+
+    def set_weights(self, weights):
+        for name, w in weights.items():
+            self.width[name] = int(w.flatten()[0])
+
+    def total(self, width):
+        return sum(self.cost[n][b] for n, b in width.items())
+
+    def each_change(self, changes):
+        out = {n: self.total({**self.width, n: int(w.flatten()[0])}) for n, w in changes.items()}
+        return out, self.total(self.width)
+
+    def whole(self):
+        return self.total(self.width), 100.0
+
+
+def width_copies(names, widths):
+    """Copies of a two-layer model whose every weight at width b equals b."""
+    dense = nn.Sequential(nn.Conv2d(1, 2, 1, bias=False), nn.Conv2d(2, 2, 1, bias=False))
+    copies = {}
+    for b in widths:
+        m = copy.deepcopy(dense)
+        with torch.no_grad():
+            for p in m.parameters():
+                p.fill_(float(b))
+        copies[b] = m
+    return dense, copies
+
+
+def test_measured_allocator_fits_the_budget_and_takes_the_cheapest_bits_first():
+    from sqz.allocate import allocate_measured
+
+    names = ["0.weight", "1.weight"]
+    dense, copies = width_copies(names, (4, 6, 8))
+    # Layer 0 is cheap to narrow, layer 1 dear; both save the same bytes per width.
+    options = {n: [LayerBits(n, b, 100 * b, 0.0) for b in (4, 6, 8)] for n in names}
+    cost = {"0.weight": {4: 0.01, 6: 0.001, 8: 0.0}, "1.weight": {4: 1.0, 6: 0.1, 8: 0.0}}
+    probe, check = KnownCosts(cost), KnownCosts(cost)
+    choice = allocate_measured(dense, copies, options, 0, 1400, probe, check)  # 1,600 at 8 bits: 200 B to save
+    assert choice.bits == {"0.weight": 6, "1.weight": 8} and choice.bytes == 1400 and choice.fallback is None
+    choice = allocate_measured(dense, copies, options, 0, 1000, KnownCosts(cost), KnownCosts(cost))
+    assert choice.bits == {"0.weight": 4, "1.weight": 6} and choice.bytes <= 1000
+    with pytest.raises(ValueError, match="below the smallest file"):
+        allocate_measured(dense, copies, options, 0, 799, KnownCosts(cost), KnownCosts(cost))
+
+
+@pytest.mark.parametrize("budget", [900, 1000, 1100, 1250, 1400])
+def test_measured_allocator_never_returns_worse_than_a_uniform_width_at_no_more_bytes(budget):
+    from sqz.allocate import allocate_measured
+
+    names = ["0.weight", "1.weight"]
+    dense, copies = width_copies(names, (4, 6, 8))
+    options = {n: [LayerBits(n, b, 100 * b + (20 if n == "0.weight" else 0), 0.0) for b in (4, 6, 8)] for n in names}
+    # The probe misjudges: it sees layer 0 as free, the check (other crops) sees it dear at
+    # 4 bits, and a uniform width is then better on the check than the greedy's mix.
+    probe = KnownCosts({"0.weight": {4: 0.0, 6: 0.0, 8: 0.0}, "1.weight": {4: 3.0, 6: 1.0, 8: 0.0}})
+    truth = {"0.weight": {4: 5.0, 6: 0.2, 8: 0.0}, "1.weight": {4: 3.0, 6: 1.0, 8: 0.0}}
+    choice = allocate_measured(dense, copies, options, 0, budget, probe, KnownCosts(truth), min_block_bytes=100)
+    assert choice.bytes <= budget
+    got = sum(truth[n][b] for n, b in choice.bits.items())
+    assert choice.kl == pytest.approx(got)
+    for b in (4, 6, 8):
+        uniform_bytes = sum(100 * b + (20 if n == "0.weight" else 0) for n in names)
+        if uniform_bytes <= choice.greedy["bytes"]:
+            assert got <= sum(truth[n][b] for n in names) + 1e-12
+    if choice.fallback is not None:
+        assert set(choice.bits.values()) == {choice.fallback} and f"fell back to uniform {choice.fallback} bits" in choice.summary()
+    if budget == 1250:  # the greedy takes layer 0 to 4 bits (free on the probe): uniform 6 bits is better
+        assert choice.greedy["kl"] == pytest.approx(5.0) and choice.fallback == 6 and choice.kl == pytest.approx(1.2)
+
+
+def test_kl_probe_reruns_only_the_tail_and_matches_whole_forwards():
+    from sqz.allocate import KLProbe
+    from sqz.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("squeezenet_small", num_classes=10).eval()
+    with torch.no_grad():
+        model.classifier[1].weight.mul_(30)  # confident logits: changes cost real KL
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    prepare = lambda x: x.float() / 255  # noqa: E731
+    probe = KLProbe(model, images, prepare=prepare, batch_size=4)
+    assert len(probe.stages) > 2  # the staged path, not the whole-model fallback
+    names = ["features.0.weight", "features.3.expand3x3.weight", "classifier.1.weight"]
+    changes = {n: torch.randn_like(dict(model.named_parameters())[n]) * 0.1 for n in names}
+    measured, base = probe.each_change(changes)
+    assert base == pytest.approx(0.0, abs=1e-6)
+    teacher = model(prepare(images))
+    for name in names:
+        alone = copy.deepcopy(model)
+        with torch.no_grad():
+            dict(alone.named_parameters())[name].copy_(changes[name])
+            expected = float(kl_divergence(teacher, alone(prepare(images))).mean())
+        assert measured[name] == pytest.approx(expected, rel=1e-4, abs=1e-7) and expected > 0

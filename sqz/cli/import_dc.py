@@ -48,6 +48,16 @@ def add_parser(sub: Any) -> None:
                            help="with --calibrate and --size-budget: scale each layer's costs by its KL at 4 bits, "
                            "measured on N calibration images (~4 more minutes at 96; lower KL, see README; "
                            f"default: {defaults.budget_kl_images}, unscaled)")  # fmt: skip
+    import_dc.add_argument("--allocator", choices=["measured", "fisher"], default=defaults.allocator,
+                           help="with --calibrate and --size-budget: measured (greedy removal of bits where the KL measured "
+                           "on calibration crops rises least per byte saved; never worse there than the best uniform width "
+                           "at no more bytes) or fisher (knapsack over Fisher-predicted costs) "
+                           f"(default: {defaults.allocator})")  # fmt: skip
+    import_dc.add_argument("--allocator-images", type=positive_int, default=defaults.allocator_images, metavar="N",
+                           help=f"with --allocator measured: calibration crops its KLs are measured on (default: {defaults.allocator_images})")
+    import_dc.add_argument("--confident", type=float, default=defaults.confident, metavar="P",
+                           help="fidelity is also reported on the held-out crops whose dense top-1 probability is at least "
+                           f"P, in (0, 1) (default: {defaults.confident:g})")  # fmt: skip
     import_dc.add_argument("--calibration-images", type=positive_int, default=defaults.calibration_images,
                            help=f"calibration images used, a fixed subset (default: {defaults.calibration_images})")
     import_dc.add_argument("--run", default=None, help="run URL whose fidelity table gets the row "
@@ -77,14 +87,16 @@ def command(args: argparse.Namespace) -> int:
                             weighting=args.weighting or defaults.weighting, distill_lr=args.distill_lr,
                             distill_steps=defaults.distill_steps if args.distill_steps is None else args.distill_steps,
                             calibration_images=args.calibration_images, assign=args.assign or defaults.assign,
-                            gptq_inputs=args.gptq_inputs, budget_kl_images=args.budget_kl_images)  # fmt: skip  # every bad value fails here
+                            gptq_inputs=args.gptq_inputs, budget_kl_images=args.budget_kl_images, allocator=args.allocator,
+                            allocator_images=args.allocator_images, confident=args.confident)  # fmt: skip  # every bad value fails here
     if options.calibrate is not None:
         from sqz.fidelity import check_calibration_source  # torch: only when calibrating
 
         check_calibration_source(options.calibrate)  # a missing folder or dataset: one line, before Prefect
     parameters = {k: v for k, v in dataclasses.asdict(options).items()
                   if k in ("bits", "method", "calibrate", "size_budget", "weighting", "distill_steps", "distill_lr",
-                           "calibration_images", "assign", "gptq_inputs", "budget_kl_images")}  # fmt: skip
+                           "calibration_images", "assign", "gptq_inputs", "budget_kl_images", "allocator",
+                           "allocator_images", "confident")}  # fmt: skip
 
     def flow():
         from flows.compress_flow import import_released
@@ -108,6 +120,9 @@ def command(args: argparse.Namespace) -> int:
             how += f", centroids distilled {options.distill_steps} steps"
         widths = (f"per-layer bits {dict(sorted(Counter(summary['layer_bits'].values()).items()))} (bits: layers)"
                   if summary["layer_bits"] else f"{options.bits} bits")  # fmt: skip
+        if summary.get("allocator"):
+            how += ", widths by the measured allocator"
+            print(f"allocator check on {summary['allocator']['check_images']} calibration crops: {summary['allocator']['summary']}")
         print(f"re-clustered at {widths} ({how}): weight error {100 * summary['weight_error']:.2f}% "
               "(relative RMS over all weights)")  # fmt: skip
     what = "the re-clustered weights" if reclustered else "the released weights"
@@ -115,7 +130,8 @@ def command(args: argparse.Namespace) -> int:
           f"({100 * summary['size_bytes'] / summary['source_bytes']:.1f}%), decodes to {what} bit-exact: {summary['bit_exact']}")  # fmt: skip
     fid = summary["fidelity"]
     if fid is not None:
-        print(f"fidelity vs the dense model on {fid['images']} held-out images ({args.calibrate}): top-1 agreement "
-              f"{fid['top1_agreement']:.1f}%, top-5 overlap {fid['top5_overlap']:.1f}%, mean KL {fid['kl']:.4f}")  # fmt: skip
+        from sqz.fidelity import fidelity_line  # torch: already loaded by the flow
+
+        print(f"fidelity vs the dense model on {fid['images']} held-out images ({args.calibrate}): {fidelity_line(fid)}")
         print(f"row: {summary['row_url']}")
     return 0 if summary["bit_exact"] else 1
