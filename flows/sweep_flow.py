@@ -4,6 +4,7 @@ evaluate its baseline once, sweep, report)."""
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -24,9 +25,13 @@ from sqz.evaluation import evaluate_baseline
 from sqz.logs import format_eta
 from sqz.report import choose_variant, load_run
 from sqz.runs import RunLayout
+from sqz.runs.compact import compact_run_metrics
 
 # The progress artifact's id changes every run: it must not change the cache key.
 _SWEEP_CACHE = {**CACHED, "cache_policy": (INPUTS - "progress_artifact_id") + TASK_SOURCE + CodeVersion()}
+# The progress artifact changes at most this often (plus its first and last state): one API
+# call per trial is ~1,000 calls for a 1,024-trial sweep, and a bar nobody reads faster.
+PROGRESS_EVERY_S = 5.0
 
 
 def _sweep_with_progress(run_url: str, sweep_config: dict[str, Any], data_config: dict[str, Any],
@@ -36,6 +41,9 @@ def _sweep_with_progress(run_url: str, sweep_config: dict[str, Any], data_config
     def on_progress(finished: int, total: int) -> None:
         now = time.monotonic()
         first = started.setdefault("t", now), started.setdefault("finished", finished)
+        if finished < total and now - started.get("shown", -math.inf) < PROGRESS_EVERY_S:
+            return
+        started["shown"] = now
         done_here = finished - first[1]
         eta = f" - ETA {format_eta((now - first[0]) / done_here * (total - finished))}" if done_here and finished < total else ""
         Progress.update(progress_artifact_id, 100.0 * finished / total, f"{finished} of {total} trials finished{eta}")
@@ -57,6 +65,13 @@ def run_sweep(run_url: str, sweep_config: dict[str, Any], data_config: dict[str,
 def sweep_trials(run_url: str, sweep_config: dict[str, Any], data_config: dict[str, Any], arch: dict[str, Any],
                  progress_artifact_id: str | None = None) -> list[dict[str, Any]]:  # fmt: skip
     return _sweep_with_progress(run_url, sweep_config, data_config, arch, progress_artifact_id)
+
+
+# After the trials, when no writer is left: one Parquet file per table instead of one per
+# trial (sqz.runs.compact); a rerun compacts what it added.
+@task(name="compact-metrics", **RETRYING, **NOT_CACHED)
+def compact_metrics(run_url: str) -> list[dict[str, Any]]:
+    return compact_run_metrics(run_url)
 
 
 @task(name="evaluate-baseline", **RETRYING, **NOT_CACHED)
@@ -101,6 +116,7 @@ def sweep_compression(run_url: str, sweep_config: dict[str, Any], data_config: d
     with ray_session(ray_address):
         require_shared_storage(run_url, shared_mount=shared_mount, option="run_url")
         trials = in_run(run_sweep, run_url)(run_url, sweep_config, data_config, arch, progress_artifact_id)
+    compact_metrics(run_url)
     Progress.update(progress_artifact_id, 100.0, f"{len(trials)} of {len(trials)} trials finished")
     publish_files(run_url)
     if announce:
@@ -142,6 +158,7 @@ def sweep_checkpoint(plan: dict[str, Any], sweep_config: dict[str, Any], ray_add
     with ray_session(ray_address, num_cpus=num_cpus):
         require_shared_storage(run_url, shared_mount=shared_mount, option="run_url")
         sweep_trials(run_url, sweep_config, plan["data"], plan["arch"], str(progress.id))
+    compact_metrics(run_url)
     summary = report_folder(run_url, max_drop)
     publish_run(summary, run_url)
     announce_sweep_finished(run_url, summary, max_drop, origin="sweep_checkpoint")

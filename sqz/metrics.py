@@ -6,11 +6,17 @@ rerun that repeats a writer replaces its file instead of duplicating rows. The f
 a plain Parquet dataset: pyarrow.dataset, pandas, duckdb and polars read it as one table.
 Files are written through ``sqz.storage`` (temporary name, then the final one; retried
 on transient S3 errors), so a reader never meets half a file.
+
+After a sweep, ``sqz.runs.compact`` folds a table's writer files into one
+``compacted.parquet`` (its footer lists the writers and their row counts) and deletes
+them. Readers here take each writer's rows from one place: its own file if it (still, or
+again) exists, else the compacted file; so a compaction cut short anywhere changes no row.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import re
 from typing import Any, Iterable
 
@@ -21,7 +27,8 @@ import pyarrow.parquet as pq
 
 from sqz import storage
 
-__all__ = ["SCHEMAS", "write_rows", "read_writer_rows", "read_table", "table_url", "table_files"]
+__all__ = ["SCHEMAS", "COMPACTED", "WRITERS_KEY", "write_rows", "read_writer_rows", "read_table", "read_compacted",
+           "table_url", "table_files"]
 
 SCHEMAS: dict[str, pa.Schema] = {
     "train_epochs": pa.schema([
@@ -85,6 +92,10 @@ SCHEMAS: dict[str, pa.Schema] = {
 }  # fmt: skip
 
 _WRITER_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+# A table's compacted file, and the footer key listing its writers: JSON [[writer_id, rows], ...]
+# in row order. "compacted" is no writer id any table uses (trial, epoch and model names).
+COMPACTED = "compacted.parquet"
+WRITERS_KEY = b"sqz.writers"
 
 
 def table_url(run_url: str, table: str) -> str:
@@ -113,9 +124,26 @@ def write_rows(run_url: str, table: str, rows: Iterable[dict[str, Any]], *, writ
 def read_writer_rows(run_url: str, table: str, *, writer_id: str) -> list[dict[str, Any]] | None:
     """The rows one writer wrote to ``table`` (its own file), or None if it wrote none yet."""
     url = _writer_url(run_url, table, writer_id)
-    if not storage.exists(url):
+    if storage.exists(url):
+        return pq.read_table(io.BytesIO(storage.read_bytes(url)), schema=SCHEMAS[table]).to_pylist()
+    compacted_url = storage.join(table_url(run_url, table), COMPACTED)
+    if not storage.exists(compacted_url):
         return None
-    return pq.read_table(io.BytesIO(storage.read_bytes(url)), schema=SCHEMAS[table]).to_pylist()
+    rows, writers = read_compacted(compacted_url, table)
+    start = 0
+    for writer, count in writers:
+        if writer == writer_id:
+            return rows.slice(start, count).to_pylist()
+        start += count
+    return None
+
+
+def read_compacted(url: str, table: str) -> tuple[pa.Table, list[tuple[str, int]]]:
+    """A compacted file's rows and its [(writer id, rows), ...] in row order."""
+    data = storage.read_bytes(url)
+    metadata = pq.ParquetFile(io.BytesIO(data)).schema_arrow.metadata or {}
+    writers = [(str(w), int(n)) for w, n in json.loads(metadata.get(WRITERS_KEY, b"[]"))]
+    return pq.read_table(io.BytesIO(data), schema=SCHEMAS[table]), writers
 
 
 def read_table(run_url: str, table: str) -> pa.Table:
@@ -126,15 +154,27 @@ def read_table(run_url: str, table: str) -> pa.Table:
     def attempt() -> pa.Table:
         if fs.get_file_info(path).type == pafs.FileType.NotFound:
             return SCHEMAS[table].empty_table()
-        dataset = ds.dataset(path, filesystem=fs, format="parquet", schema=SCHEMAS[table],
-                             exclude_invalid_files=False, ignore_prefixes=[".", "_"])  # fmt: skip
-        return dataset.to_table()
+        names = {info.base_name: info.path for info in fs.get_file_info(pafs.FileSelector(path))
+                 if info.type == pafs.FileType.File and info.base_name.endswith(".parquet")
+                 and not info.base_name.startswith((".", "_"))}  # fmt: skip
+        compacted = names.pop(COMPACTED, None)
+        parts = []
+        if compacted is not None:
+            rows, writers = read_compacted(storage.join(url, COMPACTED), table)
+            # A writer with its own file now (a compaction cut short, or a rewrite since) is read from it.
+            keep = [name + ".parquet" not in names for name, count in writers for _ in range(count)]
+            parts.append(rows.filter(pa.array(keep, type=pa.bool_())) if not all(keep) else rows)
+        if names or not parts:
+            dataset = ds.dataset(sorted(names.values()), filesystem=fs, format="parquet", schema=SCHEMAS[table],
+                                 exclude_invalid_files=False)  # fmt: skip
+            parts.append(dataset.to_table())
+        return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
 
     # Listing and reading the files is one operation: a retry lists again.
     return storage.with_retries(url, "read table", attempt)
 
 
 def table_files(run_url: str, table: str) -> list[str]:
-    """URLs of the table's Parquet files (one per writer), sorted."""
+    """URLs of the table's Parquet files (one per writer, and the compacted one), sorted."""
     url = table_url(run_url, table)
     return [storage.join(url, name) for name, _ in storage.walk(url) if name.endswith(".parquet") and not name.startswith(".")]
