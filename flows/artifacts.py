@@ -19,7 +19,7 @@ import base64
 import os
 import re
 from collections import defaultdict
-from typing import Any
+from typing import Any, Collection
 from uuid import UUID
 
 from prefect.artifacts import (
@@ -31,8 +31,9 @@ from prefect.artifacts import (
 
 from flows.common import artifact_key
 from sqz import storage
-from sqz.runs import catalog
 from sqz.logs import format_eta
+from sqz.report import REPORT_ALL_TRIALS_MAX, report_trials
+from sqz.runs import catalog
 
 __all__ = ["link_expiry_s", "files_markdown", "publish_files", "embed_plot", "publish_report", "Progress"]
 
@@ -60,14 +61,23 @@ def _human_bytes(size: int) -> str:
     return f"{size} B"  # unreachable; keeps type checkers quiet
 
 
-def files_markdown(run_url: str, *, expires_s: int | None = None) -> str:
+# The files card links at most this many models and files per table; the rest is one line
+# (count and size): a 1,024-trial sweep's card stays a card, not 2,000 links.
+CARD_MODELS_MAX = 20
+CARD_TABLE_FILES_MAX = 10
+
+
+def files_markdown(run_url: str, *, expires_s: int | None = None, models_first: Collection[str] = ()) -> str:
     """The run's files as markdown: one section per kind; a Parquet table is one line with
-    a link per file (a 68-epoch training is one line, not 68 cards)."""
+    a link per file (a 68-epoch training is one line, not 68 cards). Above CARD_MODELS_MAX
+    models, the baseline and the models named in ``models_first`` (file names, e.g. the
+    frontier's) are linked and the others counted."""
     expires = link_expiry_s() if expires_s is None else expires_s
     run_id = run_url.rstrip("/").rsplit("/", 1)[-1]
     by_kind: dict[str, list[str]] = defaultdict(list)
     for kind, url in catalog.run_outputs(run_url):
         by_kind[kind].append(url)
+    model_sizes = dict(storage.walk(storage.join(run_url, "models")))  # one listing, not a request per model
     where = "presigned links, valid " + (f"{expires // 86400} day(s)" if expires % 86400 == 0 else f"{expires} s")
     lines = [f"# Files of sqz run {run_id}", "", f"`{run_url}`" + ("" if storage.is_local(run_url) else f" ({where})")]
     for kind in ("report", "model", "parquet"):
@@ -75,25 +85,42 @@ def files_markdown(run_url: str, *, expires_s: int | None = None) -> str:
         if not urls:
             continue
         lines += ["", f"## {_KIND_TITLES[kind]}", ""]
-        if kind != "parquet":
+        if kind == "report":
             for url in urls:
                 name = url[len(run_url):].lstrip("/")
                 lines.append(f"- [{name}]({storage.presigned_url(url, expires_s=expires)}) ({_human_bytes(storage.size_of(url))})")
+            continue
+        if kind == "model":
+            wanted = set(models_first) | {"baseline.safetensors"}
+            linked = urls if len(urls) <= CARD_MODELS_MAX else [u for u in urls if u.rsplit("/", 1)[-1] in wanted]
+            for url in linked:
+                name = url[len(run_url):].lstrip("/")
+                size = model_sizes.get(name.split("/", 1)[1]) if "/" in name else None
+                size = storage.size_of(url) if size is None else size
+                lines.append(f"- [{name}]({storage.presigned_url(url, expires_s=expires)}) ({_human_bytes(size)})")
+            rest = [u for u in urls if u not in linked]
+            if rest:
+                total = sum(model_sizes.get(u.rsplit("/", 1)[-1], 0) for u in rest)
+                lines.append(f"- and {len(rest):,} more model(s), {_human_bytes(total)} in all, under `models/` "
+                             "(each trial's file is its `model_url` in `sweep_trials`)")  # fmt: skip
             continue
         tables: dict[str, list[str]] = defaultdict(list)
         for url in urls:
             tables[url[len(run_url):].lstrip("/").split("/")[1]].append(url)  # metrics/<table>/<file>
         for table, table_urls in sorted(tables.items()):
-            links = " ".join(f"[{i}]({storage.presigned_url(u, expires_s=expires)})" for i, u in enumerate(table_urls, 1))
-            lines.append(f"- `{table}`: {len(table_urls)} file(s) {links}")
+            shown = table_urls[:CARD_TABLE_FILES_MAX]
+            links = " ".join(f"[{i}]({storage.presigned_url(u, expires_s=expires)})" for i, u in enumerate(shown, 1))
+            more = f" (+{len(table_urls) - len(shown):,} more)" if len(table_urls) > len(shown) else ""
+            lines.append(f"- `{table}`: {len(table_urls)} file(s) {links}{more}")
     return "\n".join(lines) + "\n"
 
 
-def publish_files(run_url: str) -> str:
+def publish_files(run_url: str, models_first: Collection[str] = ()) -> str:
     """Create (or add the next version of) the run's "files" artifact; returns its key."""
     run_id = run_url.rstrip("/").rsplit("/", 1)[-1]
     key = artifact_key(run_id, "files")
-    create_markdown_artifact(files_markdown(run_url), key=key, description=f"files of sqz run {run_id}, by kind")
+    create_markdown_artifact(files_markdown(run_url, models_first=models_first), key=key,
+                             description=f"files of sqz run {run_id}, by kind")  # fmt: skip
     return key
 
 
@@ -108,14 +135,31 @@ def embed_plot(markdown: str, plot_url: str | None) -> str:
     return _PLOT_REFERENCE.sub(lambda _: f"](data:image/png;base64,{image})", markdown)
 
 
+# The trials table artifact's columns: what an operator compares (not the per-trial
+# bookkeeping: URLs, node ids, phase timings), so 1,000 rows would still be a table.
+TRIAL_ARTIFACT_COLUMNS = ("trial_id", "threshold", "bits", "density", "size_bytes", "top1", "top5", "ratio_vs_alexnet_32bit")
+
+
+def trials_artifact_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every trial of a small sweep; of a large one the frontier and the chosen variant."""
+    trials, chosen = summary["trials"], summary.get("chosen")
+    shown = trials if len(trials) <= REPORT_ALL_TRIALS_MAX else report_trials(trials, chosen)
+    chosen_id = chosen["trial_id"] if chosen else None
+    return [{**{c: t.get(c) for c in TRIAL_ARTIFACT_COLUMNS}, "chosen": t["trial_id"] == chosen_id} for t in shown]
+
+
 def publish_report(summary: dict[str, Any]) -> list[str]:
     """The report (plot embedded) and the trials table on the current flow run; returns the keys."""
     run_id = summary["run_id"]
     keys = [artifact_key(run_id, "report"), artifact_key(run_id, "trials")]
     create_markdown_artifact(embed_plot(summary["report_markdown"], summary.get("plot_url")), key=keys[0],
                              description=f"report of sqz run {run_id}")  # fmt: skip
-    create_table_artifact(summary["trials"], key=keys[1],
-                          description=f"sweep trials of sqz run {run_id} (one row per .sqz file)")  # fmt: skip
+    rows = trials_artifact_rows(summary)
+    whole = len(rows) == len(summary["trials"])
+    create_table_artifact(rows, key=keys[1], description=(
+        f"sweep trials of sqz run {run_id} (one row per .sqz file)" if whole else
+        f"{len(rows)} of {len(summary['trials']):,} sweep trials of sqz run {run_id}: the Pareto frontier and the "
+        "chosen variant; every trial is in the run's metrics/sweep_trials (Parquet, see the files card)"))  # fmt: skip
     return keys
 
 

@@ -14,7 +14,7 @@ from prefect.events import emit_event
 from flows.artifacts import publish_files, publish_report
 from flows.common import NOT_CACHED, RETRYING, label_flow_run
 from sqz import storage
-from sqz.report import report_run_folder, write_run_report
+from sqz.report import report_run_folder, report_trials, write_run_report
 from sqz.runs import RunLayout
 
 SWEEP_FINISHED = "sqz.sweep.finished"
@@ -36,7 +36,8 @@ def publish_run(summary: dict[str, Any], run_url: str) -> None:
     """The report (when the run has trials), the trials table and the files card."""
     if summary.get("report_markdown"):
         publish_report(summary)
-    publish_files(run_url)
+    shown = report_trials(summary.get("trials") or [], summary.get("chosen"))
+    publish_files(run_url, models_first=[t["model_url"].rsplit("/", 1)[-1] for t in shown if t.get("model_url")])
 
 
 def announce_sweep_finished(run_url: str, summary: dict[str, Any], max_drop: float, *, origin: str) -> None:

@@ -26,6 +26,8 @@ __all__ = [
     "summary_lines",
     "report_run_folder",
     "check_run_folder",
+    "report_trials",
+    "REPORT_ALL_TRIALS_MAX",
 ]
 
 # 32-bit AlexNet, the paper's reference for every compression ratio: 61.1 M parameters
@@ -146,20 +148,30 @@ def pareto_png(trials: Sequence[dict[str, Any]], baseline: dict[str, Any], *, ch
     FigureCanvasAgg(figure)
     ax = figure.add_subplot()
     dense = _float32_bytes(baseline)
+    frontier = pareto_frontier(trials)
+    on_frontier = {t["trial_id"] for t in frontier}
     grid = [t for t in trials if not _per_layer(t)]
+    # Off the frontier: small and faint (a thousand points must not hide the frontier);
+    # on it: the same colour per bit width, larger, outlined.
+    faint = dict(s=10, alpha=0.35) if len(trials) > REPORT_ALL_TRIALS_MAX else dict(s=24, alpha=0.7)
     for bits in sorted({t["bits"] for t in grid}, reverse=True):
         group = [t for t in grid if t["bits"] == bits]
-        ax.scatter([t["size_bytes"] for t in group], [t["top1"] for t in group], s=24, alpha=0.7, label=f"{bits}-bit grid")
+        dots = ax.scatter([t["size_bytes"] for t in group if t["trial_id"] not in on_frontier],
+                          [t["top1"] for t in group if t["trial_id"] not in on_frontier], label=f"{bits}-bit grid", **faint)  # fmt: skip
+        best = [t for t in group if t["trial_id"] in on_frontier]
+        if best:
+            ax.scatter([t["size_bytes"] for t in best], [t["top1"] for t in best], s=46, color=dots.get_facecolor()[0][:3],
+                       edgecolors="black", linewidths=0.8, zorder=3)  # fmt: skip
     per_layer = [t for t in trials if _per_layer(t)]
     if per_layer:
         ax.scatter([t["size_bytes"] for t in per_layer], [t["top1"] for t in per_layer], s=40, marker="s",
                    facecolors="none", edgecolors="tab:purple", label="per-layer choice")  # fmt: skip
-    frontier = pareto_frontier(trials)
     if frontier:
         # A step: past each frontier point, nothing larger does better until the next one.
-        ax.plot([t["size_bytes"] for t in frontier], [t["top1"] for t in frontier], "-", color="black", lw=1,
-                drawstyle="steps-post", label="Pareto frontier")  # fmt: skip
-        for t in frontier:
+        ax.plot([t["size_bytes"] for t in frontier], [t["top1"] for t in frontier], "-", color="black", lw=1.2,
+                drawstyle="steps-post", label=f"Pareto frontier ({len(frontier)} of {len(trials):,})")  # fmt: skip
+        every = math.ceil(len(frontier) / PLOT_LABELS_MAX)
+        for t in frontier[::every]:
             ax.annotate(t["trial_id"], (t["size_bytes"], t["top1"]), textcoords="offset points", xytext=(4, -10), fontsize=7)
     ax.scatter([dense], [baseline["top1"]], marker="*", s=160, color="tab:red", zorder=3,
                label=f"float32 baseline ({dense:,} B)")  # fmt: skip
@@ -195,6 +207,33 @@ def _threshold_meaning(trials: Sequence[dict[str, Any]]) -> str:
     return ", ".join(f"{_THRESHOLD_MEANINGS.get(m, m)} ({m})" if len(modes) > 1 else _THRESHOLD_MEANINGS.get(m, m) for m in modes)
 
 
+# report.md lists every trial up to this many; a larger sweep's report shows the frontier
+# and the chosen variant, and links to the full table (1,024 rows are no report to read).
+REPORT_ALL_TRIALS_MAX = 40
+# Labels on the plot, at most: beyond a dozen they overlap into a smudge.
+PLOT_LABELS_MAX = 12
+TRIALS_PARQUET_LINK = "../metrics/sweep_trials/"  # from report/report.md
+
+
+def report_trials(trials: Sequence[dict[str, Any]], chosen: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The trials a report shows of a large sweep: the frontier, and the chosen variant
+    (smallest first)."""
+    shown = {t["trial_id"]: t for t in pareto_frontier(trials)}
+    if chosen is not None:
+        shown.setdefault(chosen["trial_id"], chosen)
+    return sorted(shown.values(), key=lambda t: (t["size_bytes"], -t["top1"]))
+
+
+def _sweep_section(trials: Sequence[dict[str, Any]], chosen: dict[str, Any] | None) -> list[str]:
+    chosen_id = chosen["trial_id"] if chosen else None
+    if len(trials) <= REPORT_ALL_TRIALS_MAX:
+        return [trials_table(trials, chosen_id)]
+    shown = report_trials(trials, chosen)
+    return [f"{len(trials):,} trials; below the {len(shown)} on the Pareto frontier or chosen. Every trial: "
+            f"[metrics/sweep_trials]({TRIALS_PARQUET_LINK}) (Parquet).", "",
+            _table(TRIAL_HEADERS, trial_rows(shown, chosen_id))]  # fmt: skip
+
+
 def render_report(
     *,
     run_id: str,
@@ -217,9 +256,9 @@ def render_report(
         ),  # fmt: skip
         "",
         f"## Sweep (threshold: {_threshold_meaning(trials)}; * = chosen)",
-        trials_table(trials, chosen["trial_id"] if chosen else None),
+        *_sweep_section(trials, chosen),
         "",
-        "Pareto frontier (size vs top-1): " + ", ".join(sorted(frontier_ids)),
+        f"Pareto frontier (size vs top-1, {len(frontier_ids)} of {len(trials):,} trials): " + ", ".join(sorted(frontier_ids)),
         "",
         pareto_table(trials, baseline, chosen["trial_id"] if chosen else None),
         "",
