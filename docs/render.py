@@ -129,8 +129,11 @@ def headline_rows(results: list[dict], benchmarks_link: str) -> list[list]:
         if is_history(result, names):
             continue
         source = source_text(result).replace("{benchmarks}", benchmarks_link)
+        machine = machine_text(result["machine"])
+        if "load_average_1m" in result["figures"]:  # timings on a shared machine move with its load: say how loaded
+            machine += f", load {result['figures']['load_average_1m']:g}"
         for label, value in result["figures"].get("headline", {}).items():
-            rows.append([label, value, result["date"], machine_text(result["machine"]), source])
+            rows.append([label, value, result["date"], machine, source])
     return rows
 
 
