@@ -18,6 +18,7 @@ benchmarks page's dated history once the result NAME exists.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -182,11 +183,26 @@ def render_benchmarks(results: list[dict]) -> str:
 
 
 def _parser():
-    os.environ["COLUMNS"] = HELP_COLUMNS
-    sys.path.insert(0, str(ROOT))
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
     from sqz.cli import build_parser
 
     return build_parser()
+
+
+@contextlib.contextmanager
+def _help_width():
+    """argparse reads COLUMNS when it formats; set only while rendering, so a test process
+    that renders leaves the width of everything else alone."""
+    before = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = HELP_COLUMNS
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = before
 
 
 def command_rows() -> list[list[str]]:
@@ -212,8 +228,9 @@ def render_command_reference() -> str:
     from sqz.cli.examples import walk_parsers
 
     parts = []
-    for path, parser in walk_parsers(_parser()):
-        parts += [f"## `{' '.join(['sqz', path]).strip()}`", "", "```text", parser.format_help().rstrip(), "```", ""]
+    with _help_width():
+        for path, parser in walk_parsers(_parser()):
+            parts += [f"## `{' '.join(['sqz', path]).strip()}`", "", "```text", parser.format_help().rstrip(), "```", ""]
     return "\n".join(parts).rstrip()
 
 
