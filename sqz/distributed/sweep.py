@@ -43,7 +43,7 @@ from sqz.trial import TrialSpec, compress_and_evaluate, retrain_rounds, trial_id
 
 _log = logging.getLogger("sqz.sweep")
 
-__all__ = ["sweep", "grid_points", "per_layer_points", "sensitivity_config_of", "trial_spec", "training_schedule",
+__all__ = ["sweep", "grid_points", "missing_points", "per_layer_points", "sensitivity_config_of", "trial_spec", "training_schedule",
            "TrialFailed", "SweepIncomplete", "TrialsFailed"]
 
 # Ray Tune copies AWS_* credentials from the driver's environment into every trial's
@@ -254,6 +254,16 @@ def _finished_ids(layout: RunLayout) -> tuple[set[str], set[str]]:
     return done, stopped - done
 
 
+def missing_points(layout: RunLayout, sweep_cfg: SweepConfig, points: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], set[str]]:
+    """(the points of ``points`` still to run, the trial ids ASHA stopped that count as
+    done): a point is done once it has a sweep_trials row (in its own file or compacted),
+    or, under ASHA, a sweep_stopped row. One read of each table, whatever the grid's size."""
+    done, stopped = _finished_ids(layout)
+    if sweep_cfg.scheduler != "asha":
+        stopped = set()  # without early stopping asked for, an earlier ASHA stop is no answer
+    return [p for p in points if p["trial_id"] not in done | stopped], stopped
+
+
 class _StopRecordingASHA(ASHAScheduler):
     """ASHA that remembers the trials it stopped before their final report, so the sweep
     can record those decisions (an interrupted trial is not one of them)."""
@@ -353,10 +363,14 @@ class _TrialWatcher(RowFollower):
         self.started, self.ended_here = time.monotonic(), 0
 
     def poll(self) -> None:
-        for row in metrics.read_table(self.run_url, "sweep_trials").to_pylist():
-            if row["trial_id"] not in self.todo:
+        # One listing per poll, and each new row file read once: reading the whole table
+        # every 2 s would cost N reads per poll, N^2 over a sweep.
+        names = {url.rsplit("/", 1)[-1].removesuffix(".parquet") for url in metrics.table_files(self.run_url, "sweep_trials")}
+        for name in sorted(names & self.todo):
+            self.todo.discard(name)
+            row = (metrics.read_writer_rows(self.run_url, "sweep_trials", writer_id=name) or [None])[0]
+            if row is None:
                 continue
-            self.todo.discard(row["trial_id"])
             self.finished += 1
             self.ended_here += 1
             eta = (time.monotonic() - self.started) / self.ended_here * (self.total - self.finished)
@@ -450,10 +464,7 @@ def sweep(layout: RunLayout, sweep_cfg: SweepConfig, data_cfg: DataConfig, arch:
         points = per_layer_points(sweep_cfg, rows)
     else:
         points = grid_points(sweep_cfg)
-    done, stopped = _finished_ids(layout)
-    if sweep_cfg.scheduler != "asha":
-        stopped = set()  # without early stopping asked for, an earlier ASHA stop is no answer
-    todo = [p for p in points if p["trial_id"] not in done | stopped]
+    todo, stopped = missing_points(layout, sweep_cfg, points)
     finished = len(points) - len(todo)
     if on_progress:
         on_progress(finished, len(points))
