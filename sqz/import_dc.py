@@ -14,7 +14,7 @@ encoded file fits: with calibration, by the measured greedy of ``sqz.allocate`` 
 is assembled from the per-width copies it measured, and is never worse on calibration
 crops than the best uniform width at no more bytes); without, by the knapsack over
 predicted costs (``sqz.fidelity.allocate_bits``). The per-width copies and the Fisher
-importance are cached in ``sqz.data.cache_dir()`` (safetensors, keyed by the released
+importance are cached in ``sqz.data.builtin.cache_dir()`` (safetensors, keyed by the released
 file, the calibration crops, the options and the clustering code), so a second budget
 or a rerun skips them. Plain torch: no Ray, no Prefect.
 """
@@ -86,7 +86,7 @@ def _cached_tensors(name: str, key: str, compute: Callable[[], dict[str, torch.T
     from safetensors import SafetensorError
     from safetensors.torch import load_file, save_file
 
-    from sqz.data import cache_dir
+    from sqz.data.builtin import cache_dir
 
     path = os.path.join(cache_dir(), "import-dc", f"{name}-{key}.safetensors")
     if os.path.exists(path):

@@ -328,9 +328,11 @@ def test_import_dc_calibrated_writes_fidelity(tmp_path, capsys):
     assert main(["import-dc", RELEASED, str(out), "--bits", "6", "--calibrate", "photos", "--calibration-images", "8",
                  "--distill-steps", "2", "--run", str(run)]) == 0  # fmt: skip
     printed = capsys.readouterr().out
-    assert "top-1 agreement" in printed
+    assert "top-1 agreement" in printed and "on confident crops (dense top-1 >= 0.5" in printed
     (row,) = metrics.read_table(str(run), "fidelity").to_pylist()
     assert row["images"] > 100 and 0 < row["top1_agreement"] <= 100 and row["kl"] > 0
+    assert row["confident_threshold"] == 0.5 and 0 < row["confident_images"] < row["images"]
+    assert 0 <= row["near_tie_flips"] <= min(row["flips"], row["near_tie_images"])
 
 
 @pytest.mark.slow
