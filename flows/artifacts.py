@@ -70,8 +70,8 @@ CARD_TABLE_FILES_MAX = 10
 def files_markdown(run_url: str, *, expires_s: int | None = None, models_first: Collection[str] = ()) -> str:
     """The run's files as markdown: one section per kind; a Parquet table is one line with
     a link per file (a 68-epoch training is one line, not 68 cards). Above CARD_MODELS_MAX
-    models, the baseline and the models named in ``models_first`` (file names, e.g. the
-    frontier's) are linked and the others counted."""
+    models, the baseline and the first models named in ``models_first`` (file names: the
+    chosen one, then the frontier's) are linked, up to that many, and the others counted."""
     expires = link_expiry_s() if expires_s is None else expires_s
     run_id = run_url.rstrip("/").rsplit("/", 1)[-1]
     by_kind: dict[str, list[str]] = defaultdict(list)
@@ -91,8 +91,9 @@ def files_markdown(run_url: str, *, expires_s: int | None = None, models_first: 
                 lines.append(f"- [{name}]({storage.presigned_url(url, expires_s=expires)}) ({_human_bytes(storage.size_of(url))})")
             continue
         if kind == "model":
-            wanted = set(models_first) | {"baseline.safetensors"}
-            linked = urls if len(urls) <= CARD_MODELS_MAX else [u for u in urls if u.rsplit("/", 1)[-1] in wanted]
+            by_name = {u.rsplit("/", 1)[-1]: u for u in urls}
+            wanted = [by_name[n] for n in dict.fromkeys(["baseline.safetensors", *models_first]) if n in by_name]
+            linked = urls if len(urls) <= CARD_MODELS_MAX else wanted[:CARD_MODELS_MAX]
             for url in linked:
                 name = url[len(run_url):].lstrip("/")
                 size = model_sizes.get(name.split("/", 1)[1]) if "/" in name else None

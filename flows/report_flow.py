@@ -36,7 +36,8 @@ def publish_run(summary: dict[str, Any], run_url: str) -> None:
     """The report (when the run has trials), the trials table and the files card."""
     if summary.get("report_markdown"):
         publish_report(summary)
-    shown = report_trials(summary.get("trials") or [], summary.get("chosen"))
+    chosen = summary.get("chosen")
+    shown = ([chosen] if chosen else []) + report_trials(summary.get("trials") or [], chosen)
     publish_files(run_url, models_first=[t["model_url"].rsplit("/", 1)[-1] for t in shown if t.get("model_url")])
 
 
