@@ -25,7 +25,7 @@ from sqz.evaluation import evaluate_baseline
 from sqz.logs import format_eta
 from sqz.report import choose_variant, load_run
 from sqz.runs import RunLayout
-from sqz.runs.compact import compact_run_metrics
+from sqz.runs.compact import SWEEP_TABLES, compact_run_metrics
 
 # The progress artifact's id changes every run: it must not change the cache key.
 _SWEEP_CACHE = {**CACHED, "cache_policy": (INPUTS - "progress_artifact_id") + TASK_SOURCE + CodeVersion()}
@@ -67,11 +67,11 @@ def sweep_trials(run_url: str, sweep_config: dict[str, Any], data_config: dict[s
     return _sweep_with_progress(run_url, sweep_config, data_config, arch, progress_artifact_id)
 
 
-# After the trials, when no writer is left: one Parquet file per table instead of one per
-# trial (sqz.runs.compact); a rerun compacts what it added.
+# After the trials, when no writer is left: one Parquet file per sweep table instead of one
+# per trial (sqz.runs.compact); a rerun compacts what it added.
 @task(name="compact-metrics", **RETRYING, **NOT_CACHED)
 def compact_metrics(run_url: str) -> list[dict[str, Any]]:
-    return compact_run_metrics(run_url)
+    return compact_run_metrics(run_url, SWEEP_TABLES)
 
 
 @task(name="evaluate-baseline", **RETRYING, **NOT_CACHED)

@@ -493,7 +493,8 @@ def test_interrupted_sqz_sweep_reruns_only_the_missing_trials(tmp_path, baseline
     finished = sorted(p.removesuffix(".parquet") for p in os.listdir(rows_dir) if p.endswith(".parquet"))
     assert 2 <= len(finished) < 4
     layout = RunLayout(str(storage_root / "interrupted"))
-    stamps = _mtimes([layout.model_url(name) for name in finished] + [str(rows_dir / f"{name}.parquet") for name in finished])
+    stamps = _mtimes([layout.model_url(name) for name in finished])
+    rows_before = {name: metrics.read_writer_rows(layout.run_url, "sweep_trials", writer_id=name) for name in finished}
     names = [d.split("_")[0] for d in _tune_trial_dirs(layout)]
     runs_before = {name: names.count(name) for name in finished}
 
@@ -502,6 +503,9 @@ def test_interrupted_sqz_sweep_reruns_only_the_missing_trials(tmp_path, baseline
     todo = re.search(r"(\d+) trial\(s\) to run, (\d+) already done", again.stdout + again.stderr)
     assert todo and int(todo.group(2)) == len(finished) and int(todo.group(1)) == 4 - len(finished)
     assert _mtimes(stamps) == stamps  # nothing finished was recomputed
+    # Their rows are unchanged, now read from the table's compacted file (the sweep compacts at its end).
+    assert {name: metrics.read_writer_rows(layout.run_url, "sweep_trials", writer_id=name) for name in finished} == rows_before
+    assert os.listdir(rows_dir) == [metrics.COMPACTED]
     names = [d.split("_")[0] for d in _tune_trial_dirs(layout)]
     assert {name: names.count(name) for name in finished} == runs_before == {name: 1 for name in finished}
     table = metrics.read_table(layout.run_url, "sweep_trials").to_pylist()

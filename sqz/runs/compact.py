@@ -30,10 +30,12 @@ import pyarrow.parquet as pq
 
 from sqz import metrics, storage
 
-__all__ = ["CompactionResult", "compact_table", "compact_run_metrics"]
+__all__ = ["SWEEP_TABLES", "CompactionResult", "compact_table", "compact_run_metrics"]
 
 _log = logging.getLogger("sqz.storage")
 
+# What a sweep writes a file per trial to (a training's few epoch files are left as they are).
+SWEEP_TABLES = ("sweep_trials", "compressed_layers", "sweep_stopped")
 # Reads and deletes in flight at once: per-object requests are latency-bound on S3.
 _PARALLEL = 16
 
@@ -44,6 +46,10 @@ class CompactionResult:
     files_before: int
     files_after: int
     rows: int
+
+
+def _delete_file(fs: pafs.FileSystem, path: str) -> None:
+    fs.delete_file(path)
 
 
 def _writer_files(fs: pafs.FileSystem, path: str) -> dict[str, pafs.FileInfo]:
@@ -102,7 +108,7 @@ def compact_table(run_url: str, table: str) -> CompactionResult:
     def delete(writer: str) -> None:
         target = writers[writer].path
         try:
-            storage.with_retries(url, "delete", lambda: fs.delete_file(target))
+            storage.with_retries(url, "delete", lambda: _delete_file(fs, target))
         except FileNotFoundError:
             pass
 
