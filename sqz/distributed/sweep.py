@@ -396,7 +396,10 @@ class _DropRecords(logging.Filter):
 # "errored ... Error file:" block at every attempt (the legacy reporter honours verbose=0,
 # the default one does not), and tune.run logs the list of unfinished trials. Tune's files
 # (error.txt per trial under the run's tune/) and the run's errors/ keep everything.
-_TUNE_NOISE = (("ray.tune.execution.tune_controller", "Trial task failed"), ("ray.tune.tune", "Trials did not complete"))
+_TUNE_NOISE = (("ray.tune.execution.tune_controller", "Trial task failed"), ("ray.tune.tune", "Trials did not complete"),
+               # Without its per-trial logger files (_TUNE_ENV), Tune's result grid finds no
+               # metrics files to load and says so for every trial; sqz reads its rows instead.
+               ("ray.tune.analysis.experiment_analysis", "Failed to fetch metrics"))
 
 
 # Tune settings read by Tuner.fit in the driver. sqz resumes from its own rows, never from
