@@ -162,10 +162,42 @@ def render_result(result: dict, level: str = "##") -> str:
     scalars = {k: v for k, v in figures.items() if k not in ("tables", "headline", "title") and not isinstance(v, (dict, list))}
     if scalars:
         parts += [markdown_table(["figure", "value"], [[k, v] for k, v in scalars.items()]), ""]
-    nested = sorted(k for k, v in figures.items() if k not in ("tables", "headline") and isinstance(v, (dict, list)))
-    if nested:
-        parts += [f"More in `bench/results/{result['name']}.json`: {', '.join(f'`{k}`' for k in nested)}.", ""]
+    others = []
+    for key, value in figures.items():
+        if key in ("tables", "headline") or not isinstance(value, (dict, list)):
+            continue
+        table = _as_table(value)
+        if table:
+            parts += [f"**{key}**", "", markdown_table(*table), ""]
+        else:
+            others.append(key)
+    if others:
+        parts += [f"More in `bench/results/{result['name']}.json`: {', '.join(f'`{k}`' for k in others)}.", ""]
     return "\n".join(parts).rstrip() + "\n"
+
+
+def _flat(row: dict) -> dict:
+    """A dict's scalars, with one level of nested dicts as ``parent.child``."""
+    flat = {}
+    for key, value in row.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{k}": v for k, v in value.items() if not isinstance(v, (dict, list))})
+        elif not isinstance(value, list):
+            flat[key] = value
+    return flat
+
+
+def _as_table(value) -> tuple[list, list[list]] | None:
+    """A figure that is not in figures["tables"] but has a table's shape: a list of dicts
+    (one row each, the union of their keys as columns) or a dict of scalars."""
+    if isinstance(value, list) and value and all(isinstance(row, dict) for row in value):
+        rows = [_flat(row) for row in value]
+        columns = list(dict.fromkeys(key for row in rows for key in row))
+        return columns, [[row.get(column) for column in columns] for row in rows]
+    if isinstance(value, dict) and value:
+        flat = _flat(value)
+        return (["figure", "value"], [[k, v] for k, v in flat.items()]) if flat else None
+    return None
 
 
 def render_benchmarks(results: list[dict]) -> str:

@@ -111,3 +111,12 @@ def test_mkdocs_builds_strict(tmp_path):
                           env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     assert (tmp_path / "site" / "benchmarks" / "index.html").exists()
+
+
+def test_figures_shaped_like_tables_render_as_tables():
+    result = {"name": "r", "date": "2026-12-08", "machine": {"cpu_cores": 2}, "commit": "abc", "command": "c",
+              "figures": {"runs": [{"trials": 16, "stage_s": {"sweep": 68.5}}, {"trials": 32, "stage_s": {"sweep": 130.25}}],
+                          "opaque": [1, 2]}}  # fmt: skip
+    text = render.render_result(result)
+    assert "| trials | stage_s.sweep |" in text and "| 32 | 130.25 |" in text
+    assert "More in `bench/results/r.json`: `opaque`." in text
