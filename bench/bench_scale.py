@@ -339,6 +339,7 @@ def run_sweep(deploy: Deployment, trials: int, distill_steps: int, workdir: Path
     objects = deploy.objects(f"runs/{run_id}/")
     kinds = collections.Counter()
     parquet = collections.Counter()
+    objects = [o for o in objects if not o["Key"].endswith("/")]  # folder markers are no files
     for obj in objects:
         rel = obj["Key"][len(f"runs/{run_id}/"):]
         kinds[rel.split("/", 1)[0]] += 1
