@@ -247,11 +247,17 @@ def _report_final(row: dict[str, Any], spec: TrialSpec) -> None:
     tune.report({**numbers, "retrain_epoch": retrain_rounds(spec) + 1})
 
 
+def _finished(layout: RunLayout) -> tuple[list[dict[str, Any]], set[str]]:
+    """(every sweep_trials row, trial ids a scheduler stopped early and without a row)."""
+    rows = metrics.read_table(layout.run_url, "sweep_trials").to_pylist()
+    stopped = {row["trial_id"] for row in metrics.read_table(layout.run_url, "sweep_stopped").to_pylist()}
+    return rows, stopped - {row["trial_id"] for row in rows}
+
+
 def _finished_ids(layout: RunLayout) -> tuple[set[str], set[str]]:
     """(trial ids with a row, trial ids a scheduler stopped early)."""
-    done = {row["trial_id"] for row in metrics.read_table(layout.run_url, "sweep_trials").to_pylist()}
-    stopped = {row["trial_id"] for row in metrics.read_table(layout.run_url, "sweep_stopped").to_pylist()}
-    return done, stopped - done
+    rows, stopped = _finished(layout)
+    return {row["trial_id"] for row in rows}, stopped
 
 
 def missing_points(layout: RunLayout, sweep_cfg: SweepConfig, points: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], set[str]]:
@@ -511,7 +517,10 @@ def sweep(layout: RunLayout, sweep_cfg: SweepConfig, data_cfg: DataConfig, arch:
             raise TrialsFailed(f"{len(failed)} of {len(todo)} sweep trial(s) failed ({', '.join(failed[:4])}"
                                f"{', ...' if len(failed) > 4 else ''}); each one's error and traceback: "
                                f"{layout.error_url('<trial>')}")  # fmt: skip
-        done, stopped = _finished_ids(layout)
+        # One read of the table serves the check and the rows returned: at 256 trials each
+        # read of every row file cost seconds of the sweep's serial tail (bench_scale.py).
+        rows, stopped = _finished(layout)
+        done = {row["trial_id"] for row in rows}
         stopped = stopped if sweep_cfg.scheduler == "asha" else set()
         left = [p["trial_id"] for p in todo if p["trial_id"] not in done | stopped]
         if left:
@@ -519,9 +528,9 @@ def sweep(layout: RunLayout, sweep_cfg: SweepConfig, data_cfg: DataConfig, arch:
                                f"({', '.join(left[:4])}); run the same command again to run only those")  # fmt: skip
     else:
         _log.info("all %d trial(s) already done, reusing them", finished)
+        rows = metrics.read_table(layout.run_url, "sweep_trials").to_pylist()
     stopped &= {p["trial_id"] for p in points}
     if stopped:
         _log.info("%d trial(s) stopped early by ASHA: %s", len(stopped), ", ".join(sorted(stopped)))
-    rows = metrics.read_table(layout.run_url, "sweep_trials").to_pylist()
     wanted = {p["trial_id"] for p in points}
     return [row for row in rows if row["trial_id"] in wanted]
