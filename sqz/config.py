@@ -340,7 +340,7 @@ class ImportOptions:
     # With calibrate: how each weight picks its shared value once the codebook is fitted.
     # "nearest": the closest centroid; "gptq": GPTQ's column-by-column rounding with the
     # error compensated on the later columns of the layer (sqz.compress.gptq). gptq with
-    # the dense model's layer inputs measured best (bench_fidelity.py; README).
+    # the dense model's layer inputs measured best (bench_fidelity.py; docs/fidelity.md).
     assign: str = "gptq"
     gptq_inputs: str = "dense"  # layer inputs from the dense model (one pass), or "sequential" (the re-assigned earlier layers')
     gptq_refit: bool = True  # refit each codebook to the GPTQ labels (least squares on the layer output)
@@ -352,7 +352,7 @@ class ImportOptions:
     # With calibrate and size_budget: of the calibration crops, the ones on which each
     # layer's KL is measured (that layer alone at 4 bits, GPTQ-assigned, one forward pass
     # per layer) to scale its predicted costs before the allocator compares layers; 0: the
-    # Fisher-weighted errors unscaled. Off by default: measured (README), 96 crops lowered
+    # Fisher-weighted errors unscaled. Off by default: measured (docs/benchmarks.md, import-dc-2026-12-04-budget-kl), 96 crops lowered
     # the held-out KL at both budgets and raised top-5 overlap, but left top-1 agreement
     # equal at 430,000 B and lost 2.9 points of it at 372,000 B, for ~4 more minutes.
     budget_kl_images: int = 0

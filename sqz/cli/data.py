@@ -14,7 +14,7 @@ __all__ = ["add_parser", "command", "DEFAULT_MAX_SIDE"]
 
 # Longer side of the stored images: the largest that still makes the evaluation resize
 # (shorter side 256 for 224 crops) a downscale for 4:3 and 3:2 photos, and measured by
-# bench/bench_input_pipeline.py (README, "Input pipeline") cheaper to decode than
+# bench/bench_input_pipeline.py (docs/imagenet.md) cheaper to decode than
 # ImageNet-size originals. `--max-side none` stores the files as they are.
 DEFAULT_MAX_SIDE = 384
 DEFAULT_JPEG_QUALITY = 90  # FFCV's ImageNet datasets' quality; sqz.data.prepare has the same default

@@ -46,7 +46,7 @@ def add_parser(sub: Any) -> None:
                            help=f"with --calibrate: Adam lr of the distillation (default: {defaults.distill_lr:g})")
     import_dc.add_argument("--budget-kl-images", type=non_negative_int, default=defaults.budget_kl_images, metavar="N",
                            help="with --calibrate and --size-budget: scale each layer's costs by its KL at 4 bits, "
-                           "measured on N calibration images (~4 more minutes at 96; lower KL, see README; "
+                           "measured on N calibration images (~4 more minutes at 96; lower KL, see docs/fidelity.md; "
                            f"default: {defaults.budget_kl_images}, unscaled)")  # fmt: skip
     import_dc.add_argument("--allocator", choices=["measured", "fisher"], default=defaults.allocator,
                            help="with --calibrate and --size-budget: measured (greedy removal of bits where the KL measured "

@@ -16,7 +16,7 @@ __all__ = ["DEFAULT_RETRAIN_STEPS", "DEFAULT_RETRAIN_LR", "add_retrain_options",
            "check_local_gpus"]  # fmt: skip
 
 # The retraining defaults of `sqz run` and `sqz sweep`: the best method measured on the
-# digits (bench/bench_digits.py; README "Pruning schedules"): gradual pruning over a step
+# digits (bench/bench_digits.py; docs/compression.md, "Pruning schedules and retraining budgets"): gradual pruning over a step
 # budget. A step budget means the same work whatever the dataset's size.
 DEFAULT_RETRAIN_STEPS = 600
 DEFAULT_PRUNE_SCHEDULE = "gradual"

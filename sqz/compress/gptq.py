@@ -14,7 +14,7 @@ a kept weight is never assigned 0.0.
 - ``gptq_assign``: one layer's labels into a codebook (columns in decreasing H-diagonal
   order, "act order"; lazy batches of ``block_size`` columns); optionally pruning a share
   of the kept weights as well, chosen and compensated as SparseGPT does (measured on the
-  released model: it costs far more fidelity per byte saved than fewer bits, README).
+  released model: it costs far more fidelity per byte saved than fewer bits, docs/fidelity.md).
 - ``refit_codebook``: the codebook values that minimise the same objective for fixed labels
   (a k x k least-squares system).
 - ``gptq_``: every layer of a model already clustered by ``quantize_``; the inputs come
