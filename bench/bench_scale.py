@@ -241,19 +241,7 @@ def _baseline(path: Path) -> Path:
     model = build_model(ARCH, num_classes=10)
     loader = DataLoader(load_split(data_cfg, "train"), batch_size=data_cfg.batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(0))  # fmt: skip
-    optimizer = engine.make_optimizer(model.parameters(), train_cfg.optimizer, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
-    total, warmup, step = train_cfg.epochs * len(loader), round(train_cfg.warmup_epochs * len(loader)), 0
-
-    def lr_at_step() -> float:
-        nonlocal step
-        step += 1
-        return engine.scheduled_lr(train_cfg.lr, step - 1, total, warmup_steps=warmup)
-
-    def loss_fn(logits, targets):
-        return torch.nn.functional.cross_entropy(logits, targets, label_smoothing=train_cfg.label_smoothing)
-
-    for _ in range(train_cfg.epochs):
-        engine.train_one_epoch(model, loader, optimizer, lr_at_step=lr_at_step, loss_fn=loss_fn)
+    engine.fit(model, loader, train_cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(model.state_dict(), str(path) + ".partial")
     os.replace(str(path) + ".partial", path)

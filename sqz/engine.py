@@ -10,13 +10,17 @@ float32 step, so a caller that passes none of them gets exactly the loop it had.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Literal
+from typing import TYPE_CHECKING, Callable, Iterable, Literal
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:  # annotations only: core's config imports no other sqz module, engine needs none at run time
+    from sqz.config import TrainConfig
 
 __all__ = [
     "EpochStats",
@@ -135,6 +139,25 @@ def _to_device(inputs: torch.Tensor, device: torch.device, channels_last: bool) 
     if channels_last and inputs.dim() == 4:
         return inputs.to(device, non_blocking=True, memory_format=torch.channels_last)
     return inputs.to(device, non_blocking=True)
+
+
+def fit(model: nn.Module, loader, train_cfg: "TrainConfig") -> None:
+    """Trains ``model`` in this process for ``train_cfg.epochs`` passes over ``loader`` with
+    the config's optimizer, warm-up + poly schedule and label smoothing: a recipe's
+    training without Ray (the tests' shared baseline, the benches' baselines)."""
+    optimizer = make_optimizer(model.parameters(), train_cfg.optimizer, lr=train_cfg.lr,
+                               momentum=train_cfg.momentum, weight_decay=train_cfg.weight_decay)  # fmt: skip
+    total, warmup = train_cfg.epochs * len(loader), round(train_cfg.warmup_epochs * len(loader))
+    steps = itertools.count()
+
+    def lr_at_step() -> float:
+        return scheduled_lr(train_cfg.lr, next(steps), total, power=train_cfg.lr_power, warmup_steps=warmup)
+
+    def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(logits, targets, label_smoothing=train_cfg.label_smoothing)
+
+    for _ in range(train_cfg.epochs):
+        train_one_epoch(model, loader, optimizer, lr_at_step=lr_at_step, loss_fn=loss_fn)
 
 
 def train_one_epoch(

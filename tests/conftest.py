@@ -287,20 +287,7 @@ def _train_baseline(path: str) -> None:
     model = build_model("squeezenet_small", num_classes=10)
     loader = DataLoader(load_split(data_cfg, "train"), batch_size=data_cfg.batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(0))  # fmt: skip
-    optimizer = engine.make_optimizer(model.parameters(), train_cfg.optimizer, lr=train_cfg.lr,
-                                      weight_decay=train_cfg.weight_decay)  # fmt: skip
-    total, warmup, step = train_cfg.epochs * len(loader), round(train_cfg.warmup_epochs * len(loader)), 0
-
-    def lr_at_step() -> float:
-        nonlocal step
-        step += 1
-        return engine.scheduled_lr(train_cfg.lr, step - 1, total, warmup_steps=warmup)
-
-    def loss_fn(logits, targets):
-        return torch.nn.functional.cross_entropy(logits, targets, label_smoothing=train_cfg.label_smoothing)
-
-    for _ in range(train_cfg.epochs):
-        engine.train_one_epoch(model, loader, optimizer, lr_at_step=lr_at_step, loss_fn=loss_fn)
+    engine.fit(model, loader, train_cfg)
     top1 = engine.evaluate(model, DataLoader(load_split(DataConfig(url="digits"), "val"), batch_size=256)).top1
     assert top1 > 80, f"the shared baseline trained to only {top1:.1f}% top-1"
     save_file(model.state_dict(), path + ".partial")
